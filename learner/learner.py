@@ -1,0 +1,145 @@
+"""The learner: one GRPO step on a batch of scored rollouts, written to read like METHODS.md §1.
+
+    rewards R (G per prompt) -> advantages A_i (group-normalised, or Dr. GRPO's centred)
+    for mu optimizer steps:
+        logp = log pi_theta(o_t | q, o_<t)   (LoRA policy, tokens of the completions)
+        old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates)
+        ref  = log pi_ref   (adapter disabled; only when beta > 0)
+        loss = aggregate(-min(rho A, clip(rho) A) + beta k3(ref, logp))
+        AdamW step with gradient clipping and the LR schedule
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.checkpoint import read_checkpoint, write_checkpoint
+from learner.config import LearnerConfig, ModelConfig
+from learner.losses import ADVANTAGES, grpo_loss
+from learner.policy import completion_logprobs, load_policy, pad_sequences
+
+
+@dataclass
+class RolloutBatch:
+    """Scored rollouts of one step: num_prompts x group_size completions, grouped consecutively."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    rewards: list[float]
+    group_size: int
+
+
+def lr_lambda(cfg: LearnerConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+class Learner:
+    def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, cfg: LearnerConfig, *, seed: int,
+                 total_steps: int, max_new_tokens: int, temperature: float = 1.0):
+        self.cfg = cfg
+        self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed)
+        self.model.train()
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        optimizer_steps = total_steps * cfg.updates_per_batch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
+        self.step_count = 0
+
+    def _logprobs(self, rows, t_max: int) -> torch.Tensor:
+        input_ids, attention, prompt_lengths = rows
+        return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature)
+
+    def step(self, batch: RolloutBatch) -> dict[str, float]:
+        """One learner step (mu optimizer updates) on a scored batch; returns its metrics."""
+        cfg = self.cfg
+        rewards = torch.tensor(batch.rewards, dtype=torch.float32)
+        advantages = ADVANTAGES[cfg.scale_rewards](rewards, batch.group_size)
+        input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
+                                                              self.tokenizer.pad_token_id)
+        prompt_lengths = [len(p) for p in batch.prompt_ids]
+        num_seq, num_tok = len(batch.rewards), int(completion_mask.sum())
+        micro = [slice(i, i + cfg.micro_batch_size) for i in range(0, num_seq, cfg.micro_batch_size)]
+
+        def rows(s: slice):
+            t_max = int(completion_mask[s].sum(-1).max())
+            width = max(prompt_lengths[i] for i in range(num_seq)[s]) + t_max
+            return (input_ids[s, :width], attention[s, :width], prompt_lengths[s]), t_max
+
+        need_old = cfg.updates_per_batch > 1
+        old, ref = {}, {}
+        with torch.no_grad():
+            for k, s in enumerate(micro):
+                r, t_max = rows(s)
+                if need_old:
+                    old[k] = self._logprobs(r, t_max)
+                if cfg.beta > 0:
+                    with self.model.disable_adapter():
+                        ref[k] = self._logprobs(r, t_max)
+        stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        for _ in range(cfg.updates_per_batch):
+            for k, s in enumerate(micro):
+                r, t_max = rows(s)
+                logp = self._logprobs(r, t_max)
+                loss, st = grpo_loss(
+                    logp, old[k] if need_old else logp.detach(), advantages[s], completion_mask[s, :t_max],
+                    loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high or cfg.epsilon,
+                    beta=cfg.beta, ref_logp=ref.get(k), num_sequences=num_seq, num_tokens=num_tok,
+                    max_completion_length=self.max_new_tokens)
+                loss.backward()
+                share = len(range(num_seq)[s]) / num_seq
+                stats["loss"] += float(loss.detach()) / cfg.updates_per_batch
+                stats["clip_ratio"] += st["clip_ratio"] * share / cfg.updates_per_batch
+                stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        stats["lr"] = self.scheduler.get_last_lr()[0]
+        stats["reward_mean"] = float(rewards.mean())
+        stats["reward_std"] = float(rewards.std())
+        stats["completion_tokens"] = num_tok
+        return stats
+
+    def state_dict(self, extra: dict) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step_count, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                                 "torch": torch.get_rng_state()}, **extra}
+
+    def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
+        return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}), meta)
+
+    def load_checkpoint(self, path: Path) -> dict:
+        """Restore adapter, optimizer, scheduler, step and RNG from a checkpoint; returns its full state."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        state, meta = read_checkpoint(path)
+        set_peft_model_state_dict(self.model, load_peft_weights(str(path), device="cpu"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = state["step"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return {**state, "meta": meta}

@@ -1,0 +1,35 @@
+"""What every rollout engine returns: one record per completion, the same for HF and vLLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Completion:
+    """One sampled completion of one prompt.
+
+    `logprobs[i]` is the sampling log-probability of `token_ids[i]`: log softmax(logits / temperature) of the
+    policy that sampled it (the "old" policy of GRPO's importance ratio, METHODS.md §1).
+    """
+
+    prompt_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS sampled) or "length" (max_new_tokens reached)
+
+    @property
+    def mean_logprob(self) -> float:
+        """Length-normalised sampling log-prob (the unlikeliness reward's ranking key, METHODS.md §2)."""
+        return sum(self.logprobs) / max(len(self.logprobs), 1)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    seed: int = 0

@@ -1,0 +1,136 @@
+"""HF rollout engine: batched sampling with transformers + PEFT, returning token ids and sampling log-probs.
+
+A small explicit decoding loop (left-padded prompts, KV cache, one sampled token per step) instead of
+`generate()`: it returns the exact log-probs of the sampled tokens under softmax(logits / temperature),
+uses one seeded torch.Generator per call (reproducible), and stops as soon as every row has sampled EOS.
+With top_p < 1 the token is drawn from the nucleus; the recorded log-prob stays that of the full tempered
+distribution (what the learner recomputes), as in TRL and vLLM's processed log-probs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rollout.engines.base import Completion, SamplingParams
+
+
+class HFEngine:
+    """Generates with a causal LM (optionally a PEFT model). Construct from a model directory, or wrap a
+    model object already in memory (`HFEngine(model=..., tokenizer=...)`, the single-process runner
+    shares the learner's policy this way, so weight sync is free)."""
+
+    def __init__(self, model_path: str | Path | None = None, *, model=None, tokenizer=None,
+                 adapter_path: str | Path | None = None, max_batch_tokens: int = 65536):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model is None:
+            if model_path is None:
+                raise ValueError("HFEngine needs model_path or model")
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.max_batch_tokens = max_batch_tokens
+        self.adapter_version: str | None = None
+        if adapter_path is not None:
+            self.load_adapter(adapter_path, version=str(adapter_path))
+
+    def load_adapter(self, adapter_path: str | Path, version: str) -> None:
+        """Load (or replace) the LoRA adapter: the weight-sync path of a standalone engine."""
+        from peft import PeftModel, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        if hasattr(self.model, "peft_config"):
+            set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_path))
+        self.model.eval()
+        self.adapter_version = version
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        return [self.tokenizer(p)["input_ids"] for p in prompts]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """params.n completions for each prompt, grouped per prompt, in prompt order."""
+        prompt_ids = self.encode(prompts)
+        rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(params.n)]
+        generator = torch.Generator().manual_seed(params.seed)
+        longest = max(len(ids) for ids in prompt_ids) + params.max_new_tokens
+        chunk = max(1, self.max_batch_tokens // longest)
+        was_training = self.model.training
+        self.model.eval()
+        flat: list[Completion] = []
+        for start in range(0, len(rows), chunk):
+            flat.extend(self._sample(rows[start:start + chunk], params, generator))
+        if was_training:
+            self.model.train()
+        grouped: list[list[Completion]] = [[] for _ in prompts]
+        for c in flat:
+            grouped[c.prompt_index].append(c)
+        return grouped
+
+    def _sample(self, rows, params: SamplingParams, generator: torch.Generator) -> list[Completion]:
+        batch = len(rows)
+        width = max(len(ids) for _, ids in rows)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for r, (_, ids) in enumerate(rows):
+            input_ids[r, width - len(ids):] = torch.tensor(ids)
+            attention[r, width - len(ids):] = 1
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        tokens = torch.zeros((batch, params.max_new_tokens), dtype=torch.long)
+        logps = torch.zeros((batch, params.max_new_tokens))
+        lengths = torch.full((batch,), params.max_new_tokens, dtype=torch.long)
+        done = torch.zeros(batch, dtype=torch.bool)
+        cache = None
+        step_ids, step_pos = input_ids, position_ids
+        for t in range(params.max_new_tokens):
+            out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,
+                             past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            if params.temperature == 0.0:
+                logp_all = torch.log_softmax(logits, dim=-1)
+                nxt = logits.argmax(-1)
+            else:
+                logp_all = torch.log_softmax(logits / params.temperature, dim=-1)
+                nxt = _sample_top_p(logp_all, params.top_p, generator)
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            tokens[:, t] = nxt
+            logps[:, t] = logp_all.gather(-1, nxt[:, None]).squeeze(-1)
+            newly = (~done) & (nxt == self.eos_id)
+            lengths[newly] = t + 1
+            done |= newly
+            if bool(done.all()):
+                break
+            step_ids = nxt[:, None]
+            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+            step_pos = step_pos[:, -1:] + 1
+        out_rows = []
+        for r, (prompt_index, ids) in enumerate(rows):
+            n_tok = int(lengths[r])
+            tok = tokens[r, :n_tok].tolist()
+            finished = bool(done[r])
+            text_ids = tok[:-1] if finished else tok
+            out_rows.append(Completion(
+                prompt_index=prompt_index, prompt_ids=list(ids), token_ids=tok,
+                text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
+                logprobs=logps[r, :n_tok].tolist(), finish_reason="stop" if finished else "length"))
+        return out_rows
+
+
+def _sample_top_p(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per row from the smallest set of tokens whose probability mass reaches top_p."""
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
+        sorted_p = sorted_p * keep
+        choice = torch.multinomial(sorted_p, 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,35 @@
+"""Held-out evaluation: greedy accuracy and pass@k (unbiased estimator) through a rollout engine."""
+
+from __future__ import annotations
+
+from math import comb
+
+from rollout.engines.base import SamplingParams
+from rollout.tasks.base import Example, Task
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, arXiv 2107.03374)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def greedy_accuracy(engine, task: Task, examples: list[Example], max_new_tokens: int | None = None) -> float:
+    """Share of examples whose greedy (temperature 0) completion the verifier scores 1."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens or task.max_new_tokens)
+    groups = engine.generate([ex.prompt for ex in examples], params)
+    scores = [task.score(ex, group[0].text) for ex, group in zip(examples, groups, strict=True)]
+    return sum(scores) / len(scores)
+
+
+def sampled_pass_at_k(engine, task: Task, examples: list[Example], n: int, temperature: float = 1.0,
+                      seed: int = 0, ks: list[int] | None = None) -> dict[int, float]:
+    """Mean pass@k over examples for k in ks (default 1, 2, 4, ..., n) from n samples per problem."""
+    ks = ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=task.max_new_tokens, seed=seed)
+    groups = engine.generate([ex.prompt for ex in examples], params)
+    correct = [sum(task.score(ex, c.text) >= 1.0 for c in group) for ex, group in zip(examples, groups, strict=True)]
+    return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}

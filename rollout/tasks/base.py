@@ -1,0 +1,97 @@
+"""The task plug-in contract: a seeded prompt generator, a pure verifier, and metadata.
+
+A task is any object with the attributes and methods of `Task` below. Tasks are registered by name
+(`@register_task("arith")`) or loaded from a user's module path (`my_pkg.my_task:MyTask`), see
+`rollout.tasks.load_task`. The contract is pinned by tests/unit/rollout/test_task_contract.py.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: the prompt text shown to the model and what the verifier needs to score it."""
+
+    id: str
+    prompt: str
+    answer: Any
+    meta: dict = field(default_factory=dict)
+
+
+class Task:
+    """Base class of tasks. Subclasses set `name`, `description`, `max_new_tokens` and implement
+    `make_example`, `score` and `reference_completion`.
+
+    - `examples(split, n, seed)` is deterministic in (split, n, seed); train and test never share a problem.
+    - `score(example, completion)` is pure and never raises: malformed output scores 0.0.
+    - `reference_completion(example, rng)` is one correct completion.
+    - `warmstart_completion(example, rng)` is what the default model's supervised warm-start imitates.
+    - `many_answers` says whether a problem has many valid answers (pass@N matters there).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    max_new_tokens: ClassVar[int] = 16
+    many_answers: ClassVar[bool] = False
+
+    def make_example(self, rng: random.Random, index: int) -> Example:
+        raise NotImplementedError
+
+    def score(self, example: Example, completion: str) -> float:
+        raise NotImplementedError
+
+    def reference_completion(self, example: Example, rng: random.Random) -> str:
+        raise NotImplementedError
+
+    def warmstart_completion(self, example: Example, rng: random.Random) -> str:
+        """The completion the supervised warm-start of the default model is trained on (default: a correct one).
+        A task may make it imperfect (a noisy demonstration set) so the bootstrapped model is only partly right."""
+        return self.reference_completion(example, rng)
+
+    def split_of(self, example: Example) -> str:
+        """Which split a problem belongs to: a stable hash of its prompt, 10% test."""
+        return "test" if _stable_hash(example.prompt) % 10 == 0 else "train"
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """n distinct problems of `split` ("train" or "test"), deterministic in (split, n, seed)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        out: list[Example] = []
+        seen: set[str] = set()
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 200 * n + 10_000:
+                raise ValueError(f"task {self.name!r} cannot produce {n} distinct {split} problems; ask for fewer")
+            ex = self.make_example(rng, len(out))
+            if ex.prompt in seen or self.split_of(ex) != split:
+                continue
+            seen.add(ex.prompt)
+            out.append(Example(id=f"{self.name}-{split}-{seed}-{len(out)}", prompt=ex.prompt, answer=ex.answer, meta=ex.meta))
+        return out
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_new_tokens": self.max_new_tokens,
+            "many_answers": self.many_answers,
+        }
+
+
+def _stable_hash(text: str) -> int:
+    """FNV-1a 32-bit: stable across processes (unlike hash())."""
+    h = 0x811C9DC5
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def first_line(completion: str) -> str:
+    """The model's answer: the completion up to its first newline, stripped."""
+    return completion.split("\n", 1)[0].strip()

@@ -1,0 +1,81 @@
+"""The job config: one section per package, composed here (DESIGN.md "Contracts").
+
+    model:     learner.config.ModelConfig     which policy
+    rollout:   rollout.config.RolloutConfig   task, sampling, engine, evaluation
+    learner:   learner.config.LearnerConfig   GRPO loss, optimizer, LoRA
+    run:       RunConfig                      steps, seed, checkpoints, where the run lives
+Unknown fields are errors; `leapfrog config schema` prints the JSON schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from learner.config import LearnerConfig, ModelConfig
+from rollout.config import RolloutConfig
+
+
+class RunConfig(BaseModel):
+    """The run as a whole."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (used in the run dir).")
+    seed: int = Field(0, ge=0, description="Seed of LoRA init, prompt order and sampling.")
+    steps: int = Field(100, ge=1, description="Learner steps (one rollout batch each).")
+    checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    eval_every: int = Field(10, ge=1, description="Greedy held-out evaluation every this many steps (and at 0 and the end).")
+    runs_root: str = Field("runs", min_length=1, description="Directory holding run directories (<runs_root>/<name>).")
+
+
+class JobConfig(BaseModel):
+    """A Leapfrog job."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A job config that cannot be used; the message names each bad field and what to do."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid job config {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; remove it (see `leapfrog config schema` for the valid fields)")
+        else:
+            lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"job config {path} not found; give a YAML file such as deploy/jobs/arith.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"job config {path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"job config {path} must be a mapping of sections (model, rollout, learner, run)")
+    return parse_config(data, str(path))
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
