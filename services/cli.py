@@ -38,7 +38,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        node[leaf] = parsed
     return data
 
 

@@ -1,8 +1,8 @@
-"""`digitsum`: write a number with a given count of digits whose digits add up to a given total.
+"""`digitsum`: write an n-digit number with a given first digit, last digit and digit total.
 
-Many answers are valid (e.g. 4 digits summing to 17: 8900, 1772, 9080, ...), so sampling diversity matters:
-this is the task where pass@N and the unlikeliness reward (arXiv 2506.02355) are measured.
-Example: prompt "4d s17:" -> completion "8900" (any 4-digit number, no leading zero, digit sum 17).
+Many answers are valid (e.g. 5 digits, total 20, from 3 to 7: 34907, 38027, 30557, ...), so sampling diversity
+matters: this is the task where pass@N and the unlikeliness reward (arXiv 2506.02355) are measured.
+Example: prompt "5d s20 3..7:" -> completion "34907".
 """
 
 from __future__ import annotations
@@ -16,27 +16,35 @@ from rollout.tasks.registry import register_task
 @register_task("digitsum")
 class DigitSum(Task):
     name = "digitsum"
-    description = "an n-digit number (no leading zero) whose digits sum to s; many valid answers"
-    max_new_tokens = 8
+    description = "an n-digit number with given first and last digits and digit total; many valid answers"
+    max_new_tokens = 10
     many_answers = True
 
     def make_example(self, rng: random.Random, index: int) -> Example:
-        n_digits = rng.randint(2, 6)
-        total = rng.randint(2, 9 * n_digits - 1)
-        return Example(id="", prompt=f"{n_digits}d s{total}:", answer={"digits": n_digits, "sum": total})
+        n_digits = rng.randint(3, 8)
+        first, last = rng.randint(1, 9), rng.randint(0, 9)
+        middle = rng.randint(0, 9 * (n_digits - 2))
+        total = first + last + middle
+        return Example(id="", prompt=f"{n_digits}d s{total} {first}..{last}:",
+                       answer={"digits": n_digits, "sum": total, "first": first, "last": last})
 
     def score(self, example: Example, completion: str) -> float:
         text = first_line(completion)
-        n_digits, total = example.answer["digits"], example.answer["sum"]
-        if len(text) != n_digits or not text.isdigit() or text[0] == "0":
+        want = example.answer
+        if len(text) != want["digits"] or not text.isascii() or not text.isdigit():
             return 0.0
-        return 1.0 if sum(int(c) for c in text) == total else 0.0
+        ok = (int(text[0]) == want["first"] and int(text[-1]) == want["last"]
+              and sum(int(c) for c in text) == want["sum"])
+        return 1.0 if ok else 0.0
 
     def reference_completion(self, example: Example, rng: random.Random) -> str:
-        """A uniformly random valid answer: first digit 1-9, the rest 0-9, digit sum exact."""
-        n_digits, total = example.answer["digits"], example.answer["sum"]
-        while True:
-            digits = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(n_digits - 2)]
-            last = total - sum(digits)
-            if 0 <= last <= 9:
-                return "".join(map(str, digits + [last]))
+        """A random valid answer: middle digits drawn one by one from the values that keep the total reachable."""
+        want = example.answer
+        remaining = want["sum"] - want["first"] - want["last"]
+        middle = []
+        for slots_left in range(want["digits"] - 2, 0, -1):
+            low, high = max(0, remaining - 9 * (slots_left - 1)), min(9, remaining)
+            digit = rng.randint(low, high)
+            middle.append(digit)
+            remaining -= digit
+        return "".join(map(str, [want["first"], *middle, want["last"]]))
