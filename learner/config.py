@@ -51,6 +51,8 @@ class LearnerConfig(Section):
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
     micro_batch_size: int = Field(256, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")

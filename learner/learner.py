@@ -33,6 +33,8 @@ class RolloutBatch:
     completion_ids: list[list[int]]
     rewards: list[float]
     group_size: int
+    sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
+    policy_version: int | None = None  # learner step whose weights sampled this batch
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int):
@@ -83,7 +85,17 @@ class Learner:
             width = max(prompt_lengths[i] for i in range(num_seq)[s]) + t_max
             return (input_ids[s, :width], attention[s, :width], prompt_lengths[s]), t_max
 
-        need_old = cfg.updates_per_batch > 1
+        # pi_old: the policy that sampled the batch. If it is not the current one (overlapped rollouts sample with
+        # the previous version), its log-probs come from the rollout engine; with mu > 1 they are computed once here.
+        stale = batch.policy_version is not None and batch.policy_version != self.step_count
+        sampler_logp = None
+        if stale:
+            if batch.sampling_logprobs is None:
+                raise ValueError("an off-policy batch needs the rollout engine's sampling log-probs")
+            sampler_logp = torch.zeros_like(completion_mask)
+            for b, lp in enumerate(batch.sampling_logprobs):
+                sampler_logp[b, :len(lp)] = torch.tensor(lp)
+        need_old = cfg.updates_per_batch > 1 and not stale
         old, ref = {}, {}
         with torch.no_grad():
             for k, s in enumerate(micro):
@@ -98,8 +110,9 @@ class Learner:
             for k, s in enumerate(micro):
                 r, t_max = rows(s)
                 logp = self._logprobs(r, t_max)
+                old_logp = sampler_logp[s, :t_max] if stale else old[k] if need_old else logp.detach()
                 loss, st = grpo_loss(
-                    logp, old[k] if need_old else logp.detach(), advantages[s], completion_mask[s, :t_max],
+                    logp, old_logp, advantages[s], completion_mask[s, :t_max],
                     loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high or cfg.epsilon,
                     beta=cfg.beta, ref_logp=ref.get(k), num_sequences=num_seq, num_tokens=num_tok,
                     max_completion_length=self.max_new_tokens)
@@ -120,6 +133,25 @@ class Learner:
         stats["reward_std"] = float(rewards.std())
         stats["completion_tokens"] = num_tok
         return stats
+
+    def publish_adapter(self, adapters_dir: str | Path) -> tuple[str, str]:
+        """Write the current adapter for the rollout workers (atomically); returns (path, version)."""
+        import os
+        import shutil
+
+        version = f"{self.step_count:06d}"
+        final = Path(adapters_dir) / f"v{version}"
+        if not final.exists():
+            tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(str(tmp))
+            os.replace(tmp, final)
+        return str(final), version
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def state_dict(self, extra: dict) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -21,5 +21,10 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of rollouts.")
     max_new_tokens: int | None = Field(None, ge=1, le=32768, description="Completion length limit; unset = the "
                                                                           "task's own.")
+    num_workers: int = Field(1, ge=1, le=1024, description="Rollout worker actors (Ray runtime only).")
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each rollout worker actor (Ray runtime).")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each rollout worker actor (Ray runtime).")
+    overlap: bool = Field(False, description="Ray runtime: generate batch t+1 while the learner trains on batch t "
+                                             "(one version stale at most; the ratio uses the sampling log-probs).")
     eval_size: int = Field(1000, ge=1, description="Held-out (test split) problems in each greedy evaluation.")
     eval_seed: int = Field(12345, ge=0, description="Seed of the held-out evaluation set (fixed across runs).")

