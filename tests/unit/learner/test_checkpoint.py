@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.checkpoint import CheckpointError, checkpoint_dir, list_checkpoints, read_checkpoint, write_checkpoint
+from learner.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 class FakeAdapterModel:
