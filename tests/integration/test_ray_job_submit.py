@@ -1,0 +1,92 @@
+"""`ray job submit` against a local head started by deploy/ray-local.sh: a job succeeds and its result is read
+back; a job whose driver dies is reported FAILED with the cause and its run directory stays readable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from learner.checkpoint import list_checkpoints, read_checkpoint
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    temp = tempfile.mkdtemp(prefix="lfh-", dir="/tmp")
+    env = {**os.environ, "LEAPFROG_RAY_TEMP": temp, "LEAPFROG_RAY_PORT": str(free_port()),
+           "LEAPFROG_RAY_DASHBOARD_PORT": str(free_port()), "LEAPFROG_RAY_CPUS": "2"}
+    started = subprocess.run(["bash", "deploy/ray-local.sh", "start"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    address = f"http://127.0.0.1:{env['LEAPFROG_RAY_DASHBOARD_PORT']}"
+    assert address in started.stdout
+    yield {**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"}
+    stopped = subprocess.run(["bash", "deploy/ray-local.sh", "stop"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def write_job(path, model_dir, steps):
+    path.write_text(f"model:\n  path: {model_dir}\nrollout:\n  prompts_per_step: 8\n  group_size: 4\n  eval_size: 32\n"
+                    f"  engine: hf\n  worker_cpus: 0.5\nlearner:\n  num_cpus: 0.5\n"
+                    f"run:\n  steps: {steps}\n  checkpoint_every: 1\n  eval_every: {steps}\n")
+
+
+def ray_cli(env, *args, timeout=300):
+    return subprocess.run([str(VENV_BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ray_job_submit_runs_the_driver(ray_head, default_model_dir, tmp_path):
+    job = tmp_path / "job.yaml"
+    write_job(job, default_model_dir, steps=3)
+    run_dir = tmp_path / "run"
+    res = ray_cli(ray_head, "job", "submit", "--working-dir", ".", "--", "python", "-m", "services.driver",
+                  str(job), "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3
+    assert [s for s, _ in list_checkpoints(run_dir)] == [1, 2, 3]
+
+
+def test_dead_driver_is_reported_failed_and_run_dir_stays_readable(ray_head, default_model_dir, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    job = tmp_path / "job.yaml"
+    write_job(job, default_model_dir, steps=500)
+    run_dir = tmp_path / "run"
+    res = ray_cli(ray_head, "job", "submit", "--no-wait", "--submission-id", f"lf-test-{os.getpid()}",
+                  "--working-dir", ".", "--", "python", "-m", "services.driver", str(job), "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    client = JobSubmissionClient(ray_head["RAY_ADDRESS"])
+    job_id = f"lf-test-{os.getpid()}"
+    deadline = time.time() + 180
+    while len(list_checkpoints(run_dir)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(list_checkpoints(run_dir)) >= 2, client.get_job_logs(job_id)[-3000:]
+    pid = int(client.get_job_logs(job_id).split("leapfrog driver pid ")[1].split()[0])
+    os.kill(pid, signal.SIGKILL)
+    while client.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.SUCCEEDED) and time.time() < deadline:
+        time.sleep(0.5)
+    info = client.get_job_info(job_id)
+    assert info.status == JobStatus.FAILED
+    assert "exit code" in info.message
+    step, path = list_checkpoints(run_dir)[-1]
+    state, meta = read_checkpoint(path)
+    assert meta["step"] == step and state["step"] == step
