@@ -4,6 +4,7 @@
 #   deploy/ray-local.sh stop      stop the head this script started (its own process group only)
 #   deploy/ray-local.sh status
 # Settings (env): LEAPFROG_RAY_TEMP (/tmp/leapfrog-ray), LEAPFROG_RAY_PORT (6390), LEAPFROG_RAY_DASHBOARD_PORT (8265),
+# LEAPFROG_RAY_AGENT_PORT (52365; change it when another Ray runs on this machine),
 # LEAPFROG_RAY_CPUS (all cores), LEAPFROG_VENV (.venv of this checkout). Jobs then run with the venv's python:
 #   RAY_AUTH_MODE=disabled .venv/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
 #       -- python -m services.driver deploy/jobs/arith.yaml
@@ -13,6 +14,7 @@ VENV=${LEAPFROG_VENV:-$ROOT/.venv}
 TEMP=${LEAPFROG_RAY_TEMP:-/tmp/leapfrog-ray}
 PORT=${LEAPFROG_RAY_PORT:-6390}
 DASHBOARD_PORT=${LEAPFROG_RAY_DASHBOARD_PORT:-8265}
+AGENT_PORT=${LEAPFROG_RAY_AGENT_PORT:-52365}   # the job agent's HTTP port (Ray's default; must be free)
 CPUS=${LEAPFROG_RAY_CPUS:-$(nproc)}
 PIDFILE=$TEMP/leapfrog-head.pgid
 export PATH="$VENV/bin:$PATH"                 # jobs' `python` is the venv's
@@ -28,10 +30,11 @@ case "${1:-}" in
     fi
     mkdir -p "$TEMP"
     setsid "$VENV/bin/ray" start --head --block --node-ip-address=127.0.0.1 --port="$PORT" \
-      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --temp-dir="$TEMP" --num-cpus="$CPUS" \
+      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --dashboard-agent-listen-port="$AGENT_PORT" \
+      --temp-dir="$TEMP" --num-cpus="$CPUS" \
       --disable-usage-stats >"$TEMP/head.log" 2>&1 &
     echo $! >"$PIDFILE"
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 360); do
       if "$VENV/bin/python" - "$DASHBOARD_PORT" <<'PY' 2>/dev/null; then
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/version", timeout=1)
@@ -46,7 +49,7 @@ PY
       fi
       sleep 0.5
     done
-    echo "the Ray head did not answer on port $DASHBOARD_PORT within 60 s; see $TEMP/head.log" >&2; exit 1
+    echo "the Ray head did not answer on port $DASHBOARD_PORT within 180 s; see $TEMP/head.log (stop it with: $0 stop)" >&2; exit 1
     ;;
   stop)
     if [ ! -f "$PIDFILE" ]; then echo "no Leapfrog Ray head recorded in $TEMP" >&2; exit 0; fi

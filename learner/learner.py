@@ -53,7 +53,9 @@ def lr_lambda(cfg: LearnerConfig, total_steps: int):
 
 class Learner:
     def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, cfg: LearnerConfig, *, seed: int,
-                 total_steps: int, max_new_tokens: int, temperature: float = 1.0):
+                 total_steps: int, max_new_tokens: int, temperature: float = 1.0, num_threads: int | None = None):
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         self.cfg = cfg
         self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed)
         self.model.train()

@@ -44,7 +44,11 @@ class RolloutWorker:
         if current is not None:
             self.engine.load_adapter(*current)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 adapter: tuple[str, str] | None = None) -> list[list[Completion]]:
+        """Generate for a shard of prompts, first switching to `adapter` = (path, version) if it is newer."""
+        if adapter is not None and adapter[1] != self.engine.adapter_version:
+            self.engine.load_adapter(*adapter)
         return self.engine.generate(prompts, params)
 
     def load_adapter(self, path: str, version: str) -> str:

@@ -105,19 +105,26 @@ class RayRuntime:
                             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
         learner_cls = ray.remote(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_restarts=3,
                                  runtime_env=env)(Learner)
+        # Threads per actor: without overlap the loop alternates between generating and training, so each actor may
+        # use every core of its node while it works; with overlap they run at once and keep to their reservation.
+        node_cpus = int(max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"]))
+        learner_threads = max(1, int(cfg.learner.num_cpus)) if cfg.rollout.overlap else node_cpus
+        worker_threads = (max(1, int(cfg.rollout.worker_cpus)) if cfg.rollout.overlap
+                          else max(1, node_cpus // cfg.rollout.num_workers))
         self.learner = learner_cls.remote(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed,
                                           total_steps=cfg.run.steps, max_new_tokens=max_new_tokens,
-                                          temperature=cfg.rollout.temperature)
+                                          temperature=cfg.rollout.temperature, num_threads=learner_threads)
         worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus, max_restarts=-1,
                                 max_task_retries=3, runtime_env=env)(RolloutWorker)
-        threads = max(1, int(cfg.rollout.worker_cpus))
         self.workers = [
             worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
-                              max_lora_rank=cfg.learner.lora.r, seed=cfg.run.seed + i, num_threads=threads)
+                              max_lora_rank=cfg.learner.lora.r, seed=cfg.run.seed + i, num_threads=worker_threads)
             for i in range(cfg.rollout.num_workers)]
         self._learner_args = (model_dir, max_new_tokens)
         ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
         self._step_count = 0
+        self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
+        self._published = None  # the adapter write issued with the last train()
 
     @property
     def step_count(self) -> int:
@@ -132,7 +139,7 @@ class RayRuntime:
             shard = prompts[bounds[i]:bounds[i + 1]]
             if shard:
                 shard_params = SamplingParams(**{**params.__dict__, "seed": params.seed + 7919 * i})
-                futures.append((bounds[i], w.generate.remote(shard, shard_params)))
+                futures.append((bounds[i], w.generate.remote(shard, shard_params, self._adapter)))
         return futures
 
     def collect(self, futures) -> list[list[Completion]]:
@@ -166,18 +173,39 @@ class RayRuntime:
                 time.sleep(0.5)
 
     def train(self, batch: RolloutBatch) -> dict:
-        stats = self._learner("step", batch)
+        """One learner step; the adapter it produces is written in the same round trip (collected by publish)."""
+        import ray
+
+        from services.runner import LearnerLost
+
+        step = self.learner.step.remote(batch)
+        self._published = self.learner.publish_adapter.remote(str(self.adapters_dir))
+        try:
+            stats = ray.get(step)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
         self._step_count += 1
         return stats
 
     def publish(self) -> str:
+        """Make the learner's current adapter the rollout policy: the pointer file names it (for restarted workers)
+        and every worker loads it before its next generation (the version travels with the generate call)."""
         import ray
 
         from rollout.worker import write_adapter_pointer
+        from services.runner import LearnerLost
 
-        path, version = self._learner("publish_adapter", str(self.adapters_dir))
+        try:
+            if self._published is not None:
+                path, version = ray.get(self._published)
+            else:
+                path, version = self._learner("publish_adapter", str(self.adapters_dir))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
+        finally:
+            self._published = None
         write_adapter_pointer(self.pointer, path, version)
-        ray.get([w.load_adapter.remote(path, version) for w in self.workers])
+        self._adapter = (path, version)
         return version
 
     def checkpoint(self, meta: dict, extra: dict) -> Path:
@@ -185,6 +213,7 @@ class RayRuntime:
 
     def resume(self, path: Path | None) -> dict:
         """Continue from a checkpoint (None: from the start, after a learner restart before any checkpoint)."""
+        self._published = None  # a write issued before the learner died is void
         state = self._learner("load_checkpoint", path, retry_for=120) if path is not None else {"step": 0, "evals": []}
         if path is None:
             self._learner("pid", retry_for=120)  # wait for a restarting learner

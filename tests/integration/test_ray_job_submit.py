@@ -29,17 +29,20 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_head():
     temp = tempfile.mkdtemp(prefix="lfh-", dir="/tmp")
-    env = {**os.environ, "LEAPFROG_RAY_TEMP": temp, "LEAPFROG_RAY_PORT": str(free_port()),
-           "LEAPFROG_RAY_DASHBOARD_PORT": str(free_port()), "LEAPFROG_RAY_CPUS": "2"}
-    started = subprocess.run(["bash", "deploy/ray-local.sh", "start"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=120)
-    assert started.returncode == 0, started.stderr
-    address = f"http://127.0.0.1:{env['LEAPFROG_RAY_DASHBOARD_PORT']}"
-    assert address in started.stdout
-    yield {**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"}
-    stopped = subprocess.run(["bash", "deploy/ray-local.sh", "stop"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert stopped.returncode == 0, stopped.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # not the session's in-process Ray
+    env = {**env, "RAY_AUTH_MODE": "disabled", "LEAPFROG_RAY_TEMP": temp, "LEAPFROG_RAY_PORT": str(free_port()),
+           "LEAPFROG_RAY_DASHBOARD_PORT": str(free_port()), "LEAPFROG_RAY_AGENT_PORT": str(free_port()), "LEAPFROG_RAY_CPUS": "2"}
+    try:
+        started = subprocess.run(["bash", "deploy/ray-local.sh", "start"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=240)
+        assert started.returncode == 0, started.stderr
+        address = f"http://127.0.0.1:{env['LEAPFROG_RAY_DASHBOARD_PORT']}"
+        assert address in started.stdout
+        yield {**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"}
+    finally:
+        stopped = subprocess.run(["bash", "deploy/ray-local.sh", "stop"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
 
 
 def write_job(path, model_dir, steps):
@@ -49,8 +52,14 @@ def write_job(path, model_dir, steps):
 
 
 def ray_cli(env, *args, timeout=300):
-    return subprocess.run([str(VENV_BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run the ray CLI; a submit that reaches the head before its job agent registered is retried (up to 60 s)."""
+    deadline = time.time() + 60
+    while True:
+        res = subprocess.run([str(VENV_BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+        if "No available agent to submit job" not in res.stderr or time.time() > deadline:
+            return res
+        time.sleep(2)
 
 
 def test_ray_job_submit_runs_the_driver(ray_head, default_model_dir, tmp_path):

