@@ -138,3 +138,20 @@ def test_bad_runtime_input_fails_before_training(ray_local, default_model_dir, t
         parse_config({"rollout": {"engine": "tensorrt"}})
     with pytest.raises(ConfigError, match="model.path"):
         run_on_ray(job(tmp_path / "nowhere"), tmp_path / "b", progress=False)
+
+
+def test_vllm_requested_without_vllm_fails_at_start(ray_local, default_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail, as on a machine without it
+    with pytest.raises(ValueError, match="vLLM is not installed"):
+        run_on_ray(job(default_model_dir, engine="vllm"), tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+
+
+def test_unreadable_model_on_a_worker_fails_at_start(ray_local, tmp_path):
+    from services.runtime import RayRuntime
+
+    cfg = job(tmp_path / "only-on-the-driver")
+    with pytest.raises(Exception, match="cannot read the model directory"):
+        RayRuntime(cfg, tmp_path / "only-on-the-driver", tmp_path / "run", 6)
