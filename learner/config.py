@@ -43,6 +43,8 @@ class LearnerConfig(Section):
     epsilon_high: float | None = Field(None, gt=0, lt=10, description="Upper clip range eps_high (DAPO clip-higher "
                                                                       "uses 0.28); unset = epsilon.")
     beta: float = Field(0.0, ge=0, description="k3 KL penalty coefficient against the base model (adapter off).")
+    use_bias_correction_kl: bool = Field(False, description="Weight the k3 KL by the ratio rho (DeepSeek-V3.2 unbiased "
+                                                              "reverse-KL gradient; TRL's default is true).")
     updates_per_batch: int = Field(1, ge=1, le=16, description="mu: optimizer steps per rollout batch (TRL num_iterations).")
     lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the LoRA parameters.")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")

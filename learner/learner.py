@@ -116,7 +116,8 @@ class Learner:
                 loss, st = grpo_loss(
                     logp, old_logp, advantages[s], completion_mask[s, :t_max],
                     loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high or cfg.epsilon,
-                    beta=cfg.beta, ref_logp=ref.get(k), num_sequences=num_seq, num_tokens=num_tok,
+                    beta=cfg.beta, ref_logp=ref.get(k), kl_ratio_correction=cfg.use_bias_correction_kl,
+                    num_sequences=num_seq, num_tokens=num_tok,
                     max_completion_length=self.max_new_tokens)
                 loss.backward()
                 share = len(range(num_seq)[s]) / num_seq

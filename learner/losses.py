@@ -7,7 +7,9 @@ Shapes: per-token tensors are [B, T] over completion tokens (B sequences, T = lo
   Dr. GRPO (arXiv 2503.20783) drops the std division: A_i = R_i - mean_G R.
 - Clipped surrogate (PPO, arXiv 1707.06347), per token: L = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A),
   rho = exp(logp - old_logp); DAPO's clip-higher (arXiv 2503.14476) sets eps_high > eps_low.
-- KL penalty, k3 estimator (Schulman 2020): k3 = exp(ref - logp) - (ref - logp) - 1, added as beta * k3.
+- KL penalty, k3 estimator (Schulman 2020): k3 = exp(ref - logp) - (ref - logp) - 1, added as beta * k3;
+  optionally weighted by the ratio rho (rho * k3, DeepSeek-V3.2, arXiv 2512.02556: the unbiased reverse-KL
+  gradient off-policy; TRL's `use_bias_correction_kl`, on by default there, off here as in METHODS.md §1).
 - Aggregations: `grpo` = mean over each sequence's tokens, then over sequences; `dapo` = sum over all tokens /
   number of tokens; `dr_grpo` = sum over all tokens / (B x max_completion_length).
 These follow TRL's GRPOTrainer (`loss_type`, `epsilon`, `epsilon_high`, `beta`, `scale_rewards`); the parity
@@ -91,7 +93,7 @@ def aggregate_constant_normalizer(per_token: torch.Tensor, mask: torch.Tensor, n
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               loss_type: str = "grpo", eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-              ref_logp: torch.Tensor | None = None, num_sequences: int | None = None,
+              ref_logp: torch.Tensor | None = None, kl_ratio_correction: bool = False, num_sequences: int | None = None,
               num_tokens: int | None = None, max_completion_length: int | None = None
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss of one (micro-)batch and its statistics.
@@ -110,7 +112,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         if ref_logp is None:
             raise ValueError("beta > 0 needs ref_logp (log-probs of the reference policy)")
         kl = k3_kl(logp, ref_logp)
-        per_token = per_token + beta * kl
+        weighted = kl * torch.exp(logp - old_logp) if kl_ratio_correction else kl
+        per_token = per_token + beta * weighted
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
     loss = AGGREGATIONS[loss_type](per_token, mask, num_sequences, num_tokens, max_completion_length)
     with torch.no_grad():

@@ -1,0 +1,110 @@
+"""Our GRPO loss equals TRL 1.16 GRPOTrainer's on the same model, completions, advantages and old/ref log-probs.
+
+TRL is the reference: a real GRPOTrainer is built around the same PEFT model and its own `_compute_loss` is
+called on the inputs dict its generation step would produce. Tolerance 1e-5 (fp32). Every loss aggregation, with
+mu = 1 (pi_old = pi_theta, TRL passes no old log-probs) and mu = 2 (pi_old from another adapter, so the ratio and
+the clipping matter), and beta = 0 and 0.04 (k3 KL to the adapter-disabled base).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from learner.config import LoraConfig, ModelConfig
+from learner.losses import ADVANTAGES, grpo_loss
+from learner.policy import completion_logprobs, load_policy, pad_sequences
+from rollout.engines.base import SamplingParams
+from rollout.engines.hf import HFEngine
+
+pytestmark = pytest.mark.integration
+
+G = 4
+MAX_NEW = 6
+EPS_LOW, EPS_HIGH = 0.2, 0.28
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir):
+    """A PEFT policy with a non-zero adapter, a sampled batch (same-length prompts, so no padding question),
+    rewards -> advantages, and pi_old log-probs from a perturbed adapter."""
+    model, tok = load_policy(tiny_model_dir, ModelConfig(), LoraConfig(r=4, alpha=8), seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    prompts = ["12+34=", "56+78=", "90+12=", "34+56="]
+    groups = HFEngine(model=model, tokenizer=tok).generate(prompts, SamplingParams(n=G, max_new_tokens=MAX_NEW, seed=1))
+    flat = [c for g in groups for c in g]
+    rewards = torch.tensor([float(len(c.token_ids) % 3) for c in flat])  # any non-constant reward will do
+    ids, att, mask = pad_sequences([c.prompt_ids for c in flat], [c.token_ids for c in flat], tok.pad_token_id)
+    plen = [len(c.prompt_ids) for c in flat]
+    with torch.no_grad():
+        saved = {n: p.clone() for n, p in model.named_parameters() if "lora_B" in n}
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.5)
+        old = completion_logprobs(model, ids, att, plen, mask.shape[1])
+        for n, p in model.named_parameters():
+            if n in saved:
+                p.copy_(saved[n])
+        with model.disable_adapter():
+            ref = completion_logprobs(model, ids, att, plen, mask.shape[1])
+    return dict(model=model, tok=tok, flat=flat, ids=ids, att=att, mask=mask, plen=plen, old=old, ref=ref,
+                advantages=ADVANTAGES["group"](rewards, G))
+
+
+def trl_loss(batch, tmp_path, loss_type, mu, beta, kl_correction) -> float:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    n = len(batch["flat"])
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], loss_type=loss_type,
+                      num_iterations=mu, beta=beta, epsilon=EPS_LOW, epsilon_high=EPS_HIGH, num_generations=G,
+                      per_device_train_batch_size=n, max_completion_length=MAX_NEW, temperature=1.0,
+                      use_bias_correction_kl=kl_correction, save_strategy="no", logging_strategy="no")
+    policy = copy.deepcopy(batch["model"])  # TRL adds a "ref" adapter to the model it is given
+    trainer = GRPOTrainer(model=policy, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                          args=args, train_dataset=Dataset.from_dict({"prompt": ["12+34="] * n}),
+                          processing_class=batch["tok"])
+    flat, mask = batch["flat"], batch["mask"]
+    completion_ids = torch.full(mask.shape, batch["tok"].pad_token_id, dtype=torch.long)
+    for i, c in enumerate(flat):
+        completion_ids[i, :len(c.token_ids)] = torch.tensor(c.token_ids)
+    inputs = {
+        "prompt_ids": torch.tensor([c.prompt_ids for c in flat]),
+        "prompt_mask": torch.ones((n, len(flat[0].prompt_ids)), dtype=torch.long),
+        "completion_ids": completion_ids,
+        "completion_mask": mask.long(),
+        "advantages": batch["advantages"],
+        "old_per_token_logps": batch["old"] if mu > 1 else None,
+        "ref_per_token_logps": batch["ref"] if beta > 0 else None,
+        "num_items_in_batch": mask.sum(),
+    }
+    trainer.model.eval()  # one batch, no gradient accumulation: TRL's normalisers are then those of the batch
+    with torch.no_grad():
+        return float(trainer._compute_loss(trainer.model, inputs))
+
+
+CASES = [(loss_type, mu, beta, kl_correction) for loss_type in ("grpo", "dapo", "dr_grpo") for mu in (1, 2)
+         for beta, kl_correction in ((0.0, False), (0.04, False), (0.04, True))]
+
+
+@pytest.mark.parametrize("loss_type, mu, beta, kl_correction", CASES)
+def test_loss_matches_trl(batch, tmp_path, loss_type, mu, beta, kl_correction):
+    model = batch["model"]
+    model.eval()
+    with torch.no_grad():
+        logp = completion_logprobs(model, batch["ids"], batch["att"], batch["plen"], batch["mask"].shape[1])
+        ours, stats = grpo_loss(logp, batch["old"] if mu > 1 else logp, batch["advantages"], batch["mask"],
+                                loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=beta,
+                                ref_logp=batch["ref"], kl_ratio_correction=kl_correction,
+                                max_completion_length=MAX_NEW)
+    theirs = trl_loss(batch, tmp_path, loss_type, mu, beta, kl_correction)
+    assert abs(float(ours) - theirs) < 1e-5, (loss_type, mu, beta, float(ours), theirs)
+    assert float(ours) != 0.0
+    if mu > 1:
+        assert stats["clip_ratio"] > 0  # the perturbed pi_old really exercises the clipping
