@@ -34,6 +34,12 @@ class LoraConfig(Section):
 class LearnerConfig(Section):
     """GRPO learner (METHODS.md §1). Field names follow TRL's GRPOConfig where they mean the same thing."""
 
+    reward_shaping: Literal["none", "unlikeliness"] = Field(
+        "none", description="Reward shaping before advantages: unlikeliness = R (1 - beta_u rank / G), rank by "
+                            "length-normalised sampling log-prob (He et al. 2025, arXiv 2506.02355).")
+    unlikeliness_beta: float = Field(0.25, ge=0, le=1, description="beta_u of the unlikeliness reward.")
+    drop_uniform_groups: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO dynamic "
+                                                         "sampling; part of the unlikeliness recipe).")
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = Field(
         "dapo", description="Loss aggregation: grpo = per-sequence token mean then mean; dapo = token mean over the "
                             "batch; dr_grpo = sum / (batch x max_new_tokens).")

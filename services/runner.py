@@ -69,6 +69,26 @@ def prompts_for_step(pool: list, seed: int, step: int, per_step: int) -> list:
     return out
 
 
+def shape_rewards(cfg: JobConfig, completions: list, rewards: list[float]) -> tuple[list, list[float]]:
+    """Apply the learner's reward shaping (unlikeliness) and group filtering (drop all-equal groups)."""
+    import torch
+
+    from learner.rewards import informative_groups, unlikeliness_rewards
+
+    g = cfg.rollout.group_size
+    raw = torch.tensor(rewards, dtype=torch.float32)
+    shaped = raw
+    if cfg.learner.reward_shaping == "unlikeliness":
+        mean_logp = torch.tensor([c.mean_logprob for c in completions], dtype=torch.float32)
+        shaped = unlikeliness_rewards(raw, mean_logp, g, cfg.learner.unlikeliness_beta)
+    if cfg.learner.drop_uniform_groups:
+        keep = informative_groups(raw, g)
+        if bool(keep.any()):  # a batch with no signal at all is kept whole (its advantages are all zero)
+            rows = [i for i in range(len(completions)) if bool(keep[i // g])]
+            return [completions[i] for i in rows], [float(shaped[i]) for i in rows]
+    return completions, shaped.tolist()
+
+
 def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool) -> Path | None:
     """Create the run dir (or check it for a resume); returns the checkpoint to resume from, if any."""
     checkpoints = list_checkpoints(run_dir)
@@ -175,6 +195,7 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             t_gen = time.time() - t0
             completions = [c for group in groups for c in group]
             rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]
+            completions, rewards = shape_rewards(cfg, completions, rewards)
             batch = RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
                                  completion_ids=[c.token_ids for c in completions], rewards=rewards,
                                  group_size=cfg.rollout.group_size,
