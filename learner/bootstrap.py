@@ -112,7 +112,7 @@ def sft_batch(task: Task, tokenizer, examples, rng: random.Random):
 def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = None, force: bool = False,
               spec: BootstrapSpec | None = None, progress: bool = True) -> Path:
     """Build (or reuse) the default model of a task; returns its HF model directory."""
-    spec = spec or BootstrapSpec(task=task_name, seed=seed)
+    spec = spec or BootstrapSpec(task=task_name, seed=seed, **load_task(task_name).bootstrap_overrides)
     out_dir = Path(out_dir) if out_dir else default_model_dir(task_name, seed)
     if (out_dir / "leapfrog_bootstrap.json").exists() and not force:
         return out_dir
@@ -121,7 +121,7 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
     task = load_task(task_name)
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    train = task.examples("train", 20_000, seed=seed)
+    train = task.examples("train", min(20_000, getattr(task, "max_train_pool", 20_000)), seed=seed)
     test = task.examples("test", spec.eval_size, seed=10_000 + seed)
     corpus = [ex.prompt + task.reference_completion(ex, rng) for ex in train[:5000]]
     tokenizer = train_tokenizer(corpus, spec.vocab_size)

@@ -34,6 +34,11 @@ class LoraConfig(Section):
 class LearnerConfig(Section):
     """GRPO learner (METHODS.md §1). Field names follow TRL's GRPOConfig where they mean the same thing."""
 
+    algorithm: Literal["grpo", "rank_grpo"] = Field(
+        "grpo", description="grpo: one advantage per sequence; rank_grpo: per-rank advantages and rank-level ratios "
+                            "for ranked-list tasks (Zhu et al. 2025, arXiv 2510.20150; clip 0.06/0.08 by default).")
+    rank_reward: Literal["exp_inf", "log_decay"] = Field(
+        "exp_inf", description="Rank-GRPO rank reward: exp_inf = rel_k; log_decay = sum_{j>=k} rel_j / log2(j+1).")
     reward_shaping: Literal["none", "unlikeliness"] = Field(
         "none", description="Reward shaping before advantages: unlikeliness = R (1 - beta_u rank / G), rank by "
                             "length-normalised sampling log-prob (He et al. 2025, arXiv 2506.02355).")
@@ -65,6 +70,11 @@ class LearnerConfig(Section):
 
     @model_validator(mode="after")
     def _check_clip(self):
+        if self.algorithm == "rank_grpo":  # the authors' asymmetric rank-level clip unless set explicitly
+            if "epsilon" not in self.model_fields_set:
+                object.__setattr__(self, "epsilon", 0.06)
+            if "epsilon_high" not in self.model_fields_set:
+                object.__setattr__(self, "epsilon_high", 0.08)
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (clip-higher widens the upper range only)")
         return self

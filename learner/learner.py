@@ -34,7 +34,16 @@ class RolloutBatch:
     rewards: list[float]
     group_size: int
     sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
+    token_advantages: list[list[float]] | None = None  # per-token advantages (Rank-GRPO); else from rewards
+    segments: list[list[int]] | None = None  # per-token segment ids for segment-level ratios (Rank-GRPO ranks)
     policy_version: int | None = None  # learner step whose weights sampled this batch
+
+
+def _pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
+    return out
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int):
@@ -75,9 +84,13 @@ class Learner:
         """One learner step (mu optimizer updates) on a scored batch; returns its metrics."""
         cfg = self.cfg
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)
-        advantages = ADVANTAGES[cfg.scale_rewards](rewards, batch.group_size)
         input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
                                                               self.tokenizer.pad_token_id)
+        if batch.token_advantages is not None:
+            advantages = _pad_rows(batch.token_advantages, completion_mask.shape[1], torch.float32)
+        else:
+            advantages = ADVANTAGES[cfg.scale_rewards](rewards, batch.group_size)
+        segments = _pad_rows(batch.segments, completion_mask.shape[1], torch.long) if batch.segments else None
         prompt_lengths = [len(p) for p in batch.prompt_ids]
         num_seq, num_tok = len(batch.rewards), int(completion_mask.sum())
         micro = [slice(i, i + cfg.micro_batch_size) for i in range(0, num_seq, cfg.micro_batch_size)]
@@ -114,7 +127,8 @@ class Learner:
                 logp = self._logprobs(r, t_max)
                 old_logp = sampler_logp[s, :t_max] if stale else old[k] if need_old else logp.detach()
                 loss, st = grpo_loss(
-                    logp, old_logp, advantages[s], completion_mask[s, :t_max],
+                    logp, old_logp, advantages[s] if advantages.dim() == 1 else advantages[s, :t_max],
+                    completion_mask[s, :t_max], segments=segments[s, :t_max] if segments is not None else None,
                     loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high or cfg.epsilon,
                     beta=cfg.beta, ref_logp=ref.get(k), kl_ratio_correction=cfg.use_bias_correction_kl,
                     num_sequences=num_seq, num_tokens=num_tok,

@@ -56,11 +56,12 @@ def batch_normalized_advantages(rewards: torch.Tensor, group_size: int, eps: flo
     return ((grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)) / (rewards.std() + eps)
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                      eps_low: float, eps_high: float) -> torch.Tensor:
-    """Per-token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A); advantages [B] broadcast over tokens."""
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None]
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float
+                      ) -> torch.Tensor:
+    """Per-token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), rho = exp(log_ratio); advantages [B] (broadcast
+    over tokens) or [B, T] (per token, e.g. Rank-GRPO's per-rank advantages)."""
+    ratio = torch.exp(log_ratio)
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
     return -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
 
 
@@ -93,20 +94,27 @@ def aggregate_constant_normalizer(per_token: torch.Tensor, mask: torch.Tensor, n
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               loss_type: str = "grpo", eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-              ref_logp: torch.Tensor | None = None, kl_ratio_correction: bool = False, num_sequences: int | None = None,
+              ref_logp: torch.Tensor | None = None, kl_ratio_correction: bool = False,
+              segments: torch.Tensor | None = None, num_sequences: int | None = None,
               num_tokens: int | None = None, max_completion_length: int | None = None
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss of one (micro-)batch and its statistics.
 
     num_sequences / num_tokens are those of the whole batch the optimizer step covers (so micro-batch losses add
     up to the full-batch loss); they default to this micro-batch's own. max_completion_length is the configured
-    limit (dr_grpo's constant normaliser), defaulting to T.
+    limit (dr_grpo's constant normaliser), defaulting to T. With `segments` [B, T] (Rank-GRPO's ranks) the ratio
+    is taken per segment: exp of the mean token log-ratio over the segment (learner/rank_grpo.py).
     """
     mask = mask.to(logp.dtype)
     num_sequences = num_sequences or logp.shape[0]
     num_tokens = num_tokens if num_tokens is not None else int(mask.sum())
     max_completion_length = max_completion_length or logp.shape[1]
-    per_token = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    log_ratio = logp - old_logp
+    if segments is not None:
+        from learner.rank_grpo import segment_log_ratio
+
+        log_ratio = segment_log_ratio(log_ratio, segments, mask)
+    per_token = clipped_surrogate(log_ratio, advantages, eps_low, eps_high)
     stats: dict[str, float] = {}
     if beta > 0.0:
         if ref_logp is None:
@@ -117,8 +125,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
     loss = AGGREGATIONS[loss_type](per_token, mask, num_sequences, num_tokens, max_completion_length)
     with torch.no_grad():
-        ratio = torch.exp(logp - old_logp)
-        adv = advantages[:, None].expand_as(ratio)
+        ratio = torch.exp(log_ratio)
+        adv = (advantages[:, None] if advantages.dim() == 1 else advantages).expand_as(ratio)
         clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
         stats["clip_ratio"] = float((clipped.to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1))
     return loss, stats

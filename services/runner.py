@@ -20,7 +20,7 @@ from rollout.evaluate import greedy_accuracy
 from rollout.tasks import load_task
 from services.config import ConfigError, JobConfig, dump_config
 
-TRAIN_POOL_MAX = 50_000
+TRAIN_POOL_MAX = 50_000  # for tasks that do not set max_train_pool
 
 
 @dataclass
@@ -67,6 +67,31 @@ def prompts_for_step(pool: list, seed: int, step: int, per_step: int) -> list:
         random.Random(f"{seed}:{epoch}").shuffle(order)
         out.append(pool[order[pos]])
     return out
+
+
+def rank_grpo_fields(cfg: JobConfig, task, tokenizer, examples: list, groups: list) -> tuple[list, list]:
+    """Rank-GRPO's per-token advantages and rank segments for a scored batch (learner/rank_grpo.py).
+    Ranks and parsed lines come from the same per-token decoding, so they cannot disagree."""
+    import torch
+
+    from learner.rank_grpo import parsed_items, rank_advantages, rank_rewards, rank_segments, token_advantages
+
+    k = task.list_length
+    relevance, segments, n_items, ended = [], [], [], []
+    for ex, group in zip(examples, groups, strict=True):
+        for c in group:
+            stop = c.finish_reason == "stop"
+            texts = [tokenizer.decode([t]) for t in (c.token_ids[:-1] if stop else c.token_ids)]
+            seg = rank_segments(texts, k)
+            if stop:  # the end token sits in the rank of the text before it
+                seg.append(min(sum(t.count("\n") for t in texts), k))
+            segments.append(seg)
+            relevance.append(task.relevance(ex, parsed_items(texts, k)))
+            n_items.append(sum(1 for line in "".join(texts).split("\n") if line.strip()))
+            ended.append(stop)
+    rewards = rank_rewards(torch.tensor(relevance), cfg.learner.rank_reward)
+    advantages = rank_advantages(rewards, cfg.rollout.group_size)
+    return token_advantages(advantages, segments, n_items, k, ended), segments
 
 
 def shape_rewards(cfg: JobConfig, completions: list, rewards: list[float]) -> tuple[list, list[float]]:
@@ -141,7 +166,15 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
     task = load_task(cfg.rollout.task)
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     eval_set = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
-    pool_size = min(TRAIN_POOL_MAX, cfg.run.steps * cfg.rollout.prompts_per_step)
+    tokenizer = None
+    if cfg.learner.algorithm == "rank_grpo":
+        if not hasattr(task, "relevance") or not hasattr(task, "list_length"):
+            raise ConfigError(f"learner.algorithm: rank_grpo needs a ranked-list task (with relevance() and "
+                              f"list_length, e.g. ranklist); {task.name!r} is not one")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
     pool = task.examples("train", pool_size, seed=cfg.run.seed)
     evals: list[dict] = []
     started = time.time()
@@ -195,11 +228,16 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             t_gen = time.time() - t0
             completions = [c for group in groups for c in group]
             rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]
-            completions, rewards = shape_rewards(cfg, completions, rewards)
+            token_adv = segments = None
+            if tokenizer is not None:
+                token_adv, segments = rank_grpo_fields(cfg, task, tokenizer, examples, groups)
+            else:
+                completions, rewards = shape_rewards(cfg, completions, rewards)
             batch = RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
                                  completion_ids=[c.token_ids for c in completions], rewards=rewards,
                                  group_size=cfg.rollout.group_size,
-                                 sampling_logprobs=[c.logprobs for c in completions], policy_version=policy_version)
+                                 sampling_logprobs=[c.logprobs for c in completions], policy_version=policy_version,
+                                 token_advantages=token_adv, segments=segments)
             try:
                 stats = runtime.train(batch)
                 version = runtime.publish()

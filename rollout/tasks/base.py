@@ -36,6 +36,8 @@ class Task:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     max_new_tokens: ClassVar[int] = 16
+    max_train_pool: ClassVar[int] = 50_000  # distinct training problems a run cycles through at most
+    bootstrap_overrides: ClassVar[dict] = {}  # BootstrapSpec fields this task's default model uses
     many_answers: ClassVar[bool] = False
 
     def make_example(self, rng: random.Random, index: int) -> Example:

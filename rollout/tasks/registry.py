@@ -21,6 +21,7 @@ def load_task(spec: str) -> Task:
     """A task instance from a registered name ("arith") or a module path ("my_pkg.my_task:MyTask")."""
     import rollout.tasks.arith  # noqa: F401  (registers the built-in tasks)
     import rollout.tasks.digitsum  # noqa: F401
+    import rollout.tasks.ranklist  # noqa: F401
 
     if ":" in spec:
         module_name, _, attr = spec.partition(":")

@@ -23,9 +23,9 @@ def test_group_advantages_by_hand():
 def test_clipping_both_sides():
     old = torch.zeros(1, 4)
     logp = torch.log(torch.tensor([[0.5, 0.9, 1.1, 1.5]]))
-    pos = clipped_surrogate(logp, old, torch.tensor([1.0]), 0.2, 0.28)
+    pos = clipped_surrogate(logp - old, torch.tensor([1.0]), 0.2, 0.28)
     assert pos.tolist()[0] == pytest.approx([-0.5, -0.9, -1.1, -1.28])  # A > 0: only the top is clipped
-    neg = clipped_surrogate(logp, old, torch.tensor([-1.0]), 0.2, 0.28)
+    neg = clipped_surrogate(logp - old, torch.tensor([-1.0]), 0.2, 0.28)
     assert neg.tolist()[0] == pytest.approx([0.8, 0.9, 1.1, 1.5])  # A < 0: only the bottom is clipped
 
 
