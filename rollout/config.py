@@ -27,4 +27,7 @@ class RolloutConfig(BaseModel):
     overlap: bool = Field(False, description="Ray runtime: generate batch t+1 while the learner trains on batch t "
                                              "(one version stale at most; the ratio uses the sampling log-probs).")
     eval_size: int = Field(1000, ge=1, description="Held-out (test split) problems in each greedy evaluation.")
+    eval_pass_n: int = Field(0, ge=0, le=4096, description="Samples per problem for pass@k (k = 1, 2, 4, ..., n) in "
+                                                            "each evaluation; 0 = greedy accuracy only.")
+    eval_pass_size: int = Field(200, ge=1, description="Held-out problems used for pass@k (a subset of the eval set).")
     eval_seed: int = Field(12345, ge=0, description="Seed of the held-out evaluation set (fixed across runs).")

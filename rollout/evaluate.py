@@ -33,3 +33,22 @@ def sampled_pass_at_k(engine, task: Task, examples: list[Example], n: int, tempe
     groups = engine.generate([ex.prompt for ex in examples], params)
     correct = [sum(task.score(ex, c.text) >= 1.0 for c in group) for ex, group in zip(examples, groups, strict=True)]
     return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
+
+
+def list_metrics(engine, task, examples: list[Example], ks: list[int] | None = None) -> dict[str, float]:
+    """Greedy Recall@k and NDCG@k for a ranked-list task (one item per line), k in ks (default 1..K by doubling,
+    and K): Recall@k = ground-truth items found in the first k lines / |ground truth|; NDCG@k with binary relevance."""
+    from learner.rank_grpo import ndcg_at_k, recall_at_k
+
+    k_max = task.list_length
+    ks = ks or sorted({*[2**i for i in range(k_max.bit_length()) if 2**i <= k_max], k_max})
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
+    groups = engine.generate([ex.prompt for ex in examples], params)
+    out = {f"recall@{k}": 0.0 for k in ks} | {f"ndcg@{k}": 0.0 for k in ks}
+    for ex, group in zip(examples, groups, strict=True):
+        rel = task.relevance(ex, task.parse(group[0].text))
+        n_truth = len(ex.answer["truth"])
+        for k in ks:
+            out[f"recall@{k}"] += recall_at_k(rel, n_truth, k) / len(examples)
+            out[f"ndcg@{k}"] += ndcg_at_k(rel, n_truth, k) / len(examples)
+    return out

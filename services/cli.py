@@ -121,7 +121,7 @@ def cmd_demo(args) -> int:
 
 def cmd_eval(args) -> int:
     from rollout.engines.hf import HFEngine
-    from rollout.evaluate import greedy_accuracy, sampled_pass_at_k
+    from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
     from rollout.tasks import load_task
 
     path = Path(args.checkpoint)
@@ -138,6 +138,8 @@ def cmd_eval(args) -> int:
     examples = task.examples("test", args.size, seed=args.eval_seed)
     result = {"checkpoint": str(path), "task": task.name, "problems": len(examples),
               "greedy_accuracy": greedy_accuracy(engine, task, examples)}
+    if hasattr(task, "list_length"):
+        result.update(list_metrics(engine, task, examples))
     if args.n > 1:
         result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, n=args.n, temperature=args.temperature,
                                                 seed=args.seed)

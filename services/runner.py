@@ -16,7 +16,7 @@ from learner.bootstrap import bootstrap, default_model_dir
 from learner.checkpoint import list_checkpoints
 from learner.learner import RolloutBatch
 from rollout.engines.base import SamplingParams
-from rollout.evaluate import greedy_accuracy
+from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
 from rollout.tasks import load_task
 from services.config import ConfigError, JobConfig, dump_config
 
@@ -198,8 +198,15 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
 
     def evaluate(step: int) -> float:
         acc = greedy_accuracy(runtime, task, eval_set, max_new)
-        evals.append({"step": step, "accuracy": acc})
-        log({"step": step, "eval_accuracy": acc})
+        record = {"step": step, "accuracy": acc}
+        if hasattr(task, "list_length"):
+            record.update(list_metrics(runtime, task, eval_set))
+        if cfg.rollout.eval_pass_n > 0:
+            passes = sampled_pass_at_k(runtime, task, eval_set[:cfg.rollout.eval_pass_size], n=cfg.rollout.eval_pass_n,
+                                       temperature=cfg.rollout.temperature, seed=cfg.rollout.eval_seed)
+            record.update({f"pass@{k}": v for k, v in passes.items()})
+        evals.append(record)
+        log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
         return acc
 
     restore(resume_from)

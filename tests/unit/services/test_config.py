@@ -60,3 +60,11 @@ def test_overrides():
     assert data == {"run": {"steps": 7}, "learner": {"lr": 1e-3}}
     with pytest.raises(ValueError, match="section.field=value"):
         apply_overrides({}, ["steps7"])
+
+
+def test_rank_grpo_uses_the_authors_clip_unless_set():
+    cfg = parse_config({"learner": {"algorithm": "rank_grpo"}})
+    assert (cfg.learner.epsilon, cfg.learner.epsilon_high) == (0.06, 0.08)
+    cfg = parse_config({"learner": {"algorithm": "rank_grpo", "epsilon": 0.1, "epsilon_high": 0.2}})
+    assert (cfg.learner.epsilon, cfg.learner.epsilon_high) == (0.1, 0.2)
+    assert parse_config({}).learner.epsilon == 0.2
