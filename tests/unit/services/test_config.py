@@ -68,3 +68,8 @@ def test_rank_grpo_uses_the_authors_clip_unless_set():
     cfg = parse_config({"learner": {"algorithm": "rank_grpo", "epsilon": 0.1, "epsilon_high": 0.2}})
     assert (cfg.learner.epsilon, cfg.learner.epsilon_high) == (0.1, 0.2)
     assert parse_config({}).learner.epsilon == 0.2
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("deploy/jobs/*.yaml")))
+def test_every_example_job_parses(path):
+    load_config(path)
