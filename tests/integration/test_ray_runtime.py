@@ -69,13 +69,11 @@ def kill_when(run_dir, pid_of, after_step):
     return thread
 
 
-def test_killed_rollout_worker_is_restarted_without_losing_a_batch(ray_local, default_model_dir, tmp_path):
-    import ray
-
+@pytest.fixture
+def runtimes(monkeypatch):
+    """The RayRuntime objects created during the test (to reach their actors' PIDs)."""
     from services import runtime as runtime_module
 
-    cfg = job(default_model_dir, steps=6, num_workers=2)
-    run_dir = tmp_path / "run"
     created = []
     original = runtime_module.RayRuntime.__init__
 
@@ -83,47 +81,36 @@ def test_killed_rollout_worker_is_restarted_without_losing_a_batch(ray_local, de
         original(self, *a, **k)
         created.append(self)
 
-    runtime_module.RayRuntime.__init__ = capture
-    try:
-        pids = {}
+    monkeypatch.setattr(runtime_module.RayRuntime, "__init__", capture)
+    return created
 
-        def worker_pid():
-            if "w" not in pids:
-                pids["w"] = ray.get(created[0].workers[0].pid.remote())
-            return pids["w"]
 
-        watcher = kill_when(run_dir, worker_pid, after_step=2)
-        summary = run_on_ray(cfg, run_dir, progress=False)
-        watcher.join(timeout=5)
-    finally:
-        runtime_module.RayRuntime.__init__ = original
+def test_killed_rollout_worker_is_restarted_without_losing_a_batch(ray_local, default_model_dir, tmp_path, runtimes):
+    import ray
+
+    run_dir = tmp_path / "run"
+    pids = {}
+
+    def worker_pid():
+        pids.setdefault("w", ray.get(runtimes[0].workers[0].pid.remote()))
+        return pids["w"]
+
+    watcher = kill_when(run_dir, worker_pid, after_step=2)
+    summary = run_on_ray(job(default_model_dir, steps=6, num_workers=2), run_dir, progress=False)
+    watcher.join(timeout=5)
     assert "w" in pids
     steps = [r["step"] for r in step_rows(run_dir)]
     assert steps == [1, 2, 3, 4, 5, 6], steps  # none lost, none duplicated
     assert summary.steps == 6
 
 
-def test_killed_learner_restarts_from_last_checkpoint(ray_local, default_model_dir, tmp_path):
+def test_killed_learner_restarts_from_last_checkpoint(ray_local, default_model_dir, tmp_path, runtimes):
     import ray
 
-    from services import runtime as runtime_module
-
-    cfg = job(default_model_dir, steps=6)
     run_dir = tmp_path / "run"
-    created = []
-    original = runtime_module.RayRuntime.__init__
-
-    def capture(self, *a, **k):
-        original(self, *a, **k)
-        created.append(self)
-
-    runtime_module.RayRuntime.__init__ = capture
-    try:
-        watcher = kill_when(run_dir, lambda: ray.get(created[0].learner.pid.remote()), after_step=3)
-        summary = run_on_ray(cfg, run_dir, progress=False)
-        watcher.join(timeout=5)
-    finally:
-        runtime_module.RayRuntime.__init__ = original
+    watcher = kill_when(run_dir, lambda: ray.get(runtimes[0].learner.pid.remote()), after_step=3)
+    summary = run_on_ray(job(default_model_dir, steps=6), run_dir, progress=False)
+    watcher.join(timeout=5)
     events = [r for r in rows(run_dir) if r.get("event") == "learner_restarted"]
     assert len(events) == 1 and events[0]["from_step"] in (2, 4)
     assert summary.steps == 6
