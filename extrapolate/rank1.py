@@ -1,0 +1,99 @@
+"""The rank-1 picture of a weight update (METHODS.md §4), as pure tensor functions.
+
+For a target module, Delta_t = W_t - W_0 with SVD sum_j s_j u_j v_j^T.
+- LoRA fast path: Delta = scale * B A (B m x r, A r x n). QR-factor B = Q_B R_B and A^T = Q_A R_A, take the SVD of
+  the r x r core scale * R_B R_A^T = U S V^T; then u = Q_B U, v = Q_A V, and the singular values are S. Cost
+  O((m + n) r^2) instead of a dense SVD's O(m n min(m, n)). A difference of two LoRA states is again factored:
+  scale_1 B_1 A_1 - scale_0 B_0 A_0 = [scale_1 B_1, -scale_0 B_0] [A_1; A_0] (rank <= 2r).
+- Dense path (full checkpoints): the top-k triplets by randomized subspace iteration (Halko, Martinsson & Tropp
+  2011, arXiv 0909.4061), never a full SVD; ||Delta||_F and sum_j s_j need the whole spectrum, so the dense
+  metrics use the Frobenius norm exactly and the nuclear norm only where asked for (an exact SVD of a sample).
+- Metrics: e1 = s_1 / sum_j s_j (NExt's dominance), energy1 = s_1^2 / ||Delta||_F^2, stable_rank = ||Delta||_F^2 /
+  s_1^2; stability |<u_1(t), u_1(t')>|, |<v_1(t), v_1(t')>| between checkpoints.
+- Sign alignment: singular vectors are defined up to a joint sign flip of (u, v); align each pair to a reference
+  (flip both if <u, u_ref> < 0) before fitting anything across time (NExt's code omits this).
+Inputs may be float32 or bfloat16; everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Triplets:
+    """Top-k singular triplets of one update: u [m, k], s [k] (descending), v [n, k]; plus the update's
+    squared Frobenius norm and, when the whole spectrum is known, its nuclear norm (sum of singular values)."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+    fro2: float
+    nuclear: float | None
+
+    def metrics(self) -> dict[str, float]:
+        s1 = float(self.s[0])
+        out = {"s1": s1, "energy1": s1**2 / self.fro2 if self.fro2 > 0 else 0.0,
+               "stable_rank": self.fro2 / s1**2 if s1 > 0 else 0.0, "fro": self.fro2**0.5}
+        if self.nuclear is not None:
+            out["e1"] = s1 / self.nuclear if self.nuclear > 0 else 0.0
+        return out
+
+
+def lora_factors_difference(b1: torch.Tensor, a1: torch.Tensor, scale1: float,
+                            b0: torch.Tensor | None = None, a0: torch.Tensor | None = None,
+                            scale0: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) with B A = scale1 B1 A1 - scale0 B0 A0 (scales folded into B), rank <= r1 + r0."""
+    b = b1.double() * scale1
+    a = a1.double()
+    if b0 is not None:
+        b = torch.cat([b, -scale0 * b0.double()], dim=1)
+        a = torch.cat([a, a0.double()], dim=0)
+    return b, a
+
+
+def lora_triplets(b: torch.Tensor, a: torch.Tensor, k: int = 1) -> Triplets:
+    """Top-k triplets of Delta = B A (B m x r, A r x n) from the QR factors and an r x r core SVD."""
+    q_b, r_b = torch.linalg.qr(b.double())
+    q_a, r_a = torch.linalg.qr(a.double().T)
+    core_u, core_s, core_vh = torch.linalg.svd(r_b @ r_a.T)
+    k = min(k, core_s.numel())
+    return Triplets(u=q_b @ core_u[:, :k], s=core_s[:k], v=q_a @ core_vh[:k].T,
+                    fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
+
+
+def dense_triplets(delta: torch.Tensor, k: int = 1, oversample: int = 10, iterations: int = 6,
+                   seed: int = 0) -> Triplets:
+    """Top-k triplets of a dense update by randomized subspace iteration (no full SVD of the m x n matrix)."""
+    x = delta.double()
+    m, n = x.shape
+    width = min(k + oversample, m, n)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(x @ torch.randn(n, width, dtype=torch.float64, generator=gen))[0]
+    for _ in range(iterations):
+        q = torch.linalg.qr(x.T @ q)[0]
+        q = torch.linalg.qr(x @ q)[0]
+    small_u, small_s, small_vh = torch.linalg.svd(q.T @ x, full_matrices=False)
+    k = min(k, small_s.numel())
+    return Triplets(u=q @ small_u[:, :k], s=small_s[:k], v=small_vh[:k].T, fro2=float((x**2).sum()), nuclear=None)
+
+
+def align_sign(u: torch.Tensor, v: torch.Tensor, u_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip (u, v) together, column by column, where <u, u_ref> < 0 (u v^T is unchanged)."""
+    sign = torch.where((u * u_ref).sum(0) < 0, -1.0, 1.0).to(u.dtype)
+    return u * sign, v * sign
+
+
+def stability(u: torch.Tensor, v: torch.Tensor, u_prev: torch.Tensor, v_prev: torch.Tensor) -> tuple[float, float]:
+    """|<u_1(t), u_1(t')>| and |<v_1(t), v_1(t')>| of the top direction."""
+    return float((u[:, 0] @ u_prev[:, 0]).abs()), float((v[:, 0] @ v_prev[:, 0]).abs())
+
+
+def growth_exponent(steps: list[float], norms: list[float]) -> float:
+    """p of ||W_t - W_0|| ~ a t^p by least squares in log-log (1 = steady drift, 0.5 = random walk)."""
+    t = torch.log(torch.tensor(steps, dtype=torch.float64))
+    y = torch.log(torch.tensor(norms, dtype=torch.float64))
+    t_c = t - t.mean()
+    return float((t_c * (y - y.mean())).sum() / (t_c**2).sum())
