@@ -5,7 +5,7 @@
     leapfrog eval CHECKPOINT --task T [--n N]         greedy accuracy and pass@k of a checkpoint or model dir
     leapfrog config schema | show CONFIG              the job config's JSON schema / the resolved config
     leapfrog demo                                     bootstrap + the reference arith job, accuracy before/after
-    leapfrog analyze RUN_DIR / extrapolate RUN_DIR    rank-1 analysis and leaps (extrapolate package)
+    leapfrog analyze RUN_DIR                          rank-1 analysis of a LoRA run (extrapolate package)
 """
 
 from __future__ import annotations
@@ -198,16 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.set_defaults(func=cmd_config)
 
-    try:
-        from extrapolate.commands import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    from extrapolate.analyze import register
+
+    register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extrapolate.checkpoints import CheckpointReadError
     from learner.checkpoint import CheckpointError
     from services.config import ConfigError
 
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, CheckpointReadError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,89 @@
+"""`leapfrog analyze RUN_DIR`: the rank-1 picture of a LoRA run, per module and checkpoint (METHODS.md §4).
+
+For every checkpoint t and target module: the rank-1 triplet of Delta_t = W_t - W_0 (LoRA fast path; W_0 is the
+base, so Delta_t = scale B_t A_t), e1, energy1, stable rank, stability of u_1 and v_1 against the previous
+checkpoint (sign-aligned), and the growth exponent p of ||Delta_t||_F ~ a t^p per module. Rows are written to
+<run_dir>/rank1/metrics.jsonl (atomically); nothing else in the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
+from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, stability
+
+
+def analyze_run(run_dir: Path, progress: bool = True) -> dict:
+    """Metrics rows per (step, module) and a summary per module type; writes rank1/metrics.jsonl."""
+    from rich.progress import Progress
+
+    run_dir = Path(run_dir)
+    checkpoints = find_adapter_checkpoints(run_dir)
+    if len(checkpoints) < 2:
+        raise CheckpointReadError(f"{run_dir} has {len(checkpoints)} LoRA checkpoint(s); the analysis needs at least "
+                                  f"2 (checkpoints/step-N, checkpoint-N or global_step_N/actor/lora_adapter)")
+    rows, previous, norms = [], {}, {}
+    with Progress(disable=not progress) as bar:
+        job = bar.add_task("rank-1 analysis", total=len(checkpoints))
+        for step, path in checkpoints:
+            for name, mod in read_lora(path).items():
+                trip = lora_triplets(*lora_factors_difference(mod.b, mod.a, mod.scale))
+                row = {"step": step, "module": name, "layer": mod.layer, "type": mod.module_type, **trip.metrics()}
+                if name in previous:
+                    u, v = align_sign(trip.u, trip.v, previous[name][0])
+                    row["stability_u"], row["stability_v"] = stability(u, v, *previous[name])
+                    trip.u, trip.v = u, v
+                previous[name] = (trip.u, trip.v)
+                norms.setdefault(name, []).append((step, row["fro"]))
+                rows.append(row)
+            bar.advance(job)
+    growth = {name: growth_exponent([s for s, _ in pts], [f for _, f in pts]) for name, pts in norms.items()
+              if len(pts) >= 2 and all(f > 0 for _, f in pts) and pts[0][0] > 0}
+    out_dir = run_dir / "rank1"
+    out_dir.mkdir(exist_ok=True)
+    tmp = out_dir / f"metrics.jsonl.tmp-{os.getpid()}"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out_dir / "metrics.jsonl")
+    last_step = checkpoints[-1][0]
+    summary = {}
+    for mtype in sorted({r["type"] for r in rows}):
+        last = [r for r in rows if r["type"] == mtype and r["step"] == last_step]
+        summary[mtype] = {
+            "e1": statistics.median(r["e1"] for r in last),
+            "energy1": statistics.median(r["energy1"] for r in last),
+            "stability_u": statistics.median(r.get("stability_u", float("nan")) for r in last),
+            "growth_p": statistics.median(growth[r["module"]] for r in last if r["module"] in growth)
+            if any(r["module"] in growth for r in last) else float("nan"),
+        }
+    return {"run_dir": str(run_dir), "steps": [s for s, _ in checkpoints], "modules": len(previous),
+            "by_type": summary, "rows": len(rows)}
+
+
+def cmd_analyze(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    result = analyze_run(Path(args.run_dir))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"rank-1 picture at step {result['steps'][-1]} ({result['modules']} modules, "
+                        f"{len(result['steps'])} checkpoints)")
+    for col in ("module type", "median e1", "median energy1", "median |cos u1| vs prev", "median growth p"):
+        table.add_column(col)
+    for mtype, s in result["by_type"].items():
+        table.add_row(mtype, f"{s['e1']:.3f}", f"{s['energy1']:.3f}", f"{s['stability_u']:.3f}", f"{s['growth_p']:.2f}")
+    Console().print(table)
+    print(f"per module and step: {Path(args.run_dir) / 'rank1' / 'metrics.jsonl'}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("analyze", help="rank-1 analysis of a LoRA run's checkpoints (ours, TRL, verl)")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_analyze)
