@@ -6,6 +6,7 @@
     leapfrog config schema | show CONFIG              the job config's JSON schema / the resolved config
     leapfrog demo                                     bootstrap + the reference arith job, accuracy before/after
     leapfrog analyze RUN_DIR                          rank-1 analysis of a LoRA run (extrapolate package)
+    leapfrog extrapolate RUN_DIR --method M ...       predicted weights at a later step, written as an adapter
 """
 
 from __future__ import annotations
@@ -199,13 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     from extrapolate.analyze import register
+    from extrapolate.extrapolators import register_command
 
     register(sub)
+    register_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from extrapolate.checkpoints import CheckpointReadError
+    from extrapolate.leap import LeapError
     from learner.checkpoint import CheckpointError
     from services.config import ConfigError
 
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, CheckpointReadError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, CheckpointReadError, LeapError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

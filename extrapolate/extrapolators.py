@@ -1,0 +1,167 @@
+"""Trajectory extrapolators on LoRA runs (METHODS.md §5), each predicting the update Delta(T*) = W(T*) - W_0 of
+every target module as low-rank factors (B, A) — so every leap is itself a LoRA adapter on the base model.
+
+All fit on the window of checkpoints t_0 < ... < t_w (W_0 = the base model, whose update is zero):
+- `rl_extra` (RL-Extra, arXiv 2601.04537): W(T*) = W_0 + ((T* - t_0)/(t_w - t_0)) (W_tw - W_0), with t_0 = 0 the
+  base: the whole update scaled by T*/t_w.
+- `alpharl` (AlphaRL step form, arXiv 2510.00553): x_t = s_1 u_1 (sign-aligned) per module, least-squares line
+  x_t = a + b t over the window, W(T*) = W_tw + (x^(T*) - x_tw) v_1(t_w)^T: a rank r + 1 adapter.
+- `relex` (RELEX, arXiv 2605.21468): stack the flattened deltas delta_t as rows, take the top right singular
+  vector v of that T x d matrix through its T x T Gram matrix, c_t = delta_t . v, fit c_t = a + b t, predict
+  W_0 + (a + b T*) v. v is a combination of the deltas, so the prediction is a LoRA of rank <= T r.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from extrapolate.checkpoints import LoraModule
+from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
+
+EXTRAPOLATORS: dict[str, type] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        cls.name = name
+        EXTRAPOLATORS[name] = cls
+        return cls
+
+    return decorate
+
+
+def line_fit(steps: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares a + b t for each column of values [T, d] (or [T]): returns (a, b)."""
+    t = steps.double()
+    t_mean = t.mean()
+    y = values.double()
+    y_mean = y.mean(0)
+    b = ((t - t_mean).view(-1, *[1] * (y.dim() - 1)) * (y - y_mean)).sum(0) / ((t - t_mean) ** 2).sum()
+    return y_mean - b * t_mean, b
+
+
+class Extrapolator:
+    """fit(window: [(step, {module: LoraModule})]) then predict(target_step) -> {module: (B, A)} with
+    B A = the predicted W(T*) - W_0 (scales folded into B)."""
+
+    name = ""
+    min_checkpoints = 1
+
+    def fit(self, window: list[tuple[int, dict[str, LoraModule]]]) -> Extrapolator:
+        if len(window) < self.min_checkpoints:
+            raise ValueError(f"{self.name} needs at least {self.min_checkpoints} checkpoints in the window, "
+                             f"got {len(window)}; widen the window or checkpoint more often")
+        self.window = window
+        return self
+
+    def predict(self, target_step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+
+@register("rl_extra")
+class RLExtra(Extrapolator):
+    min_checkpoints = 1
+
+    def predict(self, target_step: int):
+        t_w, mods = self.window[-1]
+        c = target_step / t_w
+        return {n: lora_factors_difference(m.b, m.a, m.scale * c) for n, m in mods.items()}
+
+
+@register("alpharl")
+class AlphaRL(Extrapolator):
+    min_checkpoints = 2
+
+    def predict(self, target_step: int):
+        steps = torch.tensor([s for s, _ in self.window], dtype=torch.float64)
+        out = {}
+        for name, last in self.window[-1][1].items():
+            xs, u_prev = [], None
+            for _, mods in self.window:
+                trip = lora_triplets(*lora_factors_difference(mods[name].b, mods[name].a, mods[name].scale))
+                u, v = trip.u, trip.v
+                if u_prev is not None:
+                    u, v = align_sign(u, v, u_prev)
+                u_prev = u
+                xs.append(trip.s[0] * u[:, 0])
+            a, b = line_fit(steps, torch.stack(xs))
+            x_target = a + b * target_step
+            b_w, a_w = lora_factors_difference(last.b, last.a, last.scale)
+            extra = (x_target - xs[-1])[:, None]
+            out[name] = (torch.cat([b_w, extra], dim=1), torch.cat([a_w, v[:, :1].T], dim=0))
+        return out
+
+
+@register("relex")
+class Relex(Extrapolator):
+    min_checkpoints = 2
+
+    def predict(self, target_step: int):
+        steps = torch.tensor([s for s, _ in self.window], dtype=torch.float64)
+        out = {}
+        for name in self.window[-1][1]:
+            factors = [lora_factors_difference(m[name].b, m[name].a, m[name].scale) for _, m in self.window]
+            # Gram matrix of the flattened deltas: <B_i A_i, B_j A_j> = trace((B_i^T B_j)(A_j A_i^T))
+            gram = torch.tensor([[float(((bi.T @ bj) * (ai @ aj.T)).sum()) for bj, aj in factors]
+                                 for bi, ai in factors], dtype=torch.float64)
+            eigval, eigvec = torch.linalg.eigh(gram)
+            w, sigma = eigvec[:, -1], eigval[-1].clamp(min=1e-300).sqrt()
+            coeffs = gram @ w / sigma  # c_t = delta_t . v with v = sum_t w_t delta_t / sigma
+            a, b = line_fit(steps, coeffs)
+            scale = float(a + b * target_step) / float(sigma)
+            out[name] = (torch.cat([bi * (scale * float(wi)) for (bi, _), wi in zip(factors, w, strict=True)], 1),
+                         torch.cat([ai for _, ai in factors], 0))
+        return out
+
+
+def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out_dir, window_start: int = 0,
+                    max_norm_ratio: float = 10.0):
+    """Fit `method` on the run's checkpoints in [window_start, window_end] and write the leap to target_step."""
+    from pathlib import Path
+
+    from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
+    from extrapolate.leap import write_leap_adapter
+
+    if method not in EXTRAPOLATORS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(EXTRAPOLATORS)}")
+    if target_step <= window_end:
+        raise ValueError(f"--target-step {target_step} must be after --window-end {window_end}")
+    checkpoints = find_adapter_checkpoints(Path(run_dir))
+    window = [(s, p) for s, p in checkpoints if window_start <= s <= window_end]
+    if not window or window[-1][0] != window_end:
+        raise CheckpointReadError(f"no checkpoint at --window-end {window_end} in {run_dir}; "
+                                  f"available steps: {[s for s, _ in checkpoints]}")
+    states = [(s, read_lora(p)) for s, p in window]
+    names = set(states[-1][1])
+    for s, mods in states:
+        if set(mods) != names or any(mods[n].a.shape[1] != states[-1][1][n].a.shape[1] or
+                                     mods[n].b.shape[0] != states[-1][1][n].b.shape[0] for n in names):
+            raise CheckpointReadError(f"checkpoint step {s} does not match the others (different modules or shapes): "
+                                      f"these checkpoints are not from one run on one base model")
+    prediction = EXTRAPOLATORS[method]().fit(states).predict(target_step)
+    last = states[-1][1]
+    norms = {n: float(torch.linalg.matrix_norm(m.scale * m.b.double() @ m.a.double())) for n, m in last.items()}
+    report = {"method": method, "window": [s for s, _ in states], "target_step": target_step,
+              "run_dir": str(run_dir)}
+    return write_leap_adapter(Path(out_dir), window[-1][1], prediction, norms, max_norm_ratio, report)
+
+
+def cmd_extrapolate(args) -> int:
+    path = extrapolate_run(args.run_dir, args.method, args.window_end, args.target_step, args.out,
+                           window_start=args.window_start, max_norm_ratio=args.max_norm_ratio)
+    print(f"leap written: {path} (a PEFT LoRA adapter on the run's base model; evaluate it with "
+          f"`leapfrog eval {path} --task TASK`)")
+    return 0
+
+
+def register_command(subparsers) -> None:
+    p = subparsers.add_parser("extrapolate", help="predict the weights at a later step and write them as an adapter")
+    p.add_argument("run_dir")
+    p.add_argument("--method", required=True, choices=sorted(EXTRAPOLATORS))
+    p.add_argument("--window-end", type=int, required=True, help="last checkpoint step the fit may use")
+    p.add_argument("--window-start", type=int, default=0, help="first checkpoint step the fit may use")
+    p.add_argument("--target-step", type=int, required=True, help="the step whose weights are predicted")
+    p.add_argument("--out", required=True, help="directory to write the leap adapter to (must not exist)")
+    p.add_argument("--max-norm-ratio", type=float, default=10.0,
+                   help="refuse predictions whose update norm exceeds this multiple of the window's")
+    p.set_defaults(func=cmd_extrapolate)
