@@ -2,7 +2,8 @@
 
 For every checkpoint t and target module: the rank-1 triplet of Delta_t = W_t - W_0 (LoRA fast path; W_0 is the
 base, so Delta_t = scale B_t A_t), e1, energy1, stable rank, stability of u_1 and v_1 against the previous
-checkpoint (sign-aligned), and the growth exponent p of ||Delta_t||_F ~ a t^p per module. Rows are written to
+checkpoint (sign-aligned), the growth exponent p of ||Delta_t||_F ~ a t^p per module, NExt's linear_r2 and a
+backtest of every extrapolator (extrapolate/predictability.py). Rows are written to
 <run_dir>/rank1/metrics.jsonl (atomically); nothing else in the run directory is touched.
 """
 
@@ -14,6 +15,8 @@ import statistics
 from pathlib import Path
 
 from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
+from extrapolate.extrapolators import EXTRAPOLATORS
+from extrapolate.predictability import backtest, linear_r2, rank1_series
 from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, stability
 
 
@@ -41,6 +44,16 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
                 norms.setdefault(name, []).append((step, row["fro"]))
                 rows.append(row)
             bar.advance(job)
+    states = [(step, read_lora(path)) for step, path in checkpoints]
+    backtests = {m: backtest(states, m) for m in EXTRAPOLATORS}
+    n = len(states)
+    predict = min(5, max(1, n // 3))
+    fit = min(10, n - predict)
+    r2 = {}
+    if fit >= 2:
+        steps = [s for s, _ in states][-(fit + predict):]
+        for name in previous:
+            r2[name] = linear_r2(steps, rank1_series(states[-(fit + predict):], name), fit, predict)
     growth = {name: growth_exponent([s for s, _ in pts], [f for _, f in pts]) for name, pts in norms.items()
               if len(pts) >= 2 and all(f > 0 for _, f in pts) and pts[0][0] > 0}
     out_dir = run_dir / "rank1"
@@ -59,8 +72,12 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
             "growth_p": statistics.median(growth[r["module"]] for r in last if r["module"] in growth)
             if any(r["module"] in growth for r in last) else float("nan"),
         }
+    r2_values = sorted(v for v in r2.values() if v == v)
     return {"run_dir": str(run_dir), "steps": [s for s, _ in checkpoints], "modules": len(previous),
-            "by_type": summary, "rows": len(rows)}
+            "by_type": summary, "rows": len(rows), "backtest": backtests,
+            "linear_r2": {"fit": fit, "predict": predict,
+                          "median": statistics.median(r2_values) if r2_values else float("nan"),
+                          "share_negative": sum(v < 0 for v in r2_values) / len(r2_values) if r2_values else float("nan")}}
 
 
 def cmd_analyze(args) -> int:
@@ -78,6 +95,12 @@ def cmd_analyze(args) -> int:
     for mtype, s in result["by_type"].items():
         table.add_row(mtype, f"{s['e1']:.3f}", f"{s['energy1']:.3f}", f"{s['stability_u']:.3f}", f"{s['growth_p']:.2f}")
     Console().print(table)
+    lin = result["linear_r2"]
+    print(f"linear_r2 (fit {lin['fit']}, predict {lin['predict']} checkpoints): median {lin['median']:.3f}, "
+          f"share of modules below 0: {lin['share_negative']:.2f}")
+    for method, bt in result["backtest"].items():
+        print(f"backtest {method:9s}: forecast of the newest checkpoint from one checkpoint earlier: "
+              f"cos(predicted, actual displacement) {bt['cos']:.3f}, relative error {bt['rel_err']:.3f}")
     print(f"per module and step: {Path(args.run_dir) / 'rank1' / 'metrics.jsonl'}")
     return 0
 

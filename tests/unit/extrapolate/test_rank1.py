@@ -71,3 +71,19 @@ def test_sign_alignment_and_stability():
 def test_growth_exponent_recovers_p():
     steps = [10.0, 20.0, 40.0, 80.0, 160.0]
     assert growth_exponent(steps, [3.0 * t**0.57 for t in steps]) == pytest.approx(0.57, abs=1e-9)
+
+
+def test_lowrank_inner_and_linear_r2():
+    from extrapolate.predictability import linear_r2, lowrank_inner
+
+    gen = torch.Generator().manual_seed(3)
+    b1, a1, b2, a2 = (torch.randn(20, 3, generator=gen, dtype=torch.float64),
+                      torch.randn(3, 15, generator=gen, dtype=torch.float64),
+                      torch.randn(20, 2, generator=gen, dtype=torch.float64),
+                      torch.randn(2, 15, generator=gen, dtype=torch.float64))
+    assert lowrank_inner(b1, a1, b2, a2) == pytest.approx(float(((b1 @ a1) * (b2 @ a2)).sum()), rel=1e-10)
+    steps = [1, 2, 3, 4, 5, 6]
+    line = [torch.tensor([2.0 * t, -t + 1.0]) for t in steps]
+    assert linear_r2(steps, line, 4, 2) == pytest.approx(1.0)
+    bent = [torch.tensor([float(t * t), 0.0]) for t in steps]
+    assert linear_r2(steps, bent, 4, 2) < 0  # a line fitted to t^2 undershoots its future
