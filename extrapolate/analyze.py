@@ -80,6 +80,41 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
                           "share_negative": sum(v < 0 for v in r2_values) / len(r2_values) if r2_values else float("nan")}}
 
 
+def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: int | None = None) -> dict:
+    """AlphaRL's rank-1 recovery (METHODS.md §4): evaluate the norm-matched rank-1 model
+    W_0 + (||Delta||_F / s_1) s_1 u_1 v_1^T of a checkpoint (every target module) against the full checkpoint and
+    the base: recovery = (acc_rank1 - acc_base) / (acc_t - acc_base), greedy, on the task's held-out set."""
+    import tempfile
+
+    from extrapolate.leap import write_leap_adapter
+    from rollout.engines.hf import HFEngine
+    from rollout.evaluate import greedy_accuracy
+    from rollout.tasks import load_task
+
+    checkpoints = dict(find_adapter_checkpoints(run_dir))
+    if not checkpoints:
+        raise CheckpointReadError(f"{run_dir} has no LoRA checkpoints")
+    step = step if step is not None else max(checkpoints)
+    path = checkpoints[step]
+    base_dir = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_dir or not Path(base_dir).is_dir():
+        raise CheckpointReadError(f"{path}: base model {base_dir!r} is not a local directory")
+    rank1 = {}
+    for name, mod in read_lora(path).items():
+        trip = lora_triplets(*lora_factors_difference(mod.b, mod.a, mod.scale))
+        rank1[name] = ((trip.fro2**0.5) * trip.u[:, :1], trip.v[:, :1].T)
+    task = load_task(task_name)
+    examples = task.examples("test", eval_size, seed=12345)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = write_leap_adapter(Path(tmp) / "rank1", path, rank1, {}, report={"rank1_of": str(path)})
+        acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), task, examples)
+    acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), task, examples)
+    acc_base = greedy_accuracy(HFEngine(base_dir), task, examples)
+    gain = acc_full - acc_base
+    return {"step": step, "acc_base": acc_base, "acc_full": acc_full, "acc_rank1": acc_rank1,
+            "recovery": (acc_rank1 - acc_base) / gain if gain != 0 else float("nan"), "eval_size": eval_size}
+
+
 def cmd_analyze(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -102,6 +137,11 @@ def cmd_analyze(args) -> int:
         print(f"backtest {method:9s}: forecast of the newest checkpoint from one checkpoint earlier: "
               f"cos(predicted, actual displacement) {bt['cos']:.3f}, relative error {bt['rel_err']:.3f}")
     print(f"per module and step: {Path(args.run_dir) / 'rank1' / 'metrics.jsonl'}")
+    if args.task:
+        rec = rank1_recovery(Path(args.run_dir), args.task, args.eval_size)
+        print(f"rank-1 recovery at step {rec['step']} on {rec['eval_size']} held-out {args.task} problems: base "
+              f"{rec['acc_base']:.3f}, full {rec['acc_full']:.3f}, norm-matched rank-1 {rec['acc_rank1']:.3f} -> "
+              f"recovery {rec['recovery']:.2f}")
     return 0
 
 
@@ -109,4 +149,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("analyze", help="rank-1 analysis of a LoRA run's checkpoints (ours, TRL, verl)")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--task", help="also measure rank-1 recovery on this task's held-out set (greedy)")
+    p.add_argument("--eval-size", type=int, default=1000, help="held-out problems for the recovery")
     p.set_defaults(func=cmd_analyze)

@@ -55,3 +55,14 @@ def test_analyze_errors_are_clear(tmp_path, run_dir):
     (broken / "checkpoints" / "step-000004" / "adapter_model.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointReadError, match="unreadable"):
         analyze_run(broken, progress=False)
+
+
+def test_rank1_recovery(run_dir):
+    from extrapolate.analyze import rank1_recovery
+
+    rec = rank1_recovery(run_dir, "arith", eval_size=64)
+    assert rec["step"] == 6
+    for key in ("acc_base", "acc_full", "acc_rank1"):
+        assert 0.0 <= rec[key] <= 1.0
+    if rec["acc_full"] != rec["acc_base"]:
+        assert rec["recovery"] == pytest.approx((rec["acc_rank1"] - rec["acc_base"]) / (rec["acc_full"] - rec["acc_base"]))
