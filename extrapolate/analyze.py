@@ -20,6 +20,46 @@ from extrapolate.predictability import backtest, linear_r2, rank1_series
 from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, stability
 
 
+class TrajectoryStore:
+    """<run_dir>/rank1/trajectory.safetensors (per module and step: u, s, v of the top triplet, sign-aligned) and
+    rank1/metrics.jsonl (one row per module and step); both written atomically; re-analysis only adds new steps."""
+
+    def __init__(self, out_dir: Path):
+        from safetensors.torch import load_file
+
+        self.out_dir = out_dir
+        self.tensors: dict = {}
+        self.rows: list[dict] = []
+        if (out_dir / "trajectory.safetensors").is_file() and (out_dir / "metrics.jsonl").is_file():
+            self.tensors = load_file(str(out_dir / "trajectory.safetensors"))
+            self.rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+    def add(self, module: str, step: int, u, s, v) -> None:
+        self.tensors[f"{module}@{step}.u"] = u.float().contiguous()
+        self.tensors[f"{module}@{step}.s"] = s.float().reshape(1)
+        self.tensors[f"{module}@{step}.v"] = v.float().contiguous()
+
+    def vectors(self, step: int) -> dict:
+        """{module: (u [m, 1], v [n, 1])} stored for a step."""
+        out = {}
+        for key, value in self.tensors.items():
+            module, _, rest = key.rpartition("@")
+            if rest == f"{step}.u":
+                out[module] = (value.double()[:, None], self.tensors[f"{module}@{step}.v"].double()[:, None])
+        return out
+
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        self.out_dir.mkdir(exist_ok=True)
+        tmp = self.out_dir / f"trajectory.safetensors.tmp-{os.getpid()}"
+        save_file(self.tensors, str(tmp))
+        os.replace(tmp, self.out_dir / "trajectory.safetensors")
+        tmp = self.out_dir / f"metrics.jsonl.tmp-{os.getpid()}"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        os.replace(tmp, self.out_dir / "metrics.jsonl")
+
+
 def analyze_run(run_dir: Path, progress: bool = True) -> dict:
     """Metrics rows per (step, module) and a summary per module type; writes rank1/metrics.jsonl."""
     from rich.progress import Progress
@@ -29,10 +69,23 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
     if len(checkpoints) < 2:
         raise CheckpointReadError(f"{run_dir} has {len(checkpoints)} LoRA checkpoint(s); the analysis needs at least "
                                   f"2 (checkpoints/step-N, checkpoint-N or global_step_N/actor/lora_adapter)")
-    rows, previous, norms = [], {}, {}
+    out_dir = run_dir / "rank1"
+    store = TrajectoryStore(out_dir)
+    rows = [r for r in store.rows if r["step"] in dict(checkpoints)]
+    done = {r["step"] for r in rows}
+    previous = {}  # module -> (u, v) of the last processed checkpoint, sign-aligned
+    norms: dict[str, list] = {}
+    for r in rows:
+        norms.setdefault(r["module"], []).append((r["step"], r["fro"]))
+    new_steps = 0
     with Progress(disable=not progress) as bar:
         job = bar.add_task("rank-1 analysis", total=len(checkpoints))
         for step, path in checkpoints:
+            if step in done:
+                previous.update(store.vectors(step))
+                bar.advance(job)
+                continue
+            new_steps += 1
             for name, mod in read_lora(path).items():
                 trip = lora_triplets(*lora_factors_difference(mod.b, mod.a, mod.scale))
                 row = {"step": step, "module": name, "layer": mod.layer, "type": mod.module_type, **trip.metrics()}
@@ -41,9 +94,12 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
                     row["stability_u"], row["stability_v"] = stability(u, v, *previous[name])
                     trip.u, trip.v = u, v
                 previous[name] = (trip.u, trip.v)
+                store.add(name, step, trip.u[:, 0], trip.s[0], trip.v[:, 0])
                 norms.setdefault(name, []).append((step, row["fro"]))
                 rows.append(row)
             bar.advance(job)
+    store.rows = sorted(rows, key=lambda r: (r["step"], r["module"]))
+    store.save()
     states = [(step, read_lora(path)) for step, path in checkpoints]
     backtests = {m: backtest(states, m) for m in EXTRAPOLATORS}
     n = len(states)
@@ -56,11 +112,6 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
             r2[name] = linear_r2(steps, rank1_series(states[-(fit + predict):], name), fit, predict)
     growth = {name: growth_exponent([s for s, _ in pts], [f for _, f in pts]) for name, pts in norms.items()
               if len(pts) >= 2 and all(f > 0 for _, f in pts) and pts[0][0] > 0}
-    out_dir = run_dir / "rank1"
-    out_dir.mkdir(exist_ok=True)
-    tmp = out_dir / f"metrics.jsonl.tmp-{os.getpid()}"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out_dir / "metrics.jsonl")
     last_step = checkpoints[-1][0]
     summary = {}
     for mtype in sorted({r["type"] for r in rows}):
@@ -74,7 +125,7 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
         }
     r2_values = sorted(v for v in r2.values() if v == v)
     return {"run_dir": str(run_dir), "steps": [s for s, _ in checkpoints], "modules": len(previous),
-            "by_type": summary, "rows": len(rows), "backtest": backtests,
+            "by_type": summary, "rows": len(rows), "new_checkpoints": new_steps, "backtest": backtests,
             "linear_r2": {"fit": fit, "predict": predict,
                           "median": statistics.median(r2_values) if r2_values else float("nan"),
                           "share_negative": sum(v < 0 for v in r2_values) / len(r2_values) if r2_values else float("nan")}}

@@ -42,6 +42,28 @@ def test_analyze_real_run(run_dir):
     assert after == before  # only rank1/ was written
 
 
+def test_analysis_is_incremental(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "rank1", ignore_errors=True)
+    moved = copy / "step-000006.later"
+    (copy / "checkpoints" / "step-000006").rename(moved)
+    first = analyze_run(copy, progress=False)
+    assert first["new_checkpoints"] == 2 and first["steps"] == [2, 4]
+    moved.rename(copy / "checkpoints" / "step-000006")
+    second = analyze_run(copy, progress=False)
+    assert second["new_checkpoints"] == 1 and second["rows"] == 3 * 21  # only the new checkpoint was processed
+    full = analyze_run(run_dir, progress=False)
+    for mtype, figures in full["by_type"].items():  # same figures as analysing all at once (u, v kept in fp32)
+        assert second["by_type"][mtype] == pytest.approx(figures, rel=1e-6)
+    from safetensors.torch import load_file
+
+    traj = load_file(str(copy / "rank1" / "trajectory.safetensors"))
+    assert len(traj) == 3 * 21 * 3
+
+
 def test_analyze_errors_are_clear(tmp_path, run_dir):
     with pytest.raises(CheckpointReadError, match="not a directory"):
         analyze_run(tmp_path / "missing", progress=False)
