@@ -55,13 +55,26 @@ def lora_factors_difference(b1: torch.Tensor, a1: torch.Tensor, scale1: float,
 
 
 def lora_triplets(b: torch.Tensor, a: torch.Tensor, k: int = 1) -> Triplets:
-    """Top-k triplets of Delta = B A (B m x r, A r x n) from the QR factors and an r x r core SVD."""
-    q_b, r_b = torch.linalg.qr(b.double())
-    q_a, r_a = torch.linalg.qr(a.double().T)
-    core_u, core_s, core_vh = torch.linalg.svd(r_b @ r_a.T)
+    """Top-k triplets of Delta = B A (B m x r, A r x n) from the r x r triangular factors of B and A^T and an
+    r x r core SVD. The triangular factors come from Cholesky of the Gram matrices B^T B = R_B^T R_B and
+    A A^T = R_A^T R_A (two GEMMs: the same R as a QR up to signs, much faster than Householder QR on tall
+    matrices); u = B R_B^-1 U and v = A^T R_A^-1 V for the top k columns only. When B or A is rank-deficient
+    (e.g. B = 0 at initialisation) Cholesky fails and the QR path is used."""
+    b, a = b.double(), a.double()
+    r_b = torch.linalg.cholesky_ex(b.T @ b, upper=True)
+    r_a = torch.linalg.cholesky_ex(a @ a.T, upper=True)
+    if int(r_b.info) or int(r_a.info):
+        q_b, rb = torch.linalg.qr(b)
+        q_a, ra = torch.linalg.qr(a.T)
+        core_u, core_s, core_vh = torch.linalg.svd(rb @ ra.T)
+        k = min(k, core_s.numel())
+        return Triplets(u=q_b @ core_u[:, :k], s=core_s[:k], v=q_a @ core_vh[:k].T,
+                        fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
+    core_u, core_s, core_vh = torch.linalg.svd(r_b.L @ r_a.L.T)
     k = min(k, core_s.numel())
-    return Triplets(u=q_b @ core_u[:, :k], s=core_s[:k], v=q_a @ core_vh[:k].T,
-                    fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
+    u = b @ torch.linalg.solve_triangular(r_b.L, core_u[:, :k], upper=True)
+    v = a.T @ torch.linalg.solve_triangular(r_a.L, core_vh[:k].T, upper=True)
+    return Triplets(u=u, s=core_s[:k], v=v, fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
 
 
 def dense_triplets(delta: torch.Tensor, k: int = 1, oversample: int = 10, iterations: int = 6,
