@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
-from extrapolate.extrapolators import EXTRAPOLATORS
+from extrapolate.extrapolators import LINEAR_METHODS
 from extrapolate.predictability import backtest, linear_r2, rank1_series
 from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, stability
 
@@ -101,7 +101,7 @@ def analyze_run(run_dir: Path, progress: bool = True) -> dict:
     store.rows = sorted(rows, key=lambda r: (r["step"], r["module"]))
     store.save()
     states = [(step, read_lora(path)) for step, path in checkpoints]
-    backtests = {m: backtest(states, m) for m in EXTRAPOLATORS}
+    backtests = {m: backtest(states, m) for m in LINEAR_METHODS}
     n = len(states)
     predict = min(5, max(1, n // 3))
     fit = min(10, n - predict)

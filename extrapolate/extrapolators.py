@@ -19,6 +19,7 @@ from extrapolate.checkpoints import LoraModule
 from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
 
 EXTRAPOLATORS: dict[str, type] = {}
+LINEAR_METHODS = ("rl_extra", "alpharl", "relex")  # closed-form fits (cheap enough to backtest on every analysis)
 
 
 def register(name: str):
@@ -119,6 +120,7 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     """Fit `method` on the run's checkpoints in [window_start, window_end] and write the leap to target_step."""
     from pathlib import Path
 
+    import extrapolate.next  # noqa: F401  (registers "next")
     from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
     from extrapolate.leap import write_leap_adapter
 
@@ -155,6 +157,8 @@ def cmd_extrapolate(args) -> int:
 
 
 def register_command(subparsers) -> None:
+    import extrapolate.next  # noqa: F401  (registers "next")
+
     p = subparsers.add_parser("extrapolate", help="predict the weights at a later step and write them as an adapter")
     p.add_argument("run_dir")
     p.add_argument("--method", required=True, choices=sorted(EXTRAPOLATORS))
