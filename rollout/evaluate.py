@@ -38,7 +38,7 @@ def sampled_pass_at_k(engine, task: Task, examples: list[Example], n: int, tempe
 def list_metrics(engine, task, examples: list[Example], ks: list[int] | None = None) -> dict[str, float]:
     """Greedy Recall@k and NDCG@k for a ranked-list task (one item per line), k in ks (default 1..K by doubling,
     and K): Recall@k = ground-truth items found in the first k lines / |ground truth|; NDCG@k with binary relevance."""
-    from learner.rank_grpo import ndcg_at_k, recall_at_k
+    from rollout.list_metrics import ndcg_at_k, recall_at_k
 
     k_max = task.list_length
     ks = ks or sorted({*[2**i for i in range(k_max.bit_length()) if 2**i <= k_max], k_max})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from learner.rank_grpo import ndcg_at_k
+from rollout.list_metrics import ndcg_at_k
 from rollout.tasks.base import Example, Task
 from rollout.tasks.registry import register_task
 

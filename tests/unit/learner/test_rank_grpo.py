@@ -9,15 +9,14 @@ import torch
 
 from learner.losses import grpo_loss
 from learner.rank_grpo import (
-    ndcg_at_k,
     parsed_items,
     rank_advantages,
     rank_rewards,
     rank_segments,
-    recall_at_k,
     segment_log_ratio,
     token_advantages,
 )
+from rollout.list_metrics import ndcg_at_k, recall_at_k
 from rollout.tasks import load_task
 from rollout.tasks.base import Example
 
