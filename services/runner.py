@@ -6,6 +6,7 @@ learner's policy object in this mode, so the new weights are used by the next st
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -57,15 +58,21 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**31 - 1)
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, size: int) -> tuple[int, ...]:
+    """The pool's order in one epoch (computed once per epoch, not once per prompt)."""
+    order = list(range(size))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return tuple(order)
+
+
 def prompts_for_step(pool: list, seed: int, step: int, per_step: int) -> list:
     """The step's prompts: consecutive slices of the training pool, reshuffled every epoch (data position = step)."""
     out = []
     start = step * per_step
     for i in range(start, start + per_step):
         epoch, pos = divmod(i, len(pool))
-        order = list(range(len(pool)))
-        random.Random(f"{seed}:{epoch}").shuffle(order)
-        out.append(pool[order[pos]])
+        out.append(pool[epoch_order(seed, epoch, len(pool))[pos]])
     return out
 
 
