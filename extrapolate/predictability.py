@@ -19,6 +19,7 @@ from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
 
 def lowrank_inner(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> float:
     """<B1 A1, B2 A2>_F = trace((B1^T B2)(A2 A1^T)), without forming the m x n matrices."""
+    b1, a1, b2, a2 = b1.double(), a1.double(), b2.double(), a2.double()
     return float(((b1.T @ b2) * (a1 @ a2.T)).sum())
 
 

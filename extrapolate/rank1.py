@@ -12,7 +12,8 @@ For a target module, Delta_t = W_t - W_0 with SVD sum_j s_j u_j v_j^T.
   s_1^2; stability |<u_1(t), u_1(t')>|, |<v_1(t), v_1(t')>| between checkpoints.
 - Sign alignment: singular vectors are defined up to a joint sign flip of (u, v); align each pair to a reference
   (flip both if <u, u_ref> < 0) before fitting anything across time (NExt's code omits this).
-Inputs may be float32 or bfloat16; everything is computed in float64.
+Inputs may be bfloat16, float16, float32 or float64: a single state's Gram matrices are formed in float32 (float64
+if given), all r x r work and every difference of states in float64.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ class Triplets:
 def lora_factors_difference(b1: torch.Tensor, a1: torch.Tensor, scale1: float,
                             b0: torch.Tensor | None = None, a0: torch.Tensor | None = None,
                             scale0: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, A) with B A = scale1 B1 A1 - scale0 B0 A0 (scales folded into B), rank <= r1 + r0."""
-    b = b1.double() * scale1
-    a = a1.double()
+    """(B, A) with B A = scale1 B1 A1 - scale0 B0 A0 (scales folded into B), rank <= r1 + r0.
+
+    A single state stays in float32 unless given in float64 (bf16/fp16/fp32 checkpoints carry at most float32's
+    precision, and float32 Gram matrices are twice as fast); a difference of two states is formed in float64,
+    where cancellation would otherwise cost digits."""
+    work = torch.float64 if b0 is not None or b1.dtype == torch.float64 else torch.float32
+    b = b1.to(work) * scale1
+    a = a1.to(work)
     if b0 is not None:
-        b = torch.cat([b, -scale0 * b0.double()], dim=1)
-        a = torch.cat([a, a0.double()], dim=0)
+        b = torch.cat([b, -scale0 * b0.to(work)], dim=1)
+        a = torch.cat([a, a0.to(work)], dim=0)
     return b, a
 
 
@@ -58,12 +64,15 @@ def lora_triplets(b: torch.Tensor, a: torch.Tensor, k: int = 1) -> Triplets:
     """Top-k triplets of Delta = B A (B m x r, A r x n) from the r x r triangular factors of B and A^T and an
     r x r core SVD. The triangular factors come from Cholesky of the Gram matrices B^T B = R_B^T R_B and
     A A^T = R_A^T R_A (two GEMMs: the same R as a QR up to signs, much faster than Householder QR on tall
-    matrices); u = B R_B^-1 U and v = A^T R_A^-1 V for the top k columns only. When B or A is rank-deficient
-    (e.g. B = 0 at initialisation) Cholesky fails and the QR path is used."""
-    b, a = b.double(), a.double()
-    r_b = torch.linalg.cholesky_ex(b.T @ b, upper=True)
-    r_a = torch.linalg.cholesky_ex(a @ a.T, upper=True)
+    matrices); u = B R_B^-1 U and v = A^T R_A^-1 V for the top k columns only. The Gram matrices are formed in
+    the factors' dtype (float32 or float64), everything r x r in float64. When B or A is rank-deficient
+    (e.g. B = 0 at initialisation) Cholesky fails and the QR path is used, in float64."""
+    if b.dtype not in (torch.float32, torch.float64):
+        b, a = b.float(), a.float()
+    r_b = torch.linalg.cholesky_ex((b.T @ b).double(), upper=True)
+    r_a = torch.linalg.cholesky_ex((a @ a.T).double(), upper=True)
     if int(r_b.info) or int(r_a.info):
+        b, a = b.double(), a.double()
         q_b, rb = torch.linalg.qr(b)
         q_a, ra = torch.linalg.qr(a.T)
         core_u, core_s, core_vh = torch.linalg.svd(rb @ ra.T)
@@ -72,8 +81,8 @@ def lora_triplets(b: torch.Tensor, a: torch.Tensor, k: int = 1) -> Triplets:
                         fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
     core_u, core_s, core_vh = torch.linalg.svd(r_b.L @ r_a.L.T)
     k = min(k, core_s.numel())
-    u = b @ torch.linalg.solve_triangular(r_b.L, core_u[:, :k], upper=True)
-    v = a.T @ torch.linalg.solve_triangular(r_a.L, core_vh[:k].T, upper=True)
+    u = (b @ torch.linalg.solve_triangular(r_b.L, core_u[:, :k], upper=True).to(b.dtype)).double()
+    v = (a.T @ torch.linalg.solve_triangular(r_a.L, core_vh[:k].T, upper=True).to(a.dtype)).double()
     return Triplets(u=u, s=core_s[:k], v=v, fro2=float((core_s**2).sum()), nuclear=float(core_s.sum()))
 
 
