@@ -9,6 +9,17 @@ All fit on the window of checkpoints t_0 < ... < t_w (W_0 = the base model, whos
 - `relex` (RELEX, arXiv 2605.21468): stack the flattened deltas delta_t as rows, take the top right singular
   vector v of that T x d matrix through its T x T Gram matrix, c_t = delta_t . v, fit c_t = a + b t, predict
   W_0 + (a + b T*) v. v is a combination of the deltas, so the prediction is a LoRA of rank <= T r.
+- `alpharl` with a target accuracy (the authors' PLS form, caiyuchen-ustc/Alpha-RL eval/analysis/AlphaPredVector.py):
+  per module, a 1-component partial least squares of the checkpoints' x_t = s_1 u_1 against their held-out
+  accuracy y_t, a line y = c0 + c1 tau on the PLS score tau, inverted at the target accuracy y* and mapped back
+  to x-space; the leap is then written as for the step form.
+- `growth` (ours): RL-Extra with the run's measured growth law. RL-Extra assumes the update grows linearly in steps
+  (||Delta_t|| ~ t); at our scale it grows like t^0.57-0.77 (FINDINGS.md: closer to a random walk than a drift),
+  so RL-Extra overshoots by (T*/t_w)^(1 - p) and its leaps lose accuracy as they grow. `growth` fits p on the
+  window by least squares in log-log of the total update norm sum_modules ||Delta_t||_F^2 (one exponent for the
+  whole model: per-module fits on a few checkpoints are noise), clips it to [0, 1], and predicts
+  W(T*) = W_0 + (T*/t_w)^p (W_tw - W_0): the window-end direction, scaled to the norm the growth law forecasts.
+  Still a LoRA of the same rank.
 """
 
 from __future__ import annotations
@@ -16,10 +27,10 @@ from __future__ import annotations
 import torch
 
 from extrapolate.checkpoints import LoraModule
-from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
+from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets
 
 EXTRAPOLATORS: dict[str, type] = {}
-LINEAR_METHODS = ("rl_extra", "alpharl", "relex")  # closed-form fits (cheap enough to backtest on every analysis)
+LINEAR_METHODS = ("rl_extra", "alpharl", "relex", "growth")  # closed-form fits (cheap enough to backtest on every analysis)
 
 
 def register(name: str):
@@ -69,12 +80,53 @@ class RLExtra(Extrapolator):
         return {n: lora_factors_difference(m.b, m.a, m.scale * c) for n, m in mods.items()}
 
 
+def pls1_inverse(x: torch.Tensor, y: torch.Tensor, y_target: float) -> torch.Tensor:
+    """AlphaRL's accuracy-targeted form: 1-component PLS of x [T, d] on y [T] (both centred, x scaled per column
+    by its standard deviation, as sklearn's PLSRegression(n_components=1)), a least-squares line of y on the
+    score tau = x_s w, inverted at y_target, mapped back to x-space: x^ = mean + std * (tau* p) with p the
+    x-loading. Columns with zero variance keep their mean."""
+    x, y = x.double(), y.double()
+    mean, std = x.mean(0), x.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    xs, yc = (x - mean) / std, y - y.mean()
+    w = xs.T @ yc
+    if float(w.norm()) == 0:
+        raise ValueError("the checkpoints' accuracies do not vary (or x does not): AlphaRL's PLS form cannot fit; "
+                         "use the step form (no target accuracy)")
+    w = w / w.norm()
+    tau = xs @ w
+    loading = xs.T @ tau / (tau @ tau)
+    c0, c1 = line_fit(tau, y)
+    if float(c1) == 0:
+        raise ValueError("accuracy does not change along the PLS direction; AlphaRL's PLS form cannot invert it")
+    tau_target = (y_target - c0) / c1
+    return mean + std * (tau_target * loading)
+
+
 @register("alpharl")
 class AlphaRL(Extrapolator):
+    """Step form by default; the authors' PLS form when target_accuracy is given (needs each window checkpoint's
+    held-out accuracy in `accuracies`, {step: accuracy})."""
+
     min_checkpoints = 2
+
+    def __init__(self, target_accuracy: float | None = None, accuracies: dict[int, float] | None = None):
+        self.target_accuracy = target_accuracy
+        self.accuracies = accuracies or {}
+
+    def fit(self, window):
+        super().fit(window)
+        if self.target_accuracy is not None:
+            missing = [s for s, _ in window if s not in self.accuracies]
+            if missing:
+                raise ValueError(f"AlphaRL's PLS form needs the held-out accuracy of every window checkpoint; none "
+                                 f"for steps {missing} (evaluate at every checkpoint: run.eval_every = "
+                                 f"run.checkpoint_every)")
+        return self
 
     def predict(self, target_step: int):
         steps = torch.tensor([s for s, _ in self.window], dtype=torch.float64)
+        accuracies = torch.tensor([self.accuracies.get(s, 0.0) for s, _ in self.window], dtype=torch.float64)
         out = {}
         for name, last in self.window[-1][1].items():
             xs, u_prev = [], None
@@ -85,8 +137,11 @@ class AlphaRL(Extrapolator):
                     u, v = align_sign(u, v, u_prev)
                 u_prev = u
                 xs.append(trip.s[0] * u[:, 0])
-            a, b = line_fit(steps, torch.stack(xs))
-            x_target = a + b * target_step
+            if self.target_accuracy is None:
+                a, b = line_fit(steps, torch.stack(xs))
+                x_target = a + b * target_step
+            else:
+                x_target = pls1_inverse(torch.stack(xs), accuracies, self.target_accuracy)
             b_w, a_w = lora_factors_difference(last.b, last.a, last.scale)
             extra = (x_target - xs[-1])[:, None]
             out[name] = (torch.cat([b_w, extra], dim=1), torch.cat([a_w, v[:, :1].T], dim=0))
@@ -115,9 +170,43 @@ class Relex(Extrapolator):
         return out
 
 
+@register("growth")
+class Growth(Extrapolator):
+    min_checkpoints = 2
+
+    def fit(self, window):
+        super().fit(window)
+        steps = [s for s, _ in window]
+        norms = [sum(float(lora_triplets(*lora_factors_difference(m.b, m.a, m.scale)).fro2) for m in mods.values())
+                 ** 0.5 for _, mods in window]
+        if steps[0] <= 0 or min(norms) <= 0:
+            raise ValueError("the growth law needs checkpoints after step 0 with a nonzero update")
+        self.exponent = min(max(growth_exponent(steps, norms), 0.0), 1.0)
+        return self
+
+    def predict(self, target_step: int):
+        t_w, mods = self.window[-1]
+        c = (target_step / t_w) ** self.exponent
+        return {n: lora_factors_difference(m.b, m.a, m.scale * c) for n, m in mods.items()}
+
+
+def run_accuracies(run_dir) -> dict[int, float]:
+    """{step: held-out accuracy} from a Leapfrog run's metrics.jsonl (empty for runs of other frameworks)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r}
+
+
 def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out_dir, window_start: int = 0,
-                    max_norm_ratio: float = 10.0):
-    """Fit `method` on the run's checkpoints in [window_start, window_end] and write the leap to target_step."""
+                    max_norm_ratio: float = 10.0, target_accuracy: float | None = None, merge: bool = False):
+    """Fit `method` on the run's checkpoints in [window_start, window_end] and write the leap to target_step (a
+    PEFT adapter at out_dir, or with merge=True a full HF model directory). With target_accuracy (alpharl only)
+    the authors' PLS form predicts the weights at that accuracy instead of at a step."""
     from pathlib import Path
 
     import extrapolate.next  # noqa: F401  (registers "next")
@@ -126,6 +215,8 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
 
     if method not in EXTRAPOLATORS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(EXTRAPOLATORS)}")
+    if target_accuracy is not None and method != "alpharl":
+        raise ValueError("--target-accuracy is AlphaRL's PLS form; use it with --method alpharl")
     if target_step <= window_end:
         raise ValueError(f"--target-step {target_step} must be after --window-end {window_end}")
     checkpoints = find_adapter_checkpoints(Path(run_dir))
@@ -140,19 +231,30 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
                                      mods[n].b.shape[0] != states[-1][1][n].b.shape[0] for n in names):
             raise CheckpointReadError(f"checkpoint step {s} does not match the others (different modules or shapes): "
                                       f"these checkpoints are not from one run on one base model")
-    prediction = EXTRAPOLATORS[method]().fit(states).predict(target_step)
+    options = {"target_accuracy": target_accuracy, "accuracies": run_accuracies(run_dir)} \
+        if target_accuracy is not None else {}
+    prediction = EXTRAPOLATORS[method](**options).fit(states).predict(target_step)
     last = states[-1][1]
     norms = {n: float(torch.linalg.matrix_norm(m.scale * m.b.double() @ m.a.double())) for n, m in last.items()}
     report = {"method": method, "window": [s for s, _ in states], "target_step": target_step,
-              "run_dir": str(run_dir)}
-    return write_leap_adapter(Path(out_dir), window[-1][1], prediction, norms, max_norm_ratio, report)
+              "run_dir": str(run_dir), "target_accuracy": target_accuracy}
+    if not merge:
+        return write_leap_adapter(Path(out_dir), window[-1][1], prediction, norms, max_norm_ratio, report)
+    import tempfile
+
+    from extrapolate.leap import merge_adapter
+
+    with tempfile.TemporaryDirectory(prefix="leapfrog-leap-") as tmp:
+        adapter = write_leap_adapter(Path(tmp) / "adapter", window[-1][1], prediction, norms, max_norm_ratio, report)
+        return merge_adapter(adapter, Path(out_dir))
 
 
 def cmd_extrapolate(args) -> int:
     path = extrapolate_run(args.run_dir, args.method, args.window_end, args.target_step, args.out,
-                           window_start=args.window_start, max_norm_ratio=args.max_norm_ratio)
-    print(f"leap written: {path} (a PEFT LoRA adapter on the run's base model; evaluate it with "
-          f"`leapfrog eval {path} --task TASK`)")
+                           window_start=args.window_start, max_norm_ratio=args.max_norm_ratio,
+                           target_accuracy=args.target_accuracy, merge=args.merge)
+    kind = "a full HF model directory" if args.merge else "a PEFT LoRA adapter on the run's base model"
+    print(f"leap written: {path} ({kind}; evaluate it with `leapfrog eval {path} --task TASK`)")
     return 0
 
 
@@ -168,4 +270,8 @@ def register_command(subparsers) -> None:
     p.add_argument("--out", required=True, help="directory to write the leap adapter to (must not exist)")
     p.add_argument("--max-norm-ratio", type=float, default=10.0,
                    help="refuse predictions whose update norm exceeds this multiple of the window's")
+    p.add_argument("--target-accuracy", type=float,
+                   help="alpharl only: the authors' PLS form, predicting the weights at this held-out accuracy "
+                        "(needs an evaluation at every window checkpoint)")
+    p.add_argument("--merge", action="store_true", help="write a full HF model directory (base + leap merged)")
     p.set_defaults(func=cmd_extrapolate)

@@ -55,3 +55,25 @@ def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str
     (tmp / "report.json").write_text(json.dumps(report or {}, indent=2))
     os.rename(tmp, out_dir)
     return out_dir
+
+
+def merge_adapter(adapter_dir: Path, out_dir: Path) -> Path:
+    """Export base + adapter as a full HF model directory (weights merged, tokenizer copied), atomically."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise LeapError(f"{out_dir} already exists; choose another --out (nothing was overwritten)")
+    base_dir = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_dir or not Path(base_dir).is_dir():
+        raise LeapError(f"the adapter's base model {base_dir!r} is not a local directory; cannot merge")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                      str(adapter_dir)).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
+    shutil.copy(Path(adapter_dir) / "report.json", tmp / "report.json")
+    os.rename(tmp, out_dir)
+    return out_dir

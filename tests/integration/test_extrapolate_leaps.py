@@ -78,3 +78,41 @@ def test_bad_requests_are_refused(linear_run, tmp_path):
     assert not (tmp_path / "d").exists()
     assert sorted(p.name for p in (linear_run / "checkpoints").iterdir()) == [
         "step-000010", "step-000020", "step-000030"]
+
+
+def test_alpharl_pls_form_inverts_accuracy(linear_run, tiny_model_dir, tmp_path):
+    """With accuracies linear in the steps (0.1 per 10 steps), the PLS form at accuracy 0.6 is the step form at 60."""
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(linear_run, run)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "eval_accuracy": s / 100}) + "\n"
+                                               for s in (0, 10, 20, 30)))
+    pls = extrapolate_run(run, "alpharl", window_end=30, target_step=31, out_dir=tmp_path / "pls",
+                          window_start=10, target_accuracy=0.6)
+    step_form = extrapolate_run(run, "alpharl", window_end=30, target_step=60, out_dir=tmp_path / "step",
+                                window_start=10)
+    assert (merged_delta(tiny_model_dir, pls) - merged_delta(tiny_model_dir, step_form)).abs().max().item() < 1e-5
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 30, "eval_accuracy": 0.3}) + "\n")
+    with pytest.raises(ValueError, match=r"none for steps \[10, 20\]"):
+        extrapolate_run(run, "alpharl", window_end=30, target_step=31, out_dir=tmp_path / "x", target_accuracy=0.6)
+    with pytest.raises(ValueError, match="use it with --method alpharl"):
+        extrapolate_run(run, "relex", window_end=30, target_step=31, out_dir=tmp_path / "y", target_accuracy=0.6)
+
+
+def test_merge_writes_a_full_model(linear_run, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rollout.engines.base import SamplingParams
+    from rollout.engines.hf import HFEngine
+
+    adapter = extrapolate_run(linear_run, "rl_extra", window_end=30, target_step=45, out_dir=tmp_path / "leap")
+    merged = extrapolate_run(linear_run, "rl_extra", window_end=30, target_step=45, out_dir=tmp_path / "full",
+                             merge=True)
+    assert (merged / "config.json").is_file() and (merged / "report.json").is_file()
+    name = "model.layers.0.mlp.down_proj.weight"
+    w0 = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())[name].detach()
+    w = dict(AutoModelForCausalLM.from_pretrained(merged).named_parameters())[name].detach()
+    expected = merged_delta(tiny_model_dir, adapter, name.removesuffix(".weight"))
+    assert (w - w0 - expected).abs().max().item() < 1e-5
+    assert len(HFEngine(merged).generate(["12+34="], SamplingParams(n=1, max_new_tokens=4))[0]) == 1

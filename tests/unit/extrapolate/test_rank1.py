@@ -87,3 +87,20 @@ def test_lowrank_inner_and_linear_r2():
     assert linear_r2(steps, line, 4, 2) == pytest.approx(1.0)
     bent = [torch.tensor([float(t * t), 0.0]) for t in steps]
     assert linear_r2(steps, bent, 4, 2) < 0  # a line fitted to t^2 undershoots its future
+
+
+def test_pls1_inverse_recovers_a_linear_path():
+    """x_t = x0 + t d and y_t = 0.1 + 0.01 t: the PLS inverse at y* lands on x at t* = (y* - 0.1) / 0.01."""
+    from extrapolate.extrapolators import pls1_inverse
+
+    gen = torch.Generator().manual_seed(5)
+    x0, d = torch.randn(30, generator=gen, dtype=torch.float64), torch.randn(30, generator=gen, dtype=torch.float64)
+    t = torch.tensor([10.0, 20.0, 30.0, 40.0], dtype=torch.float64)
+    x = x0 + t[:, None] * d
+    x[:, 3] = 1.5  # a constant column keeps its value
+    pred = pls1_inverse(x, 0.1 + 0.01 * t, 0.7)
+    expected = x0 + 60.0 * d
+    expected[3] = 1.5
+    assert torch.allclose(pred, expected, atol=1e-9)
+    with pytest.raises(ValueError, match="do not vary"):
+        pls1_inverse(x, torch.full((4,), 0.3, dtype=torch.float64), 0.7)
