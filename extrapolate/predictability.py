@@ -27,6 +27,24 @@ def _minus(x: tuple[torch.Tensor, torch.Tensor], y: tuple[torch.Tensor, torch.Te
     return torch.cat([x[0], -y[0]], 1), torch.cat([x[1], y[1]], 0)
 
 
+def forecast_error(prediction: dict, window_end: dict, target: dict) -> dict[str, float]:
+    """How a prediction {module: (B, A)} of Delta(T) compares with the actual checkpoint `target` at T, from the
+    window-end checkpoint `window_end` (both {module: LoraModule}), summed over modules: cos between predicted and
+    actual displacement (W^ - W_tw vs W_T - W_tw) and relative error ||W^ - W_T|| / ||W_T - W_0||."""
+    dot = pred_sq = act_sq = err_sq = total_sq = 0.0
+    for name, mod in target.items():
+        actual = lora_factors_difference(mod.b, mod.a, mod.scale)
+        base = lora_factors_difference(window_end[name].b, window_end[name].a, window_end[name].scale)
+        p_disp, a_disp, err = _minus(prediction[name], base), _minus(actual, base), _minus(prediction[name], actual)
+        dot += lowrank_inner(*p_disp, *a_disp)
+        pred_sq += lowrank_inner(*p_disp, *p_disp)
+        act_sq += lowrank_inner(*a_disp, *a_disp)
+        err_sq += lowrank_inner(*err, *err)
+        total_sq += lowrank_inner(*actual, *actual)
+    return {"cos": dot / max((pred_sq * act_sq) ** 0.5, 1e-300),
+            "rel_err": (max(err_sq, 0.0) / max(total_sq, 1e-300)) ** 0.5}
+
+
 def backtest(states: list, method: str, horizon_checkpoints: int = 1) -> dict[str, float]:
     """Forecast the newest checkpoint from the window ending horizon_checkpoints earlier."""
     window = states[:-horizon_checkpoints]
@@ -35,20 +53,7 @@ def backtest(states: list, method: str, horizon_checkpoints: int = 1) -> dict[st
     if len(window) < extrapolator.min_checkpoints:
         return {"cos": float("nan"), "rel_err": float("nan")}
     pred = extrapolator.fit(window).predict(target_step)
-    last = window[-1][1]
-    dot = pred_sq = act_sq = err_sq = total_sq = 0.0
-    for name, mod in target.items():
-        actual = lora_factors_difference(mod.b, mod.a, mod.scale)
-        base = lora_factors_difference(last[name].b, last[name].a, last[name].scale)
-        p_disp, a_disp, err = _minus(pred[name], base), _minus(actual, base), _minus(pred[name], actual)
-        dot += lowrank_inner(*p_disp, *a_disp)
-        pred_sq += lowrank_inner(*p_disp, *p_disp)
-        act_sq += lowrank_inner(*a_disp, *a_disp)
-        err_sq += lowrank_inner(*err, *err)
-        total_sq += lowrank_inner(*actual, *actual)
-    cos = dot / max((pred_sq * act_sq) ** 0.5, 1e-300)
-    return {"cos": cos, "rel_err": (max(err_sq, 0.0) / max(total_sq, 1e-300)) ** 0.5, "target_step": target_step,
-            "window_end": window[-1][0]}
+    return {**forecast_error(pred, window[-1][1], target), "target_step": target_step, "window_end": window[-1][0]}
 
 
 def linear_r2(steps: list[int], xs: list[torch.Tensor], fit: int, predict: int) -> float:

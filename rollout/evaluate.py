@@ -17,11 +17,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def greedy_accuracy(engine, task: Task, examples: list[Example], max_new_tokens: int | None = None) -> float:
-    """Share of examples whose greedy (temperature 0) completion the verifier scores 1."""
+def greedy_scores(engine, task: Task, examples: list[Example], max_new_tokens: int | None = None) -> list[float]:
+    """The verifier's score of each example's greedy (temperature 0) completion (for paired comparisons)."""
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens or task.max_new_tokens)
     groups = engine.generate([ex.prompt for ex in examples], params)
-    scores = [task.score(ex, group[0].text) for ex, group in zip(examples, groups, strict=True)]
+    return [task.score(ex, group[0].text) for ex, group in zip(examples, groups, strict=True)]
+
+
+def greedy_accuracy(engine, task: Task, examples: list[Example], max_new_tokens: int | None = None) -> float:
+    """Share of examples whose greedy (temperature 0) completion the verifier scores 1."""
+    scores = greedy_scores(engine, task, examples, max_new_tokens)
     return sum(scores) / len(scores)
 
 
@@ -52,3 +57,14 @@ def list_metrics(engine, task, examples: list[Example], ks: list[int] | None = N
             out[f"recall@{k}"] += recall_at_k(rel, n_truth, k) / len(examples)
             out[f"ndcg@{k}"] += ndcg_at_k(rel, n_truth, k) / len(examples)
     return out
+
+
+def paired_difference(scores_a: list[float], scores_b: list[float]) -> tuple[float, float]:
+    """Mean of a - b over the same examples and its standard error sqrt(var(a - b) / n) (sample variance):
+    a paired comparison of two policies removes the examples' own difficulty from the noise."""
+    if len(scores_a) != len(scores_b) or len(scores_a) < 2:
+        raise ValueError("paired_difference needs two score lists of the same length >= 2 (same examples, same order)")
+    d = [a - b for a, b in zip(scores_a, scores_b, strict=True)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return mean, (var / len(d)) ** 0.5

@@ -104,3 +104,17 @@ def test_pls1_inverse_recovers_a_linear_path():
     assert torch.allclose(pred, expected, atol=1e-9)
     with pytest.raises(ValueError, match="do not vary"):
         pls1_inverse(x, torch.full((4,), 0.3, dtype=torch.float64), 0.7)
+
+
+def test_growth_extrapolator_follows_a_power_law():
+    """B_t = (t / 10)^0.6 B: the fitted exponent is 0.6 and the prediction at T is (T / t_w)^0.6 Delta_tw."""
+    from extrapolate.checkpoints import LoraModule
+    from extrapolate.extrapolators import EXTRAPOLATORS
+
+    gen = torch.Generator().manual_seed(7)
+    b, a = torch.randn(12, 2, generator=gen, dtype=torch.float64), torch.randn(2, 9, generator=gen, dtype=torch.float64)
+    window = [(t, {"m": LoraModule("m", b * (t / 10) ** 0.6, a, 2.0)}) for t in (10, 20, 40)]
+    growth = EXTRAPOLATORS["growth"]().fit(window)
+    assert growth.exponent == pytest.approx(0.6, abs=1e-9)
+    pb, pa = growth.predict(160)["m"]
+    assert torch.allclose(pb @ pa, 2.0 * (b * 16**0.6) @ a, atol=1e-9)

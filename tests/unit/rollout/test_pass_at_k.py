@@ -22,3 +22,13 @@ def test_pass_at_k_rejects_impossible_counts():
         pass_at_k(4, 5, 1)
     with pytest.raises(ValueError):
         pass_at_k(4, 1, 5)
+
+
+def test_paired_difference_against_a_hand_computation():
+    from rollout.evaluate import paired_difference
+
+    a, b = [1, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 1]  # differences 0, 1, 0, 1, 0, 0: mean 1/3, sample var 4/15
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(1 / 3) and se == pytest.approx((4 / 15 / 6) ** 0.5)
+    with pytest.raises(ValueError, match="same length"):
+        paired_difference([1, 0], [1])
