@@ -1,8 +1,9 @@
-"""`leapfrog analyze RUN_DIR`: the rank-1 picture of a LoRA run, per module and checkpoint (METHODS.md §4).
+"""`leapfrog analyze RUN_DIR`: the rank-1 picture of a run, per module and checkpoint (METHODS.md §4).
 
-For every checkpoint t and target module: the rank-1 triplet of Delta_t = W_t - W_0 (LoRA fast path; W_0 is the
-base, so Delta_t = scale B_t A_t), e1, energy1, stable rank, stability of u_1 and v_1 against the previous
-checkpoint (sign-aligned), the growth exponent p of ||Delta_t||_F ~ a t^p per module, NExt's linear_r2 and a
+For every checkpoint t and target module: the rank-1 triplet of Delta_t = W_t - W_0 (LoRA runs: the fast path, W_0
+is the base, so Delta_t = scale B_t A_t; full-parameter runs: the dense randomized path against the base model,
+where e1 is left out because it needs the whole spectrum), e1, energy1, stable rank, stability of u_1 and v_1
+against the previous checkpoint (sign-aligned), the growth exponent p of ||Delta_t||_F ~ a t^p per module, NExt's linear_r2 and a
 backtest of every extrapolator (extrapolate/predictability.py). Rows are written to
 <run_dir>/rank1/metrics.jsonl (atomically); nothing else in the run directory is touched.
 """
@@ -14,10 +15,24 @@ import os
 import statistics
 from pathlib import Path
 
-from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
+from extrapolate.checkpoints import (
+    CheckpointReadError,
+    find_adapter_checkpoints,
+    find_full_checkpoints,
+    module_layer,
+    read_full,
+    read_lora,
+)
 from extrapolate.extrapolators import LINEAR_METHODS
-from extrapolate.predictability import backtest, linear_r2, rank1_series
-from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, stability
+from extrapolate.predictability import backtest, linear_r2
+from extrapolate.rank1 import (
+    align_sign,
+    dense_triplets,
+    growth_exponent,
+    lora_factors_difference,
+    lora_triplets,
+    stability,
+)
 
 
 class TrajectoryStore:
@@ -60,71 +75,107 @@ class TrajectoryStore:
         os.replace(tmp, self.out_dir / "metrics.jsonl")
 
 
-def analyze_run(run_dir: Path, progress: bool = True) -> dict:
-    """Metrics rows per (step, module) and a summary per module type; writes rank1/metrics.jsonl."""
+def checkpoint_triplets(run_dir: Path, base: Path | None = None) -> tuple[str, list[tuple[int, object]]]:
+    """The run's kind ("lora" or "full") and, per checkpoint step, a loader of {module: (Triplets, layer, type)}
+    for Delta_t = W_t - W_0: the LoRA fast path for adapters; for full HF model checkpoints the dense randomized
+    path against the base model directory `base` (default: the checkpoints' config `_name_or_path`)."""
+    checkpoints = find_adapter_checkpoints(run_dir)
+    if checkpoints:
+        def lora_loader(path):
+            return lambda: {name: (lora_triplets(*lora_factors_difference(m.b, m.a, m.scale)), m.layer,
+                                   m.module_type) for name, m in read_lora(path).items()}
+        return "lora", [(step, lora_loader(path)) for step, path in checkpoints]
+    checkpoints = find_full_checkpoints(run_dir)
+    if not checkpoints:
+        return "lora", []
+    if base is None:
+        named = json.loads((checkpoints[0][1] / "config.json").read_text()).get("_name_or_path")
+        if not named or not Path(named).is_dir():
+            raise CheckpointReadError(f"{run_dir} holds full-model checkpoints; give the base model they started from "
+                                      f"with --base DIR (their config names {named!r}, not a local directory)")
+        base = Path(named)
+    weights_0 = read_full(base)
+
+    def full_loader(path):
+        def load():
+            weights = read_full(path)
+            if set(weights) != set(weights_0) or any(w.shape != weights_0[n].shape for n, w in weights.items()):
+                raise CheckpointReadError(f"{path} does not match the base model {base} (different modules or "
+                                          f"shapes); give the base this run started from with --base")
+            return {n: (dense_triplets(w.double() - weights_0[n].double()), module_layer(n), n.rsplit(".", 1)[-1])
+                    for n, w in weights.items()}
+        return load
+    return "full", [(step, full_loader(path)) for step, path in checkpoints]
+
+
+def analyze_run(run_dir: Path, progress: bool = True, base: Path | None = None) -> dict:
+    """Metrics rows per (step, module) and a summary per module type; writes rank1/metrics.jsonl and
+    rank1/trajectory.safetensors. LoRA runs also get a backtest of every closed-form extrapolator."""
     from rich.progress import Progress
 
     run_dir = Path(run_dir)
-    checkpoints = find_adapter_checkpoints(run_dir)
+    kind, checkpoints = checkpoint_triplets(run_dir, base)
     if len(checkpoints) < 2:
-        raise CheckpointReadError(f"{run_dir} has {len(checkpoints)} LoRA checkpoint(s); the analysis needs at least "
-                                  f"2 (checkpoints/step-N, checkpoint-N or global_step_N/actor/lora_adapter)")
+        raise CheckpointReadError(f"{run_dir} has {len(checkpoints)} checkpoint(s); the analysis needs at least 2 "
+                                  f"(LoRA: checkpoints/step-N, checkpoint-N or global_step_N/actor/lora_adapter; "
+                                  f"full models: checkpoint-N or step-N with config.json and model*.safetensors)")
     out_dir = run_dir / "rank1"
     store = TrajectoryStore(out_dir)
-    rows = [r for r in store.rows if r["step"] in dict(checkpoints)]
+    steps = [s for s, _ in checkpoints]
+    rows = [r for r in store.rows if r["step"] in steps]
     done = {r["step"] for r in rows}
     previous = {}  # module -> (u, v) of the last processed checkpoint, sign-aligned
-    norms: dict[str, list] = {}
-    for r in rows:
-        norms.setdefault(r["module"], []).append((r["step"], r["fro"]))
     new_steps = 0
     with Progress(disable=not progress) as bar:
         job = bar.add_task("rank-1 analysis", total=len(checkpoints))
-        for step, path in checkpoints:
+        for step, load in checkpoints:
             if step in done:
                 previous.update(store.vectors(step))
                 bar.advance(job)
                 continue
             new_steps += 1
-            for name, mod in read_lora(path).items():
-                trip = lora_triplets(*lora_factors_difference(mod.b, mod.a, mod.scale))
-                row = {"step": step, "module": name, "layer": mod.layer, "type": mod.module_type, **trip.metrics()}
+            for name, (trip, layer, mtype) in load().items():
+                row = {"step": step, "module": name, "layer": layer, "type": mtype, **trip.metrics()}
                 if name in previous:
                     u, v = align_sign(trip.u, trip.v, previous[name][0])
                     row["stability_u"], row["stability_v"] = stability(u, v, *previous[name])
                     trip.u, trip.v = u, v
                 previous[name] = (trip.u, trip.v)
                 store.add(name, step, trip.u[:, 0], trip.s[0], trip.v[:, 0])
-                norms.setdefault(name, []).append((step, row["fro"]))
                 rows.append(row)
             bar.advance(job)
     store.rows = sorted(rows, key=lambda r: (r["step"], r["module"]))
     store.save()
-    states = [(step, read_lora(path)) for step, path in checkpoints]
-    backtests = {m: backtest(states, m) for m in LINEAR_METHODS}
-    n = len(states)
+    backtests = {}
+    if kind == "lora":
+        states = [(step, read_lora(path)) for step, path in find_adapter_checkpoints(run_dir)]
+        backtests = {m: backtest(states, m) for m in LINEAR_METHODS}
+    n = len(steps)
     predict = min(5, max(1, n // 3))
     fit = min(10, n - predict)
     r2 = {}
     if fit >= 2:
-        steps = [s for s, _ in states][-(fit + predict):]
+        recent = steps[-(fit + predict):]
         for name in previous:
-            r2[name] = linear_r2(steps, rank1_series(states[-(fit + predict):], name), fit, predict)
+            xs = [store.tensors[f"{name}@{s}.s"].double() * store.tensors[f"{name}@{s}.u"].double() for s in recent]
+            r2[name] = linear_r2(recent, xs, fit, predict)
+    norms: dict[str, list] = {}
+    for r in store.rows:
+        norms.setdefault(r["module"], []).append((r["step"], r["fro"]))
     growth = {name: growth_exponent([s for s, _ in pts], [f for _, f in pts]) for name, pts in norms.items()
               if len(pts) >= 2 and all(f > 0 for _, f in pts) and pts[0][0] > 0}
-    last_step = checkpoints[-1][0]
     summary = {}
     for mtype in sorted({r["type"] for r in rows}):
-        last = [r for r in rows if r["type"] == mtype and r["step"] == last_step]
+        last = [r for r in rows if r["type"] == mtype and r["step"] == steps[-1]]
         summary[mtype] = {
-            "e1": statistics.median(r["e1"] for r in last),
+            "e1": statistics.median(r["e1"] for r in last) if all("e1" in r for r in last) else float("nan"),
             "energy1": statistics.median(r["energy1"] for r in last),
             "stability_u": statistics.median(r.get("stability_u", float("nan")) for r in last),
             "growth_p": statistics.median(growth[r["module"]] for r in last if r["module"] in growth)
             if any(r["module"] in growth for r in last) else float("nan"),
         }
     r2_values = sorted(v for v in r2.values() if v == v)
-    return {"run_dir": str(run_dir), "steps": [s for s, _ in checkpoints], "modules": len(previous),
+    return {"run_dir": str(run_dir), "kind": kind, "steps": steps, "modules": len(previous),
             "by_type": summary, "rows": len(rows), "new_checkpoints": new_steps, "backtest": backtests,
             "linear_r2": {"fit": fit, "predict": predict,
                           "median": statistics.median(r2_values) if r2_values else float("nan"),
@@ -170,7 +221,7 @@ def cmd_analyze(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    result = analyze_run(Path(args.run_dir))
+    result = analyze_run(Path(args.run_dir), base=Path(args.base) if args.base else None)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -200,6 +251,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("analyze", help="rank-1 analysis of a LoRA run's checkpoints (ours, TRL, verl)")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--base", help="full-parameter runs: the base model directory the run started from "
+                                  "(default: the checkpoints' config _name_or_path)")
     p.add_argument("--task", help="also measure rank-1 recovery on this task's held-out set (greedy)")
     p.add_argument("--eval-size", type=int, default=1000, help="held-out problems for the recovery")
     p.set_defaults(func=cmd_analyze)

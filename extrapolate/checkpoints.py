@@ -1,8 +1,11 @@
-"""Reading the checkpoints of a LoRA run: ours (`checkpoints/step-N/`), TRL's (`checkpoint-N/`) and verl's
-(`global_step_N/actor/lora_adapter/`), each a standard PEFT adapter directory.
+"""Reading the checkpoints of a run: LoRA runs — ours (`checkpoints/step-N/`), TRL's (`checkpoint-N/`) and verl's
+(`global_step_N/actor/lora_adapter/`), each a standard PEFT adapter directory — and full-parameter runs whose
+checkpoints are HF model directories (`checkpoint-N/`, `step-N/` or verl's `global_step_N/actor/huggingface/`
+with config.json and model*.safetensors, sharded or not).
 
 A LoRA state is read per target module (the 2-D attention and MLP projections) as its factors (B, A) and the PEFT
-scale lora_alpha / r (rank_pattern / alpha_pattern honoured), lazily with safetensors.
+scale lora_alpha / r (rank_pattern / alpha_pattern honoured); a full checkpoint as the target modules' weight
+matrices. Both lazily with safetensors.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import torch
 TARGET_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STEP_DIR_PATTERNS = [(re.compile(r"^step-(\d+)$"), ""), (re.compile(r"^checkpoint-(\d+)$"), ""),
                      (re.compile(r"^global_step_(\d+)$"), "actor/lora_adapter")]
+FULL_STEP_DIR_PATTERNS = [(re.compile(r"^step-(\d+)$"), ""), (re.compile(r"^checkpoint-(\d+)$"), ""),
+                          (re.compile(r"^global_step_(\d+)$"), "actor/huggingface")]
+WEIGHT_KEY = re.compile(r"^(?:model\.)?(.*layers\.\d+\.(?:self_attn|mlp)\.(?:" + "|".join(TARGET_TYPES) + r"))\.weight$")
 
 
 class CheckpointReadError(ValueError):
@@ -32,32 +38,70 @@ class LoraModule:
 
     @property
     def layer(self) -> int:
-        match = re.search(r"layers\.(\d+)\.", self.name)
-        return int(match.group(1)) if match else -1
+        return module_layer(self.name)
 
     @property
     def module_type(self) -> str:
         return self.name.rsplit(".", 1)[-1]
 
 
-def find_adapter_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, adapter dir) of every complete LoRA checkpoint under run_dir (ours, TRL or verl layout)."""
+def _find_step_dirs(run_dir: Path, patterns, is_complete) -> list[tuple[int, Path]]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointReadError(f"{run_dir} is not a directory; give a run directory with LoRA checkpoints")
-    roots = [run_dir / "checkpoints", run_dir]
+        raise CheckpointReadError(f"{run_dir} is not a directory; give a run directory with checkpoints")
     found = {}
-    for root in roots:
+    for root in (run_dir / "checkpoints", run_dir):
         if not root.is_dir():
             continue
         for d in root.iterdir():
-            for pattern, sub in STEP_DIR_PATTERNS:
+            for pattern, sub in patterns:
                 match = pattern.match(d.name)
-                adapter = d / sub if sub else d
-                if match and (adapter / "adapter_config.json").is_file() and \
-                        (adapter / "adapter_model.safetensors").is_file():
-                    found[int(match.group(1))] = adapter
+                target = d / sub if sub else d
+                if match and is_complete(target):
+                    found[int(match.group(1))] = target
     return sorted(found.items())
+
+
+def find_adapter_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, adapter dir) of every complete LoRA checkpoint under run_dir (ours, TRL or verl layout)."""
+    return _find_step_dirs(run_dir, STEP_DIR_PATTERNS, lambda d: (d / "adapter_config.json").is_file() and
+                           (d / "adapter_model.safetensors").is_file())
+
+
+def find_full_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, model dir) of every full HF model checkpoint under run_dir (a full-parameter run)."""
+    return _find_step_dirs(run_dir, FULL_STEP_DIR_PATTERNS, lambda d: (d / "config.json").is_file() and
+                           any(d.glob("model*.safetensors")))
+
+
+def read_full(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Target-module weight matrices of an HF model directory, keyed like LoRA module names
+    (model.layers.0.self_attn.q_proj), from model.safetensors or its shards."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    out = {}
+    files = sorted(model_dir.glob("model*.safetensors"))
+    if not files:
+        raise CheckpointReadError(f"{model_dir} has no model*.safetensors; not a full HF model checkpoint")
+    for file in files:
+        try:
+            handle = safe_open(str(file), framework="pt")
+            for key in handle.keys():
+                match = WEIGHT_KEY.match(key)
+                if match:
+                    out["model." + match.group(1).removeprefix("model.")] = handle.get_tensor(key)
+        except Exception as err:  # corrupt safetensors bytes surface as several exception types
+            raise CheckpointReadError(f"{file} is unreadable ({type(err).__name__}: {err}); drop this checkpoint "
+                                      f"or re-save it") from err
+    if not out:
+        raise CheckpointReadError(f"{model_dir} has no q/k/v/o/gate/up/down projection weights")
+    return out
+
+
+def module_layer(name: str) -> int:
+    match = re.search(r"layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else -1
 
 
 def read_lora(adapter_dir: Path) -> dict[str, LoraModule]:

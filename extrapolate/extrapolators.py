@@ -210,7 +210,12 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     from pathlib import Path
 
     import extrapolate.next  # noqa: F401  (registers "next")
-    from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
+    from extrapolate.checkpoints import (
+        CheckpointReadError,
+        find_adapter_checkpoints,
+        find_full_checkpoints,
+        read_lora,
+    )
     from extrapolate.leap import write_leap_adapter
 
     if method not in EXTRAPOLATORS:
@@ -220,6 +225,9 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     if target_step <= window_end:
         raise ValueError(f"--target-step {target_step} must be after --window-end {window_end}")
     checkpoints = find_adapter_checkpoints(Path(run_dir))
+    if not checkpoints and find_full_checkpoints(Path(run_dir)):
+        raise CheckpointReadError(f"{run_dir} holds full-model checkpoints: `leapfrog analyze --base` reads them, but "
+                                  f"leaps are written for LoRA runs only (a leap under LoRA is itself an adapter)")
     window = [(s, p) for s, p in checkpoints if window_start <= s <= window_end]
     if not window or window[-1][0] != window_end:
         raise CheckpointReadError(f"no checkpoint at --window-end {window_end} in {run_dir}; "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from extrapolate.extrapolators import EXTRAPOLATORS, line_fit
-from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
+from extrapolate.rank1 import lora_factors_difference
 
 
 def lowrank_inner(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> float:
@@ -66,15 +66,3 @@ def linear_r2(steps: list[int], xs: list[torch.Tensor], fit: int, predict: int) 
     ss_res = float(((future - pred) ** 2).sum())
     ss_tot = float(((future - future.mean(0)) ** 2).sum())
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
-
-
-def rank1_series(states: list, name: str) -> list[torch.Tensor]:
-    """x_t = s_1 u_1 of one module over the checkpoints, sign-aligned to the previous checkpoint."""
-    xs, u_prev = [], None
-    for _, mods in states:
-        m = mods[name]
-        trip = lora_triplets(*lora_factors_difference(m.b, m.a, m.scale))
-        u, _ = align_sign(trip.u, trip.v, u_prev) if u_prev is not None else (trip.u, trip.v)
-        u_prev = u
-        xs.append(trip.s[0] * u[:, 0])
-    return xs

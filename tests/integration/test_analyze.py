@@ -88,3 +88,60 @@ def test_rank1_recovery(run_dir):
         assert 0.0 <= rec[key] <= 1.0
     if rec["acc_full"] != rec["acc_base"]:
         assert rec["recovery"] == pytest.approx((rec["acc_rank1"] - rec["acc_base"]) / (rec["acc_full"] - rec["acc_base"]))
+
+
+def test_analyze_full_parameter_checkpoints(tiny_model_dir, tmp_path):
+    """A full-parameter run (HF model dirs checkpoint-N, as TRL/HF Trainer save them): W_t = W_0 + (t/10) s u v^T +
+    noise per target module; the dense path finds s_1 and u_1 as a dense SVD does, and stability is ~1."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    names = [n for n, p in base.named_parameters() if n.endswith("proj.weight")]
+    shapes = {n: p.shape for n, p in base.named_parameters() if n in names}
+    spikes = {n: (torch.randn(shapes[n][0], 1, generator=gen), torch.randn(1, shapes[n][1], generator=gen))
+              for n in names}
+    expected = {}
+    run = tmp_path / "full-run"
+    for step in (10, 20, 30):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in names:
+                    delta = 0.01 * step / 10 * spikes[n][0] @ spikes[n][1] + 1e-4 * torch.randn(p.shape, generator=gen)
+                    p.add_(delta)
+                    expected[(step, n.removesuffix(".weight"))] = (p.detach().double() -
+                                                                   dict(base.named_parameters())[n].detach().double())
+        model.save_pretrained(run / f"checkpoint-{step}")
+    result = analyze_run(run, progress=False, base=tiny_model_dir)
+    assert result["kind"] == "full" and result["steps"] == [10, 20, 30] and result["modules"] == len(names)
+    assert result["backtest"] == {}
+    rows = [json.loads(x) for x in (run / "rank1" / "metrics.jsonl").read_text().splitlines()]
+    name = "model.layers.0.mlp.down_proj"
+    row = next(r for r in rows if r["step"] == 30 and r["module"] == name)
+    s = torch.linalg.svdvals(expected[(30, name)])
+    assert row["s1"] == pytest.approx(float(s[0]), rel=1e-4)
+    assert row["energy1"] == pytest.approx(float(s[0] ** 2 / (s**2).sum()), rel=1e-4)
+    assert row["stability_u"] > 0.999 and "e1" not in row
+    assert result["by_type"]["down_proj"]["growth_p"] == pytest.approx(1.0, abs=0.02)
+    other = tmp_path / "other-base"
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(other)
+    import shutil
+
+    shutil.rmtree(run / "rank1")
+    with pytest.raises(CheckpointReadError, match="does not match the base model"):
+        analyze_run(run, progress=False, base=other)
+
+
+def test_extrapolating_a_full_parameter_run_is_refused_clearly(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from extrapolate.extrapolators import extrapolate_run
+
+    for step in (10, 20):
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    with pytest.raises(CheckpointReadError, match="leaps are written for LoRA runs only"):
+        extrapolate_run(tmp_path / "run", "rl_extra", window_end=20, target_step=40, out_dir=tmp_path / "leap")
