@@ -18,6 +18,60 @@ class LeapError(ValueError):
     """A predicted leap that must not be written."""
 
 
+def project_onto_adapter(b_t: torch.Tensor, a_t: torch.Tensor, pred_b: torch.Tensor, pred_a: torch.Tensor,
+                         scale: float = 1.0) -> tuple[torch.Tensor, float]:
+    """Write a predicted update into the learner's own rank-r adapter, A held fixed (how a leap continues training).
+
+    With the current update B_t A_t and a prediction Delta^ = B^ A^ (scales folded into B), the least-squares B'
+    for B' A_t ~ W_t + scale (Delta^ - W_t) is B' = B_t + scale (B^ A^ A_t^T (A_t A_t^T)^-1 - B_t). Exact when the
+    predicted displacement lies in the row space of A_t — true for rl_extra, growth (B scaled) and alpharl (its
+    v_1 is a combination of A_t's rows); a projection for relex and next. Returns (B', share of the predicted
+    displacement's squared norm lost by the projection)."""
+    b_t, a_t, pred_b, pred_a = b_t.double(), a_t.double(), pred_b.double(), pred_a.double()
+    gram = a_t @ a_t.T
+    target_b = pred_b @ torch.linalg.solve(gram, a_t @ pred_a.T).T  # B^ A^ A_t^T (A_t A_t^T)^-1
+    new_b = b_t + scale * (target_b - b_t)
+    # lost share: ||D - P D||^2 / ||D||^2 with D = Delta^ - B_t A_t and P D = (target_b - B_t) A_t
+    disp_b, disp_a = torch.cat([pred_b, -b_t], 1), torch.cat([pred_a, a_t], 0)
+    total = float(((disp_b.T @ disp_b) * (disp_a @ disp_a.T)).sum())
+    kept_b = target_b - b_t
+    kept = float(((kept_b.T @ kept_b) * gram).sum())
+    return new_b, max(0.0, 1.0 - kept / total) if total > 0 else 0.0
+
+
+def write_learner_leap(out_dir: Path, source_adapter: Path, prediction: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                       scale: float, report: dict) -> tuple[Path, float]:
+    """A candidate leap as an adapter of the learner's own shape (same r, alpha, A): lora_B = B' / lora scale
+    (project_onto_adapter), lora_A copied. Returns (path, mean lost share over modules). Refuses NaN/Inf."""
+    from safetensors.torch import save_file
+
+    from extrapolate.checkpoints import read_lora
+
+    out_dir = Path(out_dir)
+    current = read_lora(source_adapter)
+    tensors, lost = {}, []
+    for name, mod in current.items():
+        new_b, lost_share = project_onto_adapter(mod.scale * mod.b.double(), mod.a, *prediction[name], scale)
+        if not torch.isfinite(new_b).all():
+            raise LeapError(f"the leap for {name} has NaN or Inf values; nothing was written")
+        tensors[f"base_model.model.{name}.lora_B.weight"] = (new_b / mod.scale).to(mod.b.dtype).contiguous()
+        tensors[f"base_model.model.{name}.lora_A.weight"] = mod.a.contiguous()
+        lost.append(lost_share)
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "adapter_model.safetensors"))
+    shutil.copy(Path(source_adapter) / "adapter_config.json", tmp / "adapter_config.json")
+    mean_lost = sum(lost) / len(lost)
+    (tmp / "report.json").write_text(json.dumps({**report, "scale": scale, "projection_lost_share": mean_lost},
+                                                indent=2))
+    if out_dir.exists():
+        shutil.rmtree(tmp)
+        raise LeapError(f"{out_dir} already exists; leaps are never overwritten")
+    os.rename(tmp, out_dir)
+    return out_dir, mean_lost
+
+
 def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str, tuple[torch.Tensor, torch.Tensor]],
                        reference_norms: dict[str, float], max_norm_ratio: float = 10.0, report: dict | None = None
                        ) -> Path:

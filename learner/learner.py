@@ -165,6 +165,23 @@ class Learner:
             os.replace(tmp, final)
         return str(final), version
 
+    def apply_leap(self, adapter_path: str | Path, horizon: int, reset_optimizer: bool = False) -> int:
+        """Continue from a leap: load its adapter (same shape as ours: extrapolate.leap.write_learner_leap), advance
+        the step counter and the learning-rate schedule by `horizon`, keep Adam's moments unless reset_optimizer
+        (then the moments of the changed B matrices start afresh). Returns the new step."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
+        if reset_optimizer:
+            for name, p in self.model.named_parameters():
+                if "lora_B" in name and p in self.optimizer.state:
+                    del self.optimizer.state[p]
+        for _ in range(horizon * self.cfg.updates_per_batch):
+            self.scheduler.step()
+        self.step_count += horizon
+        return self.step_count
+
     def pid(self) -> int:
         import os
 

@@ -84,6 +84,14 @@ def print_summary(summary, console) -> None:
                   f"({100 * (summary.acc_after - summary.acc_before):+.1f} points; best {summary.best_acc:.3f})")
     curve = "  ".join(f"{e['step']}:{e['accuracy']:.3f}" for e in summary.evals)
     console.print(f"  accuracy by step: {curve}")
+    if summary.leaps is not None:
+        a = summary.leaps
+        console.print(f"  leaps: {a['proposals']} proposed, {a['applied']} applied, {a['paid']} paid, "
+                      f"{a['rolled_back']} rolled back, {a['rejected']} rejected on the spot; "
+                      f"{summary.learner_steps} learner steps for {summary.steps} steps of trajectory")
+        console.print(f"  learner steps saved by leaps that paid: {a['steps_skipped']}, spent in discarded branches "
+                      f"(judging, rollbacks): {a['steps_lost']}, net {a['net_steps_saved']}; extrapolation {a['extrapolation_s']:.0f} s, "
+                      f"leap evaluations {a['evaluation_s']:.0f} s (events: {summary.run_dir}/events.jsonl)")
 
 
 def cmd_run(args) -> int:

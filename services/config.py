@@ -4,6 +4,7 @@
     rollout:   rollout.config.RolloutConfig   task, sampling, engine, evaluation
     learner:   learner.config.LearnerConfig   GRPO loss, optimizer, LoRA
     run:       RunConfig                      steps, seed, checkpoints, where the run lives
+    extrapolate: extrapolate.config.ExtrapolateConfig   leaps during training (absent: plain RL)
 Unknown fields are errors; `leapfrog config schema` prints the JSON schema.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from extrapolate.config import ExtrapolateConfig
 from learner.config import LearnerConfig, ModelConfig
 from rollout.config import RolloutConfig
 
@@ -40,6 +42,7 @@ class JobConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    extrapolate: ExtrapolateConfig | None = Field(None, description="Leaps during training; absent = plain RL.")
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from learner.bootstrap import bootstrap, default_model_dir
@@ -33,6 +34,8 @@ class RunSummary:
     best_acc: float
     seconds: float
     evals: list[dict] = field(default_factory=list)
+    learner_steps: int = 0
+    leaps: dict | None = None  # accounting of services/leaps.py when the job leaps
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -191,12 +194,26 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
         with metrics_file.open("a") as f:
             f.write(json.dumps({**row, "time": time.time()}) + "\n")
 
+    leaps = None
+    learner_steps = 0
+    if cfg.extrapolate is not None:
+        from services.leaps import LeapController, write_jsonl
+
+        def emit(kind: str, record: dict) -> None:
+            if kind == "event":
+                write_jsonl(run_dir / "events.jsonl", {**record, "time": time.time()})
+                if record["type"] != "no_leap":
+                    console.print(f"leap event: {record['type']} at step {record['step']}")
+
+        leaps = LeapController(cfg, runtime, run_dir, task, emit)
+
     def restore(path: Path | None) -> None:
-        nonlocal evals
+        nonlocal evals, learner_steps
         if path is None:
             return
         state = runtime.resume(path)
         evals = state.get("evals", [])
+        learner_steps = state.get("learner_steps", runtime.step_count)
         console.print(f"resumed from {path} (step {runtime.step_count})")
 
     def sampling(step: int) -> SamplingParams:
@@ -215,6 +232,16 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
         evals.append(record)
         log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
         return acc
+
+    def checkpoint(done: int, row: dict) -> Path:
+        """Checkpoint the current state (or return the existing checkpoint of this step)."""
+        existing = run_dir / "checkpoints" / f"step-{done:06d}"
+        if existing.exists():
+            return existing
+        meta = {"metrics": row, "evals": evals[-1:], "wall_time": time.time() - started, "base_model": str(model_dir),
+                **(leaps.checkpoint_meta() if leaps else {})}
+        return runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": evals,
+                                         "learner_steps": learner_steps})
 
     restore(resume_from)
     if runtime.step_count == 0:
@@ -255,16 +282,27 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             try:
                 stats = runtime.train(batch)
                 version = runtime.publish()
+                learner_steps += 1
                 done = runtime.step_count
                 row = {"step": done, **stats, "policy_version": policy_version, "learner_version": step,
-                       "adapter_version": version, "gen_s": t_gen, "step_s": time.time() - t0}
+                       "adapter_version": version, "gen_s": t_gen, "step_s": time.time() - t0,
+                       "learner_steps": learner_steps}
                 log(row)
+                if leaps is not None:
+                    restored = leaps.after_step(learner_steps, evals, partial(checkpoint, done, row))
+                    if restored is not None:  # the run continues from another branch's checkpoint
+                        evals = restored.get("evals", evals)
+                        pending = None
+                        log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
+                        bar.update(job, completed=runtime.step_count)
+                        continue
                 if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
                     evaluate(done)
                 if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
-                    runtime.checkpoint({"metrics": row, "evals": evals[-1:], "wall_time": time.time() - started,
-                                        "base_model": str(model_dir)},
-                                       {"data_position": done * cfg.rollout.prompts_per_step, "evals": evals})
+                    checkpoint(done, row)
+                    if leaps is not None and done < last and leaps.after_checkpoint(done, learner_steps) is not None:
+                        pending = None  # generation for the next step sampled the pre-leap policy
+                        log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})
             except LearnerLost as err:
                 checkpoints = list_checkpoints(run_dir)
                 from_step, path = checkpoints[-1] if checkpoints else (0, None)
@@ -277,6 +315,7 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             bar.update(job, completed=done, reward=stats["reward_mean"], acc=evals[-1]["accuracy"])
     summary = RunSummary(run_dir=str(run_dir), steps=runtime.step_count, acc_before=evals[0]["accuracy"],
                          acc_after=evals[-1]["accuracy"], best_acc=max(e["accuracy"] for e in evals),
-                         seconds=time.time() - started, evals=evals)
+                         seconds=time.time() - started, evals=evals, learner_steps=learner_steps,
+                         leaps=leaps.summary(learner_steps) if leaps else None)
     (run_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
     return summary

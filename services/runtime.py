@@ -5,6 +5,10 @@ Both offer the same few calls, so `services.runner.drive` is one loop for both:
     train(batch) -> metrics                                          (learner)
     publish() -> version        make the learner's current weights the rollout policy
     checkpoint(meta, extra) / resume(path) / close()
+and, for leaps (services/leaps.py):
+    generate_with(adapter_path, prompts, params)   sample a candidate adapter without making it the policy
+    leap(adapter_path, horizon, reset_optimizer)   the learner continues from a leap
+    service(method, *args)                          call the ExtrapolationService (in process, or a Ray actor)
 """
 
 from __future__ import annotations
@@ -34,10 +38,34 @@ class LocalRuntime:
         self.learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
                                max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature)
         self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer)
+        self.extrapolation = None
+        if getattr(cfg, "extrapolate", None) is not None:
+            from extrapolate.service import ExtrapolationService
+
+            self.extrapolation = ExtrapolationService(run_dir, cfg.extrapolate, cfg.run.checkpoint_every)
 
     @property
     def step_count(self) -> int:
         return self.learner.step_count
+
+    def generate_with(self, adapter_path: str, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Swap the candidate's LoRA weights into the shared policy, sample, and swap the learner's back."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        model = self.learner.model
+        current = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+        set_peft_model_state_dict(model, load_peft_weights(str(adapter_path), device="cpu"))
+        try:
+            return self.engine.generate(prompts, params)
+        finally:
+            set_peft_model_state_dict(model, current)
+
+    def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
+        return self.learner.apply_leap(adapter_path, horizon, reset_optimizer)
+
+    def service(self, method: str, *args):
+        return getattr(self.extrapolation, method)(*args)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompts, params)
@@ -121,6 +149,12 @@ class RayRuntime:
                               max_lora_rank=cfg.learner.lora.r, seed=cfg.run.seed + i, num_threads=worker_threads)
             for i in range(cfg.rollout.num_workers)]
         self._learner_args = (model_dir, max_new_tokens)
+        self.extrapolation = None
+        if getattr(cfg, "extrapolate", None) is not None:
+            from extrapolate.service import ExtrapolationService
+
+            service_cls = ray.remote(num_cpus=0, runtime_env=env)(ExtrapolationService)
+            self.extrapolation = service_cls.remote(str(self.run_dir), cfg.extrapolate, cfg.run.checkpoint_every)
         ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
         self._step_count = 0
         self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
@@ -155,6 +189,25 @@ class RayRuntime:
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         return self.collect(self.generate_async(prompts, params))
+
+    def generate_with(self, adapter_path: str, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Sample a candidate adapter: the workers load it for this call only (the next generate names the
+        policy's adapter again)."""
+        current = self._adapter
+        self._adapter = (str(adapter_path), f"candidate:{adapter_path}")
+        try:
+            return self.generate(prompts, params)
+        finally:
+            self._adapter = current
+
+    def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
+        self._step_count = self._learner("apply_leap", str(adapter_path), horizon, reset_optimizer)
+        return self._step_count
+
+    def service(self, method: str, *args):
+        import ray
+
+        return ray.get(getattr(self.extrapolation, method).remote(*args))
 
     def _learner(self, method: str, *args, retry_for: float = 0.0):
         """Call a learner method; its death (or restart in progress) becomes LearnerLost for the driver loop.
@@ -224,5 +277,5 @@ class RayRuntime:
     def close(self) -> None:
         import ray
 
-        for actor in [*self.workers, self.learner]:
+        for actor in [*self.workers, self.learner, *([self.extrapolation] if self.extrapolation else [])]:
             ray.kill(actor)

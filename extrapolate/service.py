@@ -1,0 +1,121 @@
+"""The extrapolation service (METHODS.md §6, DESIGN.md "A job, end to end" step 3): watches a run's checkpoints,
+keeps the rank-1 trajectory and the predictability figures up to date, and proposes leaps when the trajectory is
+forecastable. A plain class, used in the single-process runner as is and on Ray as an actor.
+
+The leap policy (beyond the papers' single fixed leap): the horizon starts at `horizon`, doubles (up to
+`max_horizon`) after a leap that paid and halves (down to `min_horizon`) after one that was rejected or rolled
+back; after `patience` such failures in a row the service stops proposing (MKOR-H's fall-back: stop a trick once
+it stops paying). The gate: before each proposal, the chosen extrapolator forecasts the newest checkpoint from the
+window that ends one horizon earlier; below `backtest_threshold` (cosine of predicted vs actual displacement) it
+says why it is not leaping instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from extrapolate.config import ExtrapolateConfig
+
+
+class ExtrapolationService:
+    def __init__(self, run_dir: str | Path, cfg: ExtrapolateConfig, checkpoint_every: int):
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self.checkpoint_every = checkpoint_every
+        self.horizon = cfg.horizon
+        self.failures = 0
+        self.proposals = 0
+
+    def on_checkpoint(self, step: int) -> dict:
+        """Update rank1/ for the new checkpoint; returns its per-module rows and the run-level figures."""
+        from extrapolate.analyze import analyze_run
+        from extrapolate.checkpoints import find_adapter_checkpoints
+
+        started = time.time()
+        if len(find_adapter_checkpoints(self.run_dir)) < 2:
+            return {"step": step, "rows": [], "note": "the rank-1 analysis starts at the second checkpoint"}
+        summary = analyze_run(self.run_dir, progress=False)
+        rows = [json.loads(line) for line in (self.run_dir / "rank1" / "metrics.jsonl").read_text().splitlines()]
+        return {"step": step, "rows": [r for r in rows if r["step"] == step], "by_type": summary["by_type"],
+                "backtest": summary["backtest"], "linear_r2": summary["linear_r2"],
+                "seconds": time.time() - started}
+
+    def forget_after(self, step: int) -> None:
+        """Drop rank-1 rows and vectors of steps after `step` (the run switched branch: they will be recomputed)."""
+        from extrapolate.analyze import TrajectoryStore
+
+        store = TrajectoryStore(self.run_dir / "rank1")
+        if not store.rows:
+            return
+        store.rows = [r for r in store.rows if r["step"] <= step]
+        store.tensors = {k: v for k, v in store.tensors.items() if int(k.rpartition("@")[2].split(".")[0]) <= step}
+        store.save()
+
+    def status(self) -> dict:
+        return {"horizon": self.horizon, "failures": self.failures, "stopped": self.stopped,
+                "proposals": self.proposals}
+
+    @property
+    def stopped(self) -> bool:
+        return self.failures >= self.cfg.patience
+
+    def propose(self, step: int) -> dict:
+        """Candidates for a leap from the checkpoint at `step`: {"candidates": [{"scale", "path", "lost"}],
+        "horizon", "backtest_cos", "method"} — or {"reason": why not}."""
+        import extrapolate.next  # noqa: F401  (registers "next")
+        from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
+        from extrapolate.extrapolators import EXTRAPOLATORS
+        from extrapolate.leap import write_learner_leap
+        from extrapolate.predictability import backtest
+
+        cfg = self.cfg
+        if self.stopped:
+            return {"reason": f"stopped proposing: the last {self.failures} leaps did not pay (patience "
+                              f"{cfg.patience})"}
+        if step < cfg.start_after:
+            return {"reason": f"step {step} is before extrapolate.start_after ({cfg.start_after})"}
+        checkpoints = [(s, p) for s, p in find_adapter_checkpoints(self.run_dir) if s <= step]
+        if not checkpoints or checkpoints[-1][0] != step:
+            return {"reason": f"no checkpoint at step {step}"}
+        horizon_ckpts = max(1, round(self.horizon / self.checkpoint_every))
+        need = cfg.window + horizon_ckpts
+        if len(checkpoints) < need:
+            return {"reason": f"{len(checkpoints)} checkpoints; the backtest of a {self.horizon}-step horizon with a "
+                              f"{cfg.window}-checkpoint window needs {need}"}
+        started = time.time()
+        states = [(s, read_lora(p)) for s, p in checkpoints[-need:]]
+        try:
+            check = backtest(states, cfg.method, horizon_checkpoints=horizon_ckpts)
+        except ValueError as err:
+            return {"reason": f"backtest impossible: {err}"}
+        if not check["cos"] >= cfg.backtest_threshold:
+            return {"reason": f"backtest cos {check['cos']:.2f} < {cfg.backtest_threshold} ({cfg.method} forecasting "
+                              f"step {check['target_step']} from step {check['window_end']}): not forecastable now",
+                    "backtest_cos": check["cos"]}
+        window = states[-cfg.window:]
+        try:
+            prediction = EXTRAPOLATORS[cfg.method]().fit(window).predict(step + self.horizon)
+        except ValueError as err:
+            return {"reason": f"{cfg.method} cannot predict: {err}"}
+        self.proposals += 1
+        leap_dir = self.run_dir / "leaps" / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
+        candidates = []
+        for scale in cfg.scales:
+            path, lost = write_learner_leap(leap_dir / f"scale-{scale:g}", checkpoints[-1][1], prediction, scale,
+                                            {"method": cfg.method, "from_step": step, "horizon": self.horizon,
+                                             "backtest": check})
+            candidates.append({"scale": scale, "path": str(path), "lost": lost})
+        return {"candidates": candidates, "horizon": self.horizon, "backtest_cos": check["cos"], "method": cfg.method,
+                "leap_dir": str(leap_dir), "seconds": time.time() - started}
+
+    def verdict(self, paid: bool) -> dict:
+        """A leap paid (horizon doubles, failures reset) or did not (rejected or rolled back: horizon halves)."""
+        if paid:
+            self.failures = 0
+            self.horizon = min(self.cfg.max_horizon, 2 * self.horizon)
+        else:
+            self.failures += 1
+            self.horizon = max(self.cfg.min_horizon, self.horizon // 2)
+        return self.status()
