@@ -32,6 +32,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = load_config(args.config)
             cfg.run.seed = seed
+            cfg.extrapolate = None  # plain RL
             summary = run_job(cfg, run_dir=Path(tmp) / f"seed{seed}", progress=True)
             curve = {e["step"]: e["accuracy"] for e in summary.evals}
             mid = min(curve, key=lambda s: abs(s - cfg.run.steps / 2))

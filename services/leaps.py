@@ -79,7 +79,9 @@ class LeapController:
             return None
         status = self.runtime.service("status")
         if step + status["horizon"] + self.x.judge_after > self.cfg.run.steps:
-            return None  # too close to the end to judge a leap
+            self.emit("event", {"type": "no_leap", "step": step, "reason": f"too close to the end: a {status['horizon']}"
+                                f"-step leap and {self.x.judge_after} judging steps would pass run.steps"})
+            return None
         started = time.time()
         proposal = self.runtime.service("propose", step)
         self.accounting["extrapolation_s"] += time.time() - started

@@ -222,7 +222,7 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
 
     def evaluate(step: int) -> float:
         acc = greedy_accuracy(runtime, task, eval_set, max_new)
-        record = {"step": step, "accuracy": acc}
+        record = {"step": step, "accuracy": acc, "learner_steps": learner_steps}
         if hasattr(task, "list_length"):
             record.update(list_metrics(runtime, task, eval_set))
         if cfg.rollout.eval_pass_n > 0:
