@@ -142,3 +142,18 @@ def test_unreadable_model_on_a_worker_fails_at_start(ray_local, tmp_path):
     cfg = job(tmp_path / "only-on-the-driver")
     with pytest.raises(Exception, match="cannot read the model directory"):
         RayRuntime(cfg, tmp_path / "only-on-the-driver", tmp_path / "run", 6)
+
+
+def test_leaps_run_on_ray_with_the_service_as_an_actor(ray_local, default_model_dir, tmp_path):
+    """The ExtrapolationService as a Ray actor: rank-1 rows per checkpoint, a leap proposed, evaluated through the
+    rollout workers (candidate adapters), applied and judged against a control branch."""
+    cfg = job(default_model_dir, steps=12)
+    cfg = parse_config({**cfg.model_dump(), "run": {**cfg.run.model_dump(), "checkpoint_every": 2},
+                        "extrapolate": {"window": 2, "horizon": 2, "min_horizon": 1, "start_after": 4,
+                                        "judge_after": 2, "eval_size": 32, "backtest_threshold": -1.0,
+                                        "accept_margin": 1.0}})
+    summary = run_on_ray(cfg, tmp_path / "run", progress=False)
+    kinds = [json.loads(x)["type"] for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert "leap_applied" in kinds and ("leap_paid" in kinds or "leap_rolled_back" in kinds)
+    assert summary.leaps["applied"] >= 1 and summary.steps == 12
+    assert (tmp_path / "run" / "rank1" / "metrics.jsonl").is_file()
