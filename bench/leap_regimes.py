@@ -1,0 +1,84 @@
+"""Where do leaps pay at our scale? A sweep of gradient signal-to-noise: prompts per step x learning rate.
+
+For each regime, the reference job (deploy/jobs/arith.yaml, its leap policy) with rollout.prompts_per_step and
+learner.lr replaced is run plain and with leaps (same seed). Reported per regime: the growth exponent p of the
+plain run's update (median over modules; 1 = steady drift, 0.5 = random walk), the backtest cosine of the leap
+method on the plain run (forecasting its last checkpoint from the one before), and the leap speedup: learner steps
+for the plain run to reach 96% of its final held-out accuracy over the leaping run's steps to the same target.
+
+    .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
+Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
+"final_leap", "net_steps_saved"}]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.leap_speedup import reach  # noqa: E402
+from extrapolate.analyze import analyze_run  # noqa: E402
+from services.config import load_config  # noqa: E402
+from services.runner import run_job  # noqa: E402
+
+
+def base_params(run_dir: Path) -> int:
+    """Parameter count of the run's base model (from its safetensors headers)."""
+    from safetensors import safe_open
+
+    meta = json.loads(next((run_dir / "checkpoints").glob("step-*")).joinpath("meta.json").read_text())
+    total = 0
+    for file in Path(meta["base_model"]).glob("model*.safetensors"):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="deploy/jobs/arith.yaml")
+    parser.add_argument("--prompts", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4])
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    regimes = []
+    with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
+        for prompts in args.prompts:
+            for lr in args.lrs:
+                def run(name, leaps, prompts=prompts, lr=lr):
+                    cfg = load_config(args.config)
+                    cfg.rollout.prompts_per_step, cfg.learner.lr = prompts, lr
+                    cfg.run.steps, cfg.run.seed = args.steps, args.seed
+                    if not leaps:
+                        cfg.extrapolate = None
+                    out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
+                    return cfg, out, run_job(cfg, run_dir=out, progress=False)
+
+                cfg, plain_dir, plain = run("plain", False)
+                _, leap_dir, leap = run("leap", True)
+                target = 0.96 * plain.acc_after
+                analysis = analyze_run(plain_dir, progress=False)
+                p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
+                regime = {"prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
+                          "backtest_cos": analysis["backtest"][cfg.extrapolate.method]["cos"],
+                          "speedup": reach(plain_dir, plain, target)["steps"] / reach(leap_dir, leap, target)["steps"],
+                          "final_plain": plain.acc_after, "final_leap": leap.acc_after,
+                          "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
+                regimes.append(regime)
+                print(f"prompts {prompts:4d} lr {lr:g}: p {p:.2f}, backtest cos {regime['backtest_cos']:.2f}, "
+                      f"speedup {regime['speedup']:.2f}x, final plain {plain.acc_after:.3f} / leaping "
+                      f"{leap.acc_after:.3f}, net steps saved {regime['net_steps_saved']}", flush=True)
+    print(json.dumps({"config": args.config, "steps": args.steps, "seed": args.seed, "regimes": regimes}))
+
+
+if __name__ == "__main__":
+    main()
