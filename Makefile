@@ -10,9 +10,17 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test env lock bench clean-env
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test env browser lock bench clean-env
 
 env: $(STAMP)
+
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; it never downloads a browser).
+browser:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) for the dashboard test"; exit 1; }; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
@@ -24,7 +32,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/leapfrog demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # Re-resolve the lock from requirements/*.in (needs the package registries).

@@ -239,6 +239,7 @@ def cmd_analyze(args) -> int:
         print(f"backtest {method:9s}: forecast of the newest checkpoint from one checkpoint earlier: "
               f"cos(predicted, actual displacement) {bt['cos']:.3f}, relative error {bt['rel_err']:.3f}")
     print(f"per module and step: {Path(args.run_dir) / 'rank1' / 'metrics.jsonl'}")
+
     if args.task:
         rec = rank1_recovery(Path(args.run_dir), args.task, args.eval_size)
         print(f"rank-1 recovery at step {rec['step']} on {rec['eval_size']} held-out {args.task} problems: base "
@@ -255,4 +256,6 @@ def register(subparsers) -> None:
                                   "(default: the checkpoints' config _name_or_path)")
     p.add_argument("--task", help="also measure rank-1 recovery on this task's held-out set (greedy)")
     p.add_argument("--eval-size", type=int, default=1000, help="held-out problems for the recovery")
+
     p.set_defaults(func=cmd_analyze)
+    return p

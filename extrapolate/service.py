@@ -99,6 +99,12 @@ class ExtrapolationService:
             prediction = EXTRAPOLATORS[cfg.method]().fit(window).predict(step + self.horizon)
         except ValueError as err:
             return {"reason": f"{cfg.method} cannot predict: {err}"}
+        from extrapolate.rank1 import lora_triplets
+
+        names = sorted(prediction)
+        watched = [n for n in names if n.endswith(("q_proj", "down_proj"))]  # a few modules for the dashboard
+        watched = watched[:2] + watched[-2:] if len(watched) > 4 else watched
+        predicted_s1 = {n: float(lora_triplets(*prediction[n]).s[0]) for n in watched}
         self.proposals += 1
         leap_dir = self.run_dir / "leaps" / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
         candidates = []
@@ -108,6 +114,7 @@ class ExtrapolationService:
                                              "backtest": check})
             candidates.append({"scale": scale, "path": str(path), "lost": lost})
         return {"candidates": candidates, "horizon": self.horizon, "backtest_cos": check["cos"], "method": cfg.method,
+                "predicted_s1": predicted_s1,
                 "leap_dir": str(leap_dir), "seconds": time.time() - started}
 
     def verdict(self, paid: bool) -> dict:

@@ -210,9 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     from extrapolate.analyze import register
     from extrapolate.extrapolators import register_command
 
-    register(sub)
+    p = register(sub)
+    p.add_argument("--html", help="also write a self-contained HTML report with the dashboard's charts here")
+    p.set_defaults(func=cmd_analyze_with_report)
     register_command(sub)
     return parser
+
+
+def cmd_analyze_with_report(args) -> int:
+    """`leapfrog analyze` (extrapolate package), plus the dashboard's static report with --html."""
+    from pathlib import Path
+
+    from extrapolate.analyze import cmd_analyze
+
+    code = cmd_analyze(args)
+    if args.html:
+        from services.dashboard import write_report
+
+        print(f"report: {write_report(Path(args.run_dir), Path(args.html))} (open it in a browser; works offline)")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,8 @@ class LeapController:
         best = max(evaluated, key=lambda c: c["diff"])
         record = {"step": step, "method": proposal["method"], "horizon": proposal["horizon"],
                   "backtest_cos": proposal["backtest_cos"], "current_acc": sum(current) / len(current),
-                  "candidates": evaluated, "leap_dir": proposal["leap_dir"]}
+                  "candidates": evaluated, "leap_dir": proposal["leap_dir"],
+                  "predicted_s1": proposal.get("predicted_s1", {})}
         self.emit("event", {"type": "proposal", **record})
         if best["diff"] < -self.x.accept_margin:
             self.accounting["rejected"] += 1

@@ -1,0 +1,102 @@
+"""The run dashboard's pages: the static report of `leapfrog analyze RUN_DIR --html OUT.html` (self-contained:
+Plotly and the dashboard script inlined, the run's data embedded) and the live job page the control plane serves
+(same template and script, fed by the job's SSE stream). Plotly.js comes from the plotly wheel: no CDN.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+STATIC = Path(__file__).parent / "static"
+
+
+def plotly_js_path() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def rank1_records(run_dir: Path, max_backtests: int = 30) -> list[dict]:
+    """Per checkpoint step: the rank-1 rows of every module (rank1/metrics.jsonl, written by the analysis), the
+    backtest of each closed-form extrapolator on the checkpoints up to that step, the growth exponent per module
+    type and the median linear_r2 — the records the extrapolation service streams live."""
+    import statistics
+
+    from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
+    from extrapolate.extrapolators import LINEAR_METHODS
+    from extrapolate.predictability import backtest
+    from extrapolate.rank1 import growth_exponent
+
+    rows = read_jsonl(run_dir / "rank1" / "metrics.jsonl")
+    steps = sorted({r["step"] for r in rows})
+    checkpoints = [(s, p) for s, p in find_adapter_checkpoints(run_dir) if s in steps]
+    states = [(s, read_lora(p)) for s, p in checkpoints]
+    records = []
+    for i, step in enumerate(steps):
+        upto = [r for r in rows if r["step"] <= step]
+        by_type: dict = {}
+        for mtype in sorted({r["type"] for r in upto}):
+            exps = []
+            for module in sorted({r["module"] for r in upto if r["type"] == mtype}):
+                pts = [(r["step"], r["fro"]) for r in upto if r["module"] == module and r["fro"] > 0 and r["step"] > 0]
+                if len(pts) >= 2:
+                    exps.append(growth_exponent([s for s, _ in pts], [f for _, f in pts]))
+            by_type[mtype] = {"growth_p": statistics.median(exps) if exps else None}
+        record = {"step": step, "rows": [r for r in rows if r["step"] == step], "by_type": by_type}
+        if 3 <= i + 1 and len(steps) - i <= max_backtests and len(states) == len(steps):
+            record["backtest"] = {m: {"cos": backtest(states[:i + 1], m)["cos"]} for m in LINEAR_METHODS}
+        records.append(record)
+    return records
+
+
+def run_view(run_dir: Path) -> dict:
+    """Everything the dashboard draws, from a run directory (runs analyze first if rank1/ is missing)."""
+    from extrapolate.analyze import analyze_run
+
+    run_dir = Path(run_dir)
+    analyze_run(run_dir, progress=False)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    evals = {}
+    for r in metrics:
+        if "eval_accuracy" in r:
+            evals[r["step"]] = {"step": r["step"], "accuracy": r["eval_accuracy"]}
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    return {"job": {"name": run_dir.name}, "config": config, "metrics": [r for r in metrics if "loss" in r],
+            "evals": sorted(evals.values(), key=lambda e: e["step"]), "rank1": rank1_records(run_dir),
+            "events": leap_events(read_jsonl(run_dir / "events.jsonl"))}
+
+
+def leap_events(events: list[dict], limit: int = 500) -> list[dict]:
+    """The events the dashboard draws: every leap event (the last `limit`) and the latest "no_leap" reason."""
+    keep = [e for e in events if e.get("type") != "no_leap"][-limit:]
+    last_reason = [e for e in events if e.get("type") == "no_leap"][-1:]
+    return sorted(keep + last_reason, key=lambda e: e.get("time", 0))
+
+
+def page(title: str, boot_js: str, inline: bool) -> str:
+    """The job page: Plotly and dashboard.js inlined (a self-contained report) or linked from /static."""
+    if inline:
+        plotly = f"<script>{plotly_js_path().read_text()}</script>"
+        dashboard = f"<script>{(STATIC / 'dashboard.js').read_text()}</script>"
+    else:
+        plotly = '<script src="/static/plotly.min.js"></script>'
+        dashboard = '<script src="/static/dashboard.js"></script>'
+    template = (STATIC / "job.html").read_text()
+    return (template.replace("__TITLE__", html.escape(title)).replace("__PLOTLY__", plotly)
+            .replace("__DASHBOARD__", dashboard).replace("__BOOT__", f"<script>{boot_js}</script>"))
+
+
+def write_report(run_dir: Path, out: Path) -> Path:
+    """`leapfrog analyze RUN_DIR --html OUT`: a self-contained HTML report with the dashboard's charts."""
+    view = run_view(run_dir)
+    data = json.dumps(view).replace("</", "<\\/")  # no </script> inside the embedded document
+    boot = f"LF.bindSlider(); LF.render({data});"
+    out = Path(out)
+    out.write_text(page(f"run {Path(run_dir).name}", boot, inline=True))
+    return out
