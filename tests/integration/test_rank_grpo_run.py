@@ -53,3 +53,20 @@ def test_rank_grpo_needs_a_list_task(default_model_dir, tmp_path):
     cfg.rollout.task = "arith"
     with pytest.raises(ConfigError, match="ranked-list task"):
         run_job(cfg, run_dir=tmp_path / "run", progress=False)
+
+
+FORCED_LEAPS = {"window": 2, "horizon": 2, "min_horizon": 1, "start_after": 2, "judge_after": 1, "eval_size": 20,
+                "backtest_threshold": -1.0, "accept_margin": 1.0}
+
+
+@pytest.mark.parametrize("learner", [{"algorithm": "rank_grpo"},
+                                     {"algorithm": "grpo", "reward_shaping": "unlikeliness", "updates_per_batch": 2}])
+def test_rank_grpo_and_unlikeliness_run_with_leaps(ranklist_model, tmp_path, learner):
+    """Both only change rewards / advantages / ratios, so leaps work unchanged: a leap is applied and judged."""
+    cfg = job(ranklist_model, **learner)
+    cfg = parse_config({**cfg.model_dump(), "run": {**cfg.run.model_dump(), "steps": 8, "checkpoint_every": 1,
+                                                    "eval_every": 4}, "extrapolate": FORCED_LEAPS})
+    summary = run_job(cfg, run_dir=tmp_path / "run", progress=False)
+    kinds = [json.loads(x)["type"] for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert "leap_applied" in kinds and ("leap_paid" in kinds or "leap_rolled_back" in kinds), kinds
+    assert summary.steps == 8 and "ndcg@5" in summary.evals[-1]
