@@ -182,6 +182,21 @@ def analyze_run(run_dir: Path, progress: bool = True, base: Path | None = None) 
                           "share_negative": sum(v < 0 for v in r2_values) / len(r2_values) if r2_values else float("nan")}}
 
 
+def checkpoint_record(run_dir: Path, step: int) -> dict:
+    """Analyse a run incrementally after its checkpoint at `step` and return that checkpoint's record: the rank-1
+    rows of every module, the summary per module type, the closed-form backtests and linear_r2 (what the
+    extrapolation service streams to the dashboard). Empty rows before the second checkpoint."""
+    import time
+
+    started = time.time()
+    if len(find_adapter_checkpoints(run_dir)) < 2:
+        return {"step": step, "rows": [], "note": "the rank-1 analysis starts at the second checkpoint"}
+    summary = analyze_run(run_dir, progress=False)
+    rows = [json.loads(line) for line in (Path(run_dir) / "rank1" / "metrics.jsonl").read_text().splitlines()]
+    return {"step": step, "rows": [r for r in rows if r["step"] == step], "by_type": summary["by_type"],
+            "backtest": summary["backtest"], "linear_r2": summary["linear_r2"], "seconds": time.time() - started}
+
+
 def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: int | None = None) -> dict:
     """AlphaRL's rank-1 recovery (METHODS.md §4): evaluate the norm-matched rank-1 model
     W_0 + (||Delta||_F / s_1) s_1 u_1 v_1^T of a checkpoint (every target module) against the full checkpoint and

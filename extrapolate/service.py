@@ -12,7 +12,6 @@ says why it is not leaping instead.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -30,17 +29,9 @@ class ExtrapolationService:
 
     def on_checkpoint(self, step: int) -> dict:
         """Update rank1/ for the new checkpoint; returns its per-module rows and the run-level figures."""
-        from extrapolate.analyze import analyze_run
-        from extrapolate.checkpoints import find_adapter_checkpoints
+        from extrapolate.analyze import checkpoint_record
 
-        started = time.time()
-        if len(find_adapter_checkpoints(self.run_dir)) < 2:
-            return {"step": step, "rows": [], "note": "the rank-1 analysis starts at the second checkpoint"}
-        summary = analyze_run(self.run_dir, progress=False)
-        rows = [json.loads(line) for line in (self.run_dir / "rank1" / "metrics.jsonl").read_text().splitlines()]
-        return {"step": step, "rows": [r for r in rows if r["step"] == step], "by_type": summary["by_type"],
-                "backtest": summary["backtest"], "linear_r2": summary["linear_r2"],
-                "seconds": time.time() - started}
+        return checkpoint_record(self.run_dir, step)
 
     def forget_after(self, step: int) -> None:
         """Drop rank-1 rows and vectors of steps after `step` (the run switched branch: they will be recomputed)."""

@@ -4,7 +4,10 @@
     leapfrog run CONFIG [--resume RUN_DIR]            a single-process RL run with a progress bar
     leapfrog eval CHECKPOINT --task T [--n N]         greedy accuracy and pass@k of a checkpoint or model dir
     leapfrog config schema | show CONFIG              the job config's JSON schema / the resolved config
-    leapfrog demo                                     bootstrap + the reference arith job, accuracy before/after
+    leapfrog demo                                     the reference job through the control plane, with a summary
+    leapfrog serve [--host H] [--port P]              the control plane: REST API + dashboard, with Redis and Ray
+    leapfrog submit CONFIG [--server URL]             submit a job to a running control plane
+    leapfrog status [JOB] [--server URL]              jobs and their state, or one job's state and metrics
     leapfrog analyze RUN_DIR                          rank-1 analysis of a LoRA run (extrapolate package)
     leapfrog extrapolate RUN_DIR --method M ...       predicted weights at a later step, written as an adapter
 """
@@ -113,18 +116,114 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from rich.console import Console
+    """The reference job end to end through the control plane: start it (embedded Redis, local Ray head), submit
+    the job over REST, print where to watch it, follow it, print the closing summary, shut everything down."""
+    import threading
 
-    from services.config import JobConfig
-    from services.runner import run_job
+    import httpx
+    import uvicorn
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.api import create_app
+    from services.config import JobConfig, dump_config
+    from services.runner import RunSummary, resolve_model_dir
+    from services.serve import control_plane
+    from services.store import TERMINAL, free_port
 
     console = Console()
     cfg = read_job(str(args.config), args.set) if Path(args.config).is_file() else JobConfig()
-    run_dir = Path(cfg.run.runs_root) / f"{cfg.run.name}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"[bold]Leapfrog demo[/bold]: GRPO + LoRA on the bootstrapped {cfg.rollout.task!r} model, "
-                  f"{cfg.run.steps} steps on CPU -> {run_dir}")
-    summary = run_job(cfg, run_dir=run_dir, console=console)
-    print_summary(summary, console)
+    resolve_model_dir(cfg, progress=True)  # build the default model here, with its progress bar, before the job
+    console.print("[bold]Leapfrog demo[/bold]: starting the control plane (embedded Redis, a local Ray head) ...")
+    with control_plane() as (store, jobs, settings, url):
+        port = args.port or free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(store, jobs, settings, redis_url=url), host="127.0.0.1",
+                                               port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                if server.started:
+                    break
+                time.sleep(0.05)
+            headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+            res = httpx.post(f"{base}/v1/jobs", content=dump_config(cfg), timeout=60,
+                             headers={**headers, "Content-Type": "application/yaml"})
+            if res.status_code != 201:
+                raise RuntimeError(f"the control plane refused the job ({res.status_code}): {res.text}")
+            job = res.json()
+            console.print(f"submitted job [bold]{job['id']}[/bold] to Ray; watch it live at {base}/jobs/{job['id']} "
+                          f"(REST: {base}/v1/jobs/{job['id']}, run dir {job['run_dir']})")
+            state, after = job["state"], "0-0"
+            columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[state]}  held-out acc {task.fields[acc]}"), TimeElapsedColumn()]
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, state=state, acc="-")
+                while state not in TERMINAL:
+                    time.sleep(1.0)
+                    state = httpx.get(f"{base}/v1/jobs/{job['id']}", timeout=30).json()["state"]
+                    for sid, row in store.read(job["id"], "metrics", after, 1000):
+                        after = sid
+                        bar.update(task, completed=row.get("step", 0))
+                        if "eval_accuracy" in row:
+                            bar.update(task, acc=f"{row['eval_accuracy']:.3f}")
+                    bar.update(task, state=state)
+            record = store.get(job["id"])
+            if state != "SUCCEEDED" or not record.get("summary"):
+                console.print(f"[red]job {job['id']} ended {state}[/red]: {record.get('error') or 'see the Ray logs'}")
+                return 1
+            print_summary(RunSummary(**json.loads(record["summary"])), console)
+            console.print(f"rank-1 analysis and leaps: leapfrog analyze {job['run_dir']} --html report.html")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            console.print("control plane, Ray head and Redis stopped")
+    return 0
+
+
+def server_url(args) -> str:
+    return (args.server or os.environ.get("LEAPFROG_SERVER") or "http://127.0.0.1:8000").rstrip("/")
+
+
+def cmd_submit(args) -> int:
+    import httpx
+
+    token = os.environ.get("LEAPFROG_API_TOKEN")
+    headers = {"Content-Type": "application/yaml", **({"Authorization": f"Bearer {token}"} if token else {})}
+    body = Path(args.config).read_text()
+    res = httpx.post(f"{server_url(args)}/v1/jobs", content=body, headers=headers, timeout=60)
+    if res.status_code != 201:
+        detail = res.json().get("detail") if res.headers.get("content-type", "").startswith("application/json") \
+            else res.text
+        if isinstance(detail, list):
+            detail = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail)
+        raise ValueError(f"the control plane refused the job ({res.status_code}): {detail}")
+    job = res.json()
+    print(f"{job['id']} {job['state']}  dashboard: {server_url(args)}/jobs/{job['id']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import httpx
+
+    base = server_url(args)
+    if not args.job:
+        for job in httpx.get(f"{base}/v1/jobs", params={"limit": 100}, timeout=30).json()["items"]:
+            print(f"{job['id']:32s} {job['state']:10s} {time.strftime('%Y-%m-%d %H:%M', time.localtime(job['created']))}")
+        return 0
+    res = httpx.get(f"{base}/v1/jobs/{args.job}", timeout=30)
+    if res.status_code == 404:
+        raise ValueError(f"no job {args.job!r} on {base}")
+    job = res.json()
+    print(f"{job['id']}: {job['state']}  run dir {job['run_dir']}  leaps {job['leaps']}")
+    if job.get("error"):
+        print(f"  error: {job['error']}")
+    rows = httpx.get(f"{base}/v1/jobs/{args.job}/metrics", params={"limit": 5000}, timeout=30).json()["items"]
+    evals = [r["data"] for r in rows if "eval_accuracy" in r["data"]]
+    steps = [r["data"]["step"] for r in rows if "loss" in r["data"]]
+    print(f"  step {steps[-1] if steps else 0}; held-out accuracy by step: "
+          + "  ".join(f"{e['step']}:{e['eval_accuracy']:.3f}" for e in evals))
     return 0
 
 
@@ -185,10 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="bootstrap the default model and run the reference job")
+    p = sub.add_parser("demo", help="the reference job through the control plane (Redis, Ray), with a summary")
     p.add_argument("--config", default=str(DEFAULT_JOB))
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--port", type=int, help="the control plane's port (default: a free one)")
     p.set_defaults(func=cmd_demo)
+
+    from services.serve import register as register_serve
+
+    register_serve(sub)
+    p = sub.add_parser("submit", help="submit a job config to a running control plane (leapfrog serve)")
+    p.add_argument("config")
+    p.add_argument("--server", help="control plane URL (default $LEAPFROG_SERVER or http://127.0.0.1:8000)")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("status", help="jobs on a running control plane, or one job's state and accuracy")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--server", help="control plane URL (default $LEAPFROG_SERVER or http://127.0.0.1:8000)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (PEFT adapter dir) or an HF model dir")
     p.add_argument("checkpoint")
@@ -248,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, CheckpointError, CheckpointReadError, LeapError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        import httpx
+
+        if not isinstance(err, httpx.TransportError):
+            raise
+        print(f"error: no control plane answers at {server_url(args)} ({err}); start one with `leapfrog serve`",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed checkpoints are kept (resume with leapfrog run --resume RUN_DIR)", file=sys.stderr)

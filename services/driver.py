@@ -1,6 +1,9 @@
 """The Ray job entrypoint: `python -m services.driver JOB.yaml [--run-dir DIR] [--resume]`.
 
 This is what `ray job submit -- python -m services.driver deploy/jobs/arith.yaml` and the control plane run.
+Under the control plane (LEAPFROG_JOB_ID and REDIS_URL set by it) the driver also reports to Redis: the job
+becomes RUNNING, metrics / rank-1 / events go to its streams, and it ends SUCCEEDED (with the summary) or FAILED
+(with the error) — unless it was cancelled meanwhile, which the store's atomic transitions keep.
 It connects to Ray (RAY_ADDRESS, the address a Ray job is given, or a local instance when unset), starts one
 Learner and rollout.num_workers RolloutWorker actors, and runs the same driver loop as `leapfrog run`
 (`services.runner.drive`). Its last stdout line is the run summary as JSON.
@@ -32,7 +35,8 @@ def connect_ray(num_cpus: int | None = None):
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
-def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None):
+def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
+               sink=None):
     from learner.checkpoint import list_checkpoints
     from rollout.tasks import load_task
     from services.runner import drive, prepare_run_dir, resolve_model_dir
@@ -46,7 +50,7 @@ def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, 
         if resume_from is None and list_checkpoints(run_dir):
             resume_from = list_checkpoints(run_dir)[-1][1]
         return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
-                     stop_after=stop_after)
+                     stop_after=stop_after, sink=sink)
     finally:
         runtime.close()
 
@@ -68,14 +72,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.runs_root) / cfg.run.name
     print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
-    connect_ray()
+    store, job_id, sink = control_plane()
     try:
-        summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after)
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        connect_ray()
+        summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
+                             sink=sink)
+    except BaseException as err:
+        if store is not None:
+            finish(store, job_id, "FAILED", error=f"{type(err).__name__}: {err}"[:2000])
+        if isinstance(err, (ConfigError, ValueError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    if store is not None:
+        finish(store, job_id, "SUCCEEDED", summary=json.dumps(summary.as_dict()))
     print(json.dumps(summary.as_dict()), flush=True)
     return 0
+
+
+def control_plane():
+    """(store, job id, sink) when run by the control plane (LEAPFROG_JOB_ID and REDIS_URL set), else Nones."""
+    job_id, url = os.environ.get("LEAPFROG_JOB_ID"), os.environ.get("REDIS_URL")
+    if not job_id or not url:
+        return None, None, None
+    from services.store import TransitionError, connect
+
+    store = connect(url)
+    try:
+        store.transition(job_id, "RUNNING")
+    except TransitionError as err:  # already RUNNING (the control plane saw Ray start us), or cancelled meanwhile
+        if store.get(job_id)["state"] != "RUNNING":
+            print(f"not starting: {err}", file=sys.stderr)
+            sys.exit(0)
+
+    def sink(stream: str, record: dict) -> None:
+        store.append(job_id, stream, record)
+
+    return store, job_id, sink
+
+
+def finish(store, job_id: str, state: str, **fields) -> None:
+    from services.store import TransitionError
+
+    try:
+        store.transition(job_id, state, **fields)
+    except TransitionError as err:  # e.g. cancelled meanwhile: the cancel stands
+        print(f"job state not changed: {err}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool) -> Path | None:
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-            console=None, stop_after: int | None = None) -> RunSummary:
+            console=None, stop_after: int | None = None, sink=None) -> RunSummary:
     """Run (or resume) a job in this process to cfg.run.steps, or stop once `stop_after` steps are done."""
     from services.runtime import LocalRuntime
 
@@ -150,7 +150,7 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, p
     model_dir = resolve_model_dir(cfg, progress)
     runtime = LocalRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
     return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
-                 stop_after=stop_after)
+                 stop_after=stop_after, sink=sink)
 
 
 class LearnerLost(RuntimeError):
@@ -158,10 +158,12 @@ class LearnerLost(RuntimeError):
 
 
 def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
-          progress: bool = True, console=None, stop_after: int | None = None) -> RunSummary:
+          progress: bool = True, console=None, stop_after: int | None = None, sink=None) -> RunSummary:
     """The driver loop (the same for the local and the Ray runtime):
     prompts -> runtime.generate (G completions each) -> verifier rewards -> runtime.train -> runtime.publish
-    -> every eval_every steps a greedy held-out evaluation, every checkpoint_every steps a checkpoint."""
+    -> every eval_every steps a greedy held-out evaluation, every checkpoint_every steps a checkpoint.
+    `sink(stream, record)` (the control plane's Redis streams: "metrics", "rank1", "events") also receives every
+    metrics row, a rank-1 record per checkpoint and every leap event."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -191,8 +193,11 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
     metrics_file = run_dir / "metrics.jsonl"
 
     def log(row: dict) -> None:
+        row = {**row, "time": time.time()}
         with metrics_file.open("a") as f:
-            f.write(json.dumps({**row, "time": time.time()}) + "\n")
+            f.write(json.dumps(row) + "\n")
+        if sink is not None:
+            sink("metrics", row)
 
     leaps = None
     learner_steps = 0
@@ -201,9 +206,12 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
 
         def emit(kind: str, record: dict) -> None:
             if kind == "event":
-                write_jsonl(run_dir / "events.jsonl", {**record, "time": time.time()})
+                record = {**record, "time": time.time()}
+                write_jsonl(run_dir / "events.jsonl", record)
                 if record["type"] != "no_leap":
                     console.print(f"leap event: {record['type']} at step {record['step']}")
+            if sink is not None:
+                sink("events" if kind == "event" else "rank1", record)
 
         leaps = LeapController(cfg, runtime, run_dir, task, emit)
 
@@ -300,6 +308,10 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                     evaluate(done)
                 if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
                     checkpoint(done, row)
+                    if leaps is None and sink is not None:  # the dashboard's rank-1 picture for plain runs too
+                        from extrapolate.analyze import checkpoint_record
+
+                        sink("rank1", checkpoint_record(run_dir, done))
                     if leaps is not None and done < last and leaps.after_checkpoint(done, learner_steps) is not None:
                         pending = None  # generation for the next step sampled the pre-leap policy
                         log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})

@@ -47,3 +47,36 @@ def ray_local():
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head as a separate cluster on loopback (deploy/ray-local.sh: own temp dir, process group, free ports),
+    for the Ray Jobs API; yields the environment that points `ray` and the control plane at it."""
+    import subprocess
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="lfh-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # not the session's in-process Ray
+    env = {**env, "RAY_AUTH_MODE": "disabled", "LEAPFROG_RAY_TEMP": temp, "LEAPFROG_RAY_PORT": str(free_port()),
+           "LEAPFROG_RAY_DASHBOARD_PORT": str(free_port()), "LEAPFROG_RAY_AGENT_PORT": str(free_port()),
+           "LEAPFROG_RAY_CPUS": "2"}
+    try:
+        started = subprocess.run(["bash", "deploy/ray-local.sh", "start"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=240)
+        assert started.returncode == 0, started.stderr
+        address = f"http://127.0.0.1:{env['LEAPFROG_RAY_DASHBOARD_PORT']}"
+        assert address in started.stdout
+        yield {**env, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"}
+    finally:
+        stopped = subprocess.run(["bash", "deploy/ray-local.sh", "stop"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
