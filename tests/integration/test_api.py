@@ -1,0 +1,209 @@
+"""The control plane through its REST API, against a real Redis server and a real Ray head (no mocks): jobs
+submitted over REST run on Ray and report back; validation, auth, size limits and path roots; SSE with resume;
+cancel; a control-plane restart mid-job loses nothing; Prometheus metrics; a bounded concurrent load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from services.api import Settings, create_app
+from services.jobs import RayJobs
+from services.store import EmbeddedRedis, connect
+from tests.conftest import free_port
+from tests.integration.control_plane import LiveServer, wait_for_state
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def plane(ray_head, default_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("plane")
+    redis = EmbeddedRedis(root / "redis")
+    settings = Settings(token=TOKEN, runs_root=root / "runs", allowed_roots=[root, default_model_dir.parent])
+    store = connect(redis.url)
+    jobs = RayJobs(ray_head["RAY_ADDRESS"], redis.url)
+    server = LiveServer(create_app(store, jobs, settings, redis_url=redis.url), free_port())
+    yield {"url": server.url, "store": store, "jobs": jobs, "settings": settings, "redis": redis, "server": server,
+           "model": default_model_dir}
+    plane_server = server
+    plane_server.stop()
+    redis.stop()
+
+
+def job_yaml(model_dir, steps: int, name: str = "apitest") -> str:
+    return (f"model:\n  path: {model_dir}\nrollout:\n  prompts_per_step: 8\n  group_size: 4\n  eval_size: 32\n"
+            f"  worker_cpus: 0.5\nlearner:\n  num_cpus: 0.5\nrun:\n  name: {name}\n  steps: {steps}\n"
+            f"  checkpoint_every: 2\n  eval_every: 2\n")
+
+
+def submit(plane, body: str, headers=AUTH):
+    return httpx.post(f"{plane['url']}/v1/jobs", content=body, timeout=60,
+                      headers={**headers, "Content-Type": "application/yaml"})
+
+
+def test_bad_requests_get_clear_errors(plane):
+    url = plane["url"]
+    res = httpx.post(f"{url}/v1/jobs", json={"rollout": {"group_size": 1}, "run": {"stepz": 3}}, headers=AUTH)
+    assert res.status_code == 422
+    fields = {d["field"] for d in res.json()["detail"]}
+    assert {"rollout.group_size", "run.stepz"} <= fields
+    assert submit(plane, "model: [unclosed").status_code == 422
+    assert submit(plane, job_yaml(plane["model"], 2), headers={}).status_code == 401
+    wrong = submit(plane, job_yaml(plane["model"], 2), headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and TOKEN not in wrong.text
+    huge = httpx.post(f"{url}/v1/jobs", content=b"x" * (2 << 20), headers={**AUTH, "Content-Type": "application/yaml"})
+    assert huge.status_code == 413
+    escape = submit(plane, job_yaml("/tmp/../etc", 2))
+    assert escape.status_code == 422 and escape.json()["detail"][0]["field"] == "model.path"
+    outside = submit(plane, job_yaml(plane["model"], 2) + "  runs_root: /etc/leapfrog\n")
+    assert outside.status_code == 422 and outside.json()["detail"][0]["field"] == "run.runs_root"
+    assert httpx.get(f"{url}/v1/jobs/nope").status_code == 404
+    assert httpx.get(f"{url}/v1/jobs", params={"state": "DONE"}).status_code == 422
+    assert httpx.post(f"{url}/v1/jobs/nope/cancel", headers=AUTH).status_code == 404
+
+
+def test_job_runs_on_ray_and_reports_back(plane):
+    url = plane["url"]
+    res = submit(plane, job_yaml(plane["model"], 4))
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+    assert res.json()["state"] == "PENDING" and res.json()["ray_job_id"]
+    job = wait_for_state(url, job_id, {"SUCCEEDED", "FAILED"})
+    assert job["state"] == "SUCCEEDED", job["error"]
+    assert job["summary"]["steps"] == 4 and 0 <= job["summary"]["acc_after"] <= 1
+    page = httpx.get(f"{url}/v1/jobs/{job_id}/metrics", params={"limit": 3}).json()
+    assert len(page["items"]) == 3 and page["next"] == page["items"][-1]["id"]
+    rest = httpx.get(f"{url}/v1/jobs/{job_id}/metrics", params={"after": page["next"], "limit": 1000}).json()
+    steps = [i["data"]["step"] for i in page["items"] + rest["items"] if "loss" in i["data"]]
+    assert steps == [1, 2, 3, 4] and rest["next"] is None
+    late = httpx.get(f"{url}/v1/jobs/{job_id}/metrics", params={"since_step": 3, "limit": 1000}).json()
+    assert all(i["data"]["step"] >= 3 for i in late["items"])
+    rank1 = httpx.get(f"{url}/v1/jobs/{job_id}/rank1").json()["items"]
+    assert [r["data"]["step"] for r in rank1 if r["data"]["rows"]] == [4]  # from the second checkpoint on
+    assert [c["step"] for c in httpx.get(f"{url}/v1/jobs/{job_id}/checkpoints").json()] == [2, 4]
+    listed = httpx.get(f"{url}/v1/jobs", params={"state": "SUCCEEDED"}).json()
+    assert job_id in [j["id"] for j in listed["items"]]
+    assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=AUTH).status_code == 409  # already ended
+    text = httpx.get(f"{url}/metrics").text
+    assert 'leapfrog_jobs{state="SUCCEEDED"}' in text and "# TYPE leapfrog_leaps_total counter" in text
+    health = httpx.get(f"{url}/healthz")
+    assert health.status_code == 200 and health.json() == {"redis": True, "ray": True}
+
+
+def sse_events(url: str, headers: dict | None = None, limit: int = 100, timeout: float = 30) -> list[dict]:
+    """Read SSE messages (id, event, data) until `limit` or the stream ends."""
+    out, current = [], {}
+    with httpx.stream("GET", url, headers=headers or {}, timeout=timeout) as res:
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+        for line in res.iter_lines():
+            if not line:
+                if current.get("data") is not None:
+                    out.append(current)
+                    if len(out) >= limit:
+                        break
+                current = {}
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    return out
+
+
+def test_sse_events_resume_with_last_event_id(plane):
+    store, url = plane["store"], plane["url"]
+    job = store.create("sse", "{}", "")
+    for i in range(3):
+        store.append(job["id"], "events", {"type": "leap_paid", "step": i})
+    store.transition(job["id"], "RUNNING")
+    store.transition(job["id"], "SUCCEEDED")
+    events = sse_events(f"{url}/v1/jobs/{job['id']}/events")
+    leaps = [e for e in events if e["event"] == "events"]
+    assert [json.loads(e["data"])["step"] for e in leaps] == [0, 1, 2] and events[-1]["event"] == "end"
+    resumed = sse_events(f"{url}/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": leaps[0]["id"]})
+    assert [json.loads(e["data"])["step"] for e in resumed if e["event"] == "events"] == [1, 2]
+
+
+def test_cancel_and_restart_mid_job_lose_nothing(plane, tmp_path):
+    url, store = plane["url"], plane["store"]
+    res = submit(plane, job_yaml(plane["model"], 200, name="long"))
+    job_id = res.json()["id"]
+    wait_for_state(url, job_id, {"RUNNING"})
+    deadline = time.time() + 120
+    while not store.read(job_id, "metrics", "0-0", 10) and time.time() < deadline:
+        time.sleep(0.5)
+    # restart the control plane: a new app process-equivalent over the same Redis and Ray
+    plane["server"].stop()
+    app = create_app(connect(plane["redis"].url), RayJobs(plane["jobs"].address, plane["redis"].url),
+                     plane["settings"], redis_url=plane["redis"].url)
+    app.state.reconcile_all()
+    plane["server"] = LiveServer(app, free_port())
+    url = plane["url"] = plane["server"].url
+    assert job_id in [j["id"] for j in httpx.get(f"{url}/v1/jobs").json()["items"]]
+    assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "RUNNING"
+    live = sse_events(f"{url}/v1/jobs/{job_id}/stream", limit=3, timeout=120)
+    assert {e["event"] for e in live} & {"metrics", "state"}
+    cancelled = httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+    deadline = time.time() + 60
+    while plane["jobs"].status(cancelled.json()["ray_job_id"])[0] not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        assert time.time() < deadline, "the Ray job did not stop"
+        time.sleep(0.5)
+    assert plane["jobs"].status(cancelled.json()["ray_job_id"])[0] == "STOPPED"
+    assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "CANCELLED"  # the driver's end did not win
+
+
+def test_bounded_concurrent_load(plane):
+    """60 clients for 3 s mixing list / get / metrics, with 10 SSE listeners: no errors, p99 stated."""
+    url, store = plane["url"], plane["store"]
+    job = store.create("load", "{}", "")
+    for i in range(50):
+        store.append(job["id"], "metrics", {"step": i, "loss": 0.0})
+    latencies, errors, stop = [], [], time.time() + 3
+
+    def client(i):
+        with httpx.Client(timeout=30) as c:
+            while time.time() < stop:
+                path = ["/v1/jobs", f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/metrics"][i % 3]
+                t0 = time.perf_counter()
+                r = c.get(url + path)
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+
+    def listener():
+        try:
+            with httpx.stream("GET", f"{url}/v1/jobs/{job['id']}/events", timeout=4) as res:
+                for _ in res.iter_lines():
+                    if time.time() > stop:
+                        break
+        except httpx.ReadTimeout:
+            pass
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(60)]
+    threads += [threading.Thread(target=listener) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    print(f"load: {len(latencies)} requests, p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms, errors {len(errors)}")
+    assert errors == [] and len(latencies) > 100 and p99 < 5.0
+
+
+def test_openapi_is_served_and_names_every_route(plane):
+    spec = httpx.get(f"{plane['url']}/openapi.json").json()
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/metrics",
+                 "/v1/jobs/{job_id}/rank1", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/checkpoints",
+                 "/v1/jobs/{job_id}/leaps", "/healthz", "/metrics"):
+        assert path in spec["paths"], path
+    assert "application/yaml" in spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
