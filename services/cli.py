@@ -138,7 +138,7 @@ def cmd_demo(args) -> int:
     with control_plane() as (store, jobs, settings, url):
         port = args.port or free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(store, jobs, settings, redis_url=url), host="127.0.0.1",
-                                               port=port, log_level="warning"))
+                                               port=port, log_level="warning", timeout_graceful_shutdown=2))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{port}"

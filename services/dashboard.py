@@ -95,7 +95,9 @@ def page(title: str, boot_js: str, inline: bool) -> str:
 def write_report(run_dir: Path, out: Path) -> Path:
     """`leapfrog analyze RUN_DIR --html OUT`: a self-contained HTML report with the dashboard's charts."""
     view = run_view(run_dir)
-    data = json.dumps(view).replace("</", "<\\/")  # no </script> inside the embedded document
+    from services.store import finite
+
+    data = json.dumps(finite(view), allow_nan=False).replace("</", "<\\/")  # no </script> inside the document
     boot = f"LF.bindSlider(); LF.render({data});"
     out = Path(out)
     out.write_text(page(f"run {Path(run_dir).name}", boot, inline=True))

@@ -78,7 +78,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         app.state.reconcile_all()
         print(f"Leapfrog control plane on http://{host}:{port} (dashboard /, API /v1, docs /docs); "
               f"Redis {url.rsplit('@', 1)[-1]}, Ray {jobs.address}", flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def cmd_serve(args) -> int:

@@ -47,6 +47,17 @@ return {0, current}
 """
 
 
+def finite(value):
+    """JSON-safe copy: NaN and +-Inf (which JSON cannot carry and browsers refuse) become null."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 class JobNotFound(KeyError):
     """No job with this id."""
 
@@ -126,7 +137,8 @@ class JobStore:
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r}; one of {STREAMS}")
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.key(job_id, stream), {"data": json.dumps(record)}, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(self.key(job_id, stream), {"data": json.dumps(finite(record), allow_nan=False)},
+                      maxlen=self.maxlen, approximate=True)
             kind = record.get("type", "")
             if stream == "events" and kind in ("leap_paid", "leap_rolled_back", "leap_rejected"):
                 pipe.hincrby(self.key(job_id), kind.replace("leap_", "leaps_"), 1)

@@ -11,7 +11,7 @@ const LF = (() => {
   const COLORS = {leap_applied: "#1f77b4", leap_paid: "#2ca02c", leap_rolled_back: "#d62728",
                   leap_rejected: "#ff7f0e", control_branch: "#9467bd"};
   const PLOT_CONFIG = {displaylogo: false, responsive: true};
-  const state = {view: null, heatStep: null};
+  const state = {view: null, heatStep: null, follow: true};  // follow: the heatmap shows the newest checkpoint
 
   function median(xs) {
     const v = xs.filter((x) => typeof x === "number" && isFinite(x)).sort((a, b) => a - b);
@@ -71,13 +71,15 @@ const LF = (() => {
   function drawHeatmap(view) {
     const records = view.rank1.filter((r) => r.rows && r.rows.length);
     const slider = document.getElementById("heat-step");
+    const target = document.getElementById("chart-heatmap");
     if (!records.length) {
-      document.getElementById("chart-heatmap").textContent = "rank-1 data arrives from the second checkpoint on";
+      target.textContent = "rank-1 data arrives from the second checkpoint on";
       return;
     }
+    if (!target.data) target.textContent = "";
     const steps = records.map((r) => r.step);
     slider.min = 0; slider.max = steps.length - 1;
-    if (state.heatStep === null || state.heatStep === steps.length - 2) state.heatStep = steps.length - 1;
+    if (state.follow || state.heatStep === null) state.heatStep = steps.length - 1;
     slider.value = state.heatStep;
     const record = records[Math.min(state.heatStep, records.length - 1)];
     document.getElementById("heat-step-label").textContent = "step " + record.step;
@@ -213,7 +215,11 @@ const LF = (() => {
 
   function bindSlider() {
     const slider = document.getElementById("heat-step");
-    slider.addEventListener("input", () => { state.heatStep = Number(slider.value); drawHeatmap(state.view); });
+    slider.addEventListener("input", () => {
+      state.heatStep = Number(slider.value);
+      state.follow = state.heatStep === Number(slider.max);
+      drawHeatmap(state.view);
+    });
   }
 
   return {render, bindSlider, state};

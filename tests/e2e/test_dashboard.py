@@ -1,12 +1,24 @@
-"""The dashboard in a real headless Chromium: the static report of `leapfrog analyze --html` (self-contained: it
-works from a file:// URL with no server and no network) shows every chart with data and logs no console error."""
+"""The dashboard in a real headless Chromium: the live job page of the control plane (real Redis, real Ray, a
+real job) fills its charts from the SSE stream while the job trains and keeps going across a server restart; the
+static report of `leapfrog analyze --html` (self-contained: it works from a file:// URL with no server and no
+network) shows the same charts. Both with data points and no console error; screenshots in the test's tmp dir
+(LEAPFROG_SCREENSHOT=path also saves the live page's there, for the README)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
+import httpx
 import pytest
 
+from services.api import Settings, create_app
+from services.jobs import RayJobs
+from services.store import EmbeddedRedis, connect
+from tests.conftest import free_port
 from tests.e2e.browser import browser_page, chart_points
 from tests.e2e.test_cli import leapfrog
+from tests.integration.control_plane import LiveServer, wait_for_state
 
 pytestmark = pytest.mark.integration
 
@@ -14,14 +26,65 @@ CHARTS = ["chart-curves", "chart-heatmap", "chart-dominance", "chart-stability",
           "chart-candidates", "chart-leap-s1"]
 
 
+LEAPS = ("extrapolate:\n  window: 2\n  horizon: 2\n  min_horizon: 1\n  start_after: 4\n  judge_after: 2\n"
+         "  eval_size: 32\n  backtest_threshold: -1.0\n  accept_margin: 1.0\n")
+
+
+def test_live_job_page_fills_from_the_stream_and_survives_a_restart(ray_head, default_model_dir, tmp_path):
+    redis = EmbeddedRedis(tmp_path / "redis")
+    store = connect(redis.url)
+    settings = Settings(token="dash-token-123456", runs_root=tmp_path / "runs",
+                        allowed_roots=[tmp_path, default_model_dir.parent])
+
+    def app():
+        return create_app(store, RayJobs(ray_head["RAY_ADDRESS"], redis.url), settings, redis_url=redis.url)
+
+    port = free_port()
+    server = LiveServer(app(), port)
+    try:
+        body = (f"model:\n  path: {default_model_dir}\nrollout:\n  prompts_per_step: 16\n  group_size: 4\n"
+                f"  eval_size: 64\n  worker_cpus: 0.5\nlearner:\n  num_cpus: 0.5\nrun:\n  name: dash\n  steps: 80\n"
+                f"  checkpoint_every: 2\n  eval_every: 4\n" + LEAPS)
+        res = httpx.post(f"{server.url}/v1/jobs", content=body, timeout=60,
+                         headers={"Authorization": f"Bearer {settings.token}", "Content-Type": "application/yaml"})
+        assert res.status_code == 201, res.text
+        job_id = res.json()["id"]
+        with browser_page() as (page, errors):
+            page.goto(f"{server.url}/jobs/{job_id}")
+            page.wait_for_function("document.body.dataset.checkpoints !== undefined", timeout=30_000)
+            at_open = int(page.evaluate("document.body.dataset.checkpoints"))
+            page.wait_for_function(f"Number(document.body.dataset.checkpoints) >= {max(2, at_open + 1)}",
+                                   timeout=240_000)
+            before_restart = list(errors)
+            server.stop()  # the control plane restarts mid-job; the page's EventSource reconnects and resumes
+            server = LiveServer(app(), port)
+            seen = int(page.evaluate("document.body.dataset.checkpoints"))
+            page.wait_for_function(f"Number(document.body.dataset.checkpoints) > {seen}", timeout=240_000)
+            wait_for_state(server.url, job_id, {"SUCCEEDED", "FAILED"})
+            page.wait_for_function("document.getElementById('job-state').textContent === 'SUCCEEDED'",
+                                   timeout=60_000)
+            counts = {c: chart_points(page, c) for c in ["chart-curves", "chart-heatmap", "chart-dominance",
+                                                          "chart-stability", "chart-predictability"]}
+            page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
+            if os.environ.get("LEAPFROG_SCREENSHOT"):
+                shutil.copy(tmp_path / "live.png", os.environ["LEAPFROG_SCREENSHOT"])
+        assert at_open < 2, "the page should have opened before the rank-1 data existed"
+        assert before_restart == [], before_restart
+        # the restart itself cuts the open stream: Chromium logs that network error, and nothing else may appear
+        network = ("net::ERR_INCOMPLETE_CHUNKED_ENCODING", "net::ERR_CONNECTION_REFUSED", "net::ERR_EMPTY_RESPONSE")
+        assert all(e.endswith(network) for e in errors[len(before_restart):]), errors
+        assert all(n > 0 for n in counts.values()), counts
+    finally:
+        server.stop()
+        redis.stop()
+
+
 @pytest.fixture(scope="module")
 def leaping_run(default_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     job = tmp / "job.yaml"
     job.write_text(f"model:\n  path: {default_model_dir}\nrollout:\n  prompts_per_step: 16\n  group_size: 4\n"
-                   f"  eval_size: 64\nrun:\n  steps: 16\n  checkpoint_every: 2\n  eval_every: 4\n"
-                   f"extrapolate:\n  window: 2\n  horizon: 2\n  min_horizon: 1\n  start_after: 4\n  judge_after: 2\n"
-                   f"  eval_size: 32\n  backtest_threshold: -1.0\n  accept_margin: 1.0\n")
+                   f"  eval_size: 64\nrun:\n  steps: 16\n  checkpoint_every: 2\n  eval_every: 4\n" + LEAPS)
     run_dir = tmp / "run"
     res = leapfrog("run", str(job), "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
