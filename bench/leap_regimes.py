@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     regimes = []
+    method = load_config(args.config).extrapolate.method
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
         for prompts in args.prompts:
             for lr in args.lrs:
@@ -63,13 +64,13 @@ def main() -> None:
                     out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
                     return cfg, out, run_job(cfg, run_dir=out, progress=False)
 
-                cfg, plain_dir, plain = run("plain", False)
+                _, plain_dir, plain = run("plain", False)
                 _, leap_dir, leap = run("leap", True)
                 target = 0.96 * plain.acc_after
                 analysis = analyze_run(plain_dir, progress=False)
                 p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
                 regime = {"prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
-                          "backtest_cos": analysis["backtest"][cfg.extrapolate.method]["cos"],
+                          "backtest_cos": analysis["backtest"][method]["cos"],
                           "speedup": reach(plain_dir, plain, target)["steps"] / reach(leap_dir, leap, target)["steps"],
                           "final_plain": plain.acc_after, "final_leap": leap.acc_after,
                           "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
