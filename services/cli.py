@@ -260,6 +260,10 @@ def cmd_config(args) -> int:
 
     if args.action == "schema":
         print(json.dumps(JobConfig.model_json_schema(), indent=2))
+    elif args.action == "reference":
+        from services.config import config_reference
+
+        print(config_reference())
     else:
         print(dump_config(read_job(args.config, args.set)), end="")
     return 0
@@ -314,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("config", help="job config tools")
-    p.add_argument("action", choices=["schema", "show"])
+    p.add_argument("action", choices=["schema", "show", "reference"],
+                   help="schema: JSON schema; show CONFIG: the resolved config; reference: Markdown tables")
     p.add_argument("config", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.set_defaults(func=cmd_config)

@@ -82,3 +82,45 @@ def load_config(path: str | Path) -> JobConfig:
 
 def dump_config(cfg: JobConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_reference() -> str:
+    """The job config as Markdown tables, one per section (field, type, default, description), from the schema:
+    the README's config reference is this text (a test keeps them equal)."""
+    import json
+
+    schema = JobConfig.model_json_schema()
+    defs = schema["$defs"]
+
+    def type_of(prop: dict) -> str:
+        if "$ref" in prop:
+            return "section"
+        if "anyOf" in prop:
+            return " or ".join(type_of(p) for p in prop["anyOf"])
+        if "enum" in prop:
+            return " \\| ".join(f"`{v}`" for v in prop["enum"])
+        if prop.get("type") == "array":
+            return f"list of {type_of(prop.get('items', {}))}" if "items" in prop else "list"
+        bounds = [f"{sym} {prop[k]}" for k, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                                     ("exclusiveMaximum", "<")) if k in prop]
+        name = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}.get(
+            prop.get("type", ""), prop.get("type", "any"))
+        return name + (f" ({', '.join(bounds)})" if bounds else "")
+
+    lines = []
+    for section, prop in schema["properties"].items():
+        ref = prop.get("$ref") or next(p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p)
+        model = defs[ref.rsplit("/", 1)[1]]
+        lines += [f"**`{section}`** — {model.get('description', '').strip()}", "",
+                  "| field | type | default | description |", "|---|---|---|---|"]
+        for name, field in model["properties"].items():
+            if "$ref" in field:
+                nested = defs[field["$ref"].rsplit("/", 1)[1]]
+                for sub, subfield in nested["properties"].items():
+                    lines.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{json.dumps(subfield.get('default'))}` "
+                                 f"| {subfield.get('description', '')} |")
+                continue
+            default = json.dumps(field.get("default")) if "default" in field else "(computed)"
+            lines.append(f"| `{name}` | {type_of(field)} | `{default}` | {field.get('description', '')} |")
+        lines.append("")
+    return "\n".join(lines)
