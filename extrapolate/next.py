@@ -53,7 +53,7 @@ def train_net(d: int, inputs_g: torch.Tensor, inputs_l: torch.Tensor, targets: t
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return net, losses
 
 

@@ -52,9 +52,10 @@ class ExtrapolationService:
     def stopped(self) -> bool:
         return self.failures >= self.cfg.patience
 
-    def propose(self, step: int) -> dict:
+    def propose(self, step: int, force: bool = False) -> dict:
         """Candidates for a leap from the checkpoint at `step`: {"candidates": [{"scale", "path", "lost"}],
-        "horizon", "backtest_cos", "method"} — or {"reason": why not}."""
+        "horizon", "backtest_cos", "method"} — or {"reason": why not}. force (a user's leap request) skips the
+        policy's gates (patience, start_after, backtest threshold); the candidates are still evaluated and judged."""
         import extrapolate.next  # noqa: F401  (registers "next")
         from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
         from extrapolate.extrapolators import EXTRAPOLATORS
@@ -62,10 +63,10 @@ class ExtrapolationService:
         from extrapolate.predictability import backtest
 
         cfg = self.cfg
-        if self.stopped:
+        if self.stopped and not force:
             return {"reason": f"stopped proposing: the last {self.failures} leaps did not pay (patience "
                               f"{cfg.patience})"}
-        if step < cfg.start_after:
+        if step < cfg.start_after and not force:
             return {"reason": f"step {step} is before extrapolate.start_after ({cfg.start_after})"}
         checkpoints = [(s, p) for s, p in find_adapter_checkpoints(self.run_dir) if s <= step]
         if not checkpoints or checkpoints[-1][0] != step:
@@ -81,7 +82,7 @@ class ExtrapolationService:
             check = backtest(states, cfg.method, horizon_checkpoints=horizon_ckpts)
         except ValueError as err:
             return {"reason": f"backtest impossible: {err}"}
-        if not check["cos"] >= cfg.backtest_threshold:
+        if not check["cos"] >= cfg.backtest_threshold and not force:
             return {"reason": f"backtest cos {check['cos']:.2f} < {cfg.backtest_threshold} ({cfg.method} forecasting "
                               f"step {check['target_step']} from step {check['window_end']}): not forecastable now",
                     "backtest_cos": check["cos"]}

@@ -36,7 +36,7 @@ def connect_ray(num_cpus: int | None = None):
 
 
 def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-               sink=None):
+               sink=None, requests=None):
     from learner.checkpoint import list_checkpoints
     from rollout.tasks import load_task
     from services.runner import drive, prepare_run_dir, resolve_model_dir
@@ -50,7 +50,7 @@ def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, 
         if resume_from is None and list_checkpoints(run_dir):
             resume_from = list_checkpoints(run_dir)[-1][1]
         return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
-                     stop_after=stop_after, sink=sink)
+                     stop_after=stop_after, sink=sink, requests=requests)
     finally:
         runtime.close()
 
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.runs_root) / cfg.run.name
     print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
-    store, job_id, sink = control_plane()
+    store, job_id, sink, requests = control_plane()
     try:
         connect_ray()
         summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
-                             sink=sink)
+                             sink=sink, requests=requests)
     except BaseException as err:
         if store is not None:
             finish(store, job_id, "FAILED", error=f"{type(err).__name__}: {err}"[:2000])
@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def control_plane():
-    """(store, job id, sink) when run by the control plane (LEAPFROG_JOB_ID and REDIS_URL set), else Nones."""
+    """(store, job id, sink, requests) when run by the control plane (LEAPFROG_JOB_ID and REDIS_URL set), else
+    Nones. requests() returns the leap requests posted to the job's events stream since the last call."""
     job_id, url = os.environ.get("LEAPFROG_JOB_ID"), os.environ.get("REDIS_URL")
     if not job_id or not url:
-        return None, None, None
+        return None, None, None, None
     from services.store import TransitionError, connect
 
     store = connect(url)
@@ -108,7 +109,15 @@ def control_plane():
     def sink(stream: str, record: dict) -> None:
         store.append(job_id, stream, record)
 
-    return store, job_id, sink
+    cursor = ["0-0"]  # requests posted while the job was PENDING count too
+
+    def requests() -> list[dict]:
+        new = store.read(job_id, "events", cursor[0], 1000)
+        if new:
+            cursor[0] = new[-1][0]
+        return [r for _, r in new if r.get("type") == "leap_request"]
+
+    return store, job_id, sink, requests
 
 
 def finish(store, job_id: str, state: str, **fields) -> None:

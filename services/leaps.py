@@ -48,10 +48,12 @@ def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:
 
 
 class LeapController:
-    def __init__(self, cfg, runtime, run_dir: Path, task, emit):
+    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None):
         self.cfg, self.x = cfg, cfg.extrapolate
         self.runtime, self.run_dir, self.task = runtime, Path(run_dir), task
         self.emit = emit  # emit(kind, record): "rank1" rows and "event" records
+        self.requests = requests  # () -> new manual leap requests (from the control plane), or None
+        self.requested = False  # a manual request waits until a proposal serves it
         self.examples = task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
         self.pending: dict | None = None
         self.next_proposal_at = 0  # in learner steps
@@ -75,7 +77,13 @@ class LeapController:
         rank1 = self.runtime.service("on_checkpoint", step)
         self.accounting["extrapolation_s"] += time.time() - started
         self.emit("rank1", rank1)
-        if self.pending is not None or learner_steps < self.next_proposal_at:
+        if self.requests is not None and self.requests():
+            self.requested = True
+        forced = self.requested
+        if self.pending is not None or (learner_steps < self.next_proposal_at and not forced):
+            if forced:
+                self.emit("event", {"type": "no_leap", "step": step, "reason": "leap request deferred: a leap is "
+                                    "being judged"})
             return None
         status = self.runtime.service("status")
         if step + status["horizon"] + self.x.judge_after > self.cfg.run.steps:
@@ -83,19 +91,20 @@ class LeapController:
                                 f"-step leap and {self.x.judge_after} judging steps would pass run.steps"})
             return None
         started = time.time()
-        proposal = self.runtime.service("propose", step)
+        proposal = self.runtime.service("propose", step, forced)
         self.accounting["extrapolation_s"] += time.time() - started
         if "reason" in proposal:
             self.emit("event", {"type": "no_leap", "step": step, **proposal})
             return None
         self.accounting["proposals"] += 1
+        self.requested = False
         current = self._scores()
         evaluated = []
         for cand in proposal["candidates"]:
             diff, se = paired_difference(self._scores(cand["path"]), current)
             evaluated.append({**cand, "diff": diff, "se": se})
         best = max(evaluated, key=lambda c: c["diff"])
-        record = {"step": step, "method": proposal["method"], "horizon": proposal["horizon"],
+        record = {"step": step, "method": proposal["method"], "horizon": proposal["horizon"], "requested": forced,
                   "backtest_cos": proposal["backtest_cos"], "current_acc": sum(current) / len(current),
                   "candidates": evaluated, "leap_dir": proposal["leap_dir"],
                   "predicted_s1": proposal.get("predicted_s1", {})}

@@ -158,12 +158,14 @@ class LearnerLost(RuntimeError):
 
 
 def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
-          progress: bool = True, console=None, stop_after: int | None = None, sink=None) -> RunSummary:
+          progress: bool = True, console=None, stop_after: int | None = None, sink=None,
+          requests=None) -> RunSummary:
     """The driver loop (the same for the local and the Ray runtime):
     prompts -> runtime.generate (G completions each) -> verifier rewards -> runtime.train -> runtime.publish
     -> every eval_every steps a greedy held-out evaluation, every checkpoint_every steps a checkpoint.
     `sink(stream, record)` (the control plane's Redis streams: "metrics", "rank1", "events") also receives every
-    metrics row, a rank-1 record per checkpoint and every leap event."""
+    metrics row, a rank-1 record per checkpoint and every leap event; `requests()` returns the users' new manual
+    leap requests (served at the next checkpoint)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -213,7 +215,7 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             if sink is not None:
                 sink("events" if kind == "event" else "rank1", record)
 
-        leaps = LeapController(cfg, runtime, run_dir, task, emit)
+        leaps = LeapController(cfg, runtime, run_dir, task, emit, requests)
 
     def restore(path: Path | None) -> None:
         nonlocal evals, learner_steps
@@ -312,6 +314,9 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                         from extrapolate.analyze import checkpoint_record
 
                         sink("rank1", checkpoint_record(run_dir, done))
+                        if requests is not None and requests():
+                            sink("events", {"type": "no_leap", "step": done, "time": time.time(), "reason":
+                                            "leap requested, but this job has no extrapolate: section"})
                     if leaps is not None and done < last and leaps.after_checkpoint(done, learner_steps) is not None:
                         pending = None  # generation for the next step sampled the pre-leap policy
                         log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})

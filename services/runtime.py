@@ -146,7 +146,8 @@ class RayRuntime:
                                 max_task_retries=3, runtime_env=env)(RolloutWorker)
         self.workers = [
             worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
-                              max_lora_rank=cfg.learner.lora.r, seed=cfg.run.seed + i, num_threads=worker_threads)
+                              max_lora_rank=cfg.learner.lora.r + 1,  # room for rank r + 1 leaps (AlphaRL, NExt)
+                              seed=cfg.run.seed + i, num_threads=worker_threads)
             for i in range(cfg.rollout.num_workers)]
         self._learner_args = (model_dir, max_new_tokens)
         self.extrapolation = None

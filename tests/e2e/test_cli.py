@@ -79,4 +79,4 @@ def test_config_schema_is_json():
     res = leapfrog("config", "schema")
     assert res.returncode == 0
     schema = json.loads(res.stdout)
-    assert set(schema["properties"]) == {"model", "rollout", "learner", "run"}
+    assert set(schema["properties"]) == {"model", "rollout", "learner", "run", "extrapolate"}

@@ -55,6 +55,7 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
             rewards = [task.score(ex, c.text) for ex, g in zip(examples, groups, strict=True) for c in g]
             runtime.train(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat], rewards, 4))
             version = runtime.publish()
+            runtime.checkpoint({"base_model": str(default_model_dir)}, {})
         import ray
 
         assert version == "000002"
@@ -79,5 +80,15 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
         mismatch = ((logp - engine_logp) * mask).abs().max().item()
         print(f"vLLM vs learner sampling log-prob max abs mismatch: {mismatch:.2e}")
         assert mismatch < 1e-3
+
+        # an offline AlphaRL leap (a rank r + 1 adapter) loads in the vLLM workers and generates what HF does
+        from extrapolate.extrapolators import extrapolate_run
+
+        leap = extrapolate_run(tmp_path / "run", "alpharl", window_end=2, target_step=4, out_dir=tmp_path / "leap")
+        assert json.loads((leap / "adapter_config.json").read_text())["r"] == cfg.learner.lora.r + 1
+        leap_vllm = runtime.generate_with(str(leap), prompts, greedy)
+        leap_hf = HFEngine(default_model_dir, adapter_path=leap).generate(prompts, greedy)
+        assert [g[0].token_ids for g in leap_vllm] == [g[0].token_ids for g in leap_hf]
+        assert [g[0].token_ids for g in runtime.generate(prompts, greedy)] == [g[0].token_ids for g in after]
     finally:
         runtime.close()
