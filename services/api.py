@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+def async_twin(client, aioredis):
+    """An asyncio Redis client for the same server and database as the sync `client` (TCP or unix socket)."""
+    kw = client.connection_pool.connection_kwargs
+    common = {"db": kw.get("db", 0), "username": kw.get("username"), "password": kw.get("password")}
+    if "path" in kw:
+        return aioredis.Redis(unix_socket_path=kw["path"], **common)
+    return aioredis.Redis(host=kw.get("host", "localhost"), port=kw.get("port", 6379), **common)
+
+
 def create_app(store, jobs, settings: Settings, redis_url: str | None = None) -> FastAPI:
     """The app over a JobStore and a RayJobs (services/jobs.py); redis_url feeds the SSE readers."""
     app = FastAPI(title="Leapfrog control plane", version="1.0",
@@ -167,20 +177,25 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
 
     def reconcile(record: dict) -> dict:
         """Bring a non-terminal job in line with its Ray job (the driver may have died without reporting)."""
-        if record["state"] in TERMINAL or not record.get("ray_job_id"):
+        if record["state"] in TERMINAL:
             return record
+        ray_job_id = record.get("ray_job_id") or f"leapfrog-{record['id']}"  # RayJobs.submit's submission id
         try:
-            status, message = jobs.status(record["ray_job_id"])
+            status, message = jobs.status(ray_job_id)
         except RayUnavailable:
             return record
+        if not record.get("ray_job_id"):
+            store.update(record["id"], ray_job_id=ray_job_id)
         target = RAY_TO_JOB_STATE.get(status)
-        if target in TERMINAL or (target == "RUNNING" and record["state"] == "PENDING"):
-            try:
+        try:
+            if target == "SUCCEEDED" and record["state"] == "PENDING":
+                store.transition(record["id"], "RUNNING")
+            if target in TERMINAL or (target == "RUNNING" and record["state"] == "PENDING"):
                 fields = {"error": message[:2000]} if target == "FAILED" else {}
                 return store.transition(record["id"], target, **fields)
-            except TransitionError:
-                return store.get(record["id"])
-        return record
+        except TransitionError:  # the driver or a cancel moved it meanwhile: theirs stands
+            pass
+        return store.get(record["id"])
 
     def under_roots(path: Path) -> bool:
         resolved = path.expanduser().resolve()
@@ -285,9 +300,13 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
         from sse_starlette.sse import EventSourceResponse
 
         get_job(job_id)
-        given = (request.headers.get("last-event-id") or start or "").split("|")
+        header = request.headers.get("last-event-id")
+        if header is not None and not re.fullmatch(r"\d+-\d+(\|\d+-\d+)*", header):
+            raise HTTPException(422, "Last-Event-ID must be an id this stream sent (stream ids like 1700000000000-0, "
+                                     "joined by '|'); drop the header to start from the beginning")
+        given = (header or start or "").split("|")
         cursors = {s: (given[i] if i < len(given) and given[i] else "0-0") for i, s in enumerate(streams)}
-        client = aioredis.Redis.from_url(redis_url)
+        client = aioredis.Redis.from_url(redis_url) if redis_url else async_twin(store.r, aioredis)
 
         async def generate():
             last_state = None

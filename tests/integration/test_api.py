@@ -225,3 +225,33 @@ def test_openapi_is_served_and_names_every_route(plane):
                  "/v1/jobs/{job_id}/leaps", "/healthz", "/metrics"):
         assert path in spec["paths"], path
     assert "application/yaml" in spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+
+
+def test_sse_refuses_a_malformed_last_event_id_and_works_without_redis_url(plane):
+    store = plane["store"]
+    job = store.create("sse2", "{}", "")
+    store.append(job["id"], "events", {"type": "leap_paid", "step": 7})
+    store.transition(job["id"], "CANCELLED")
+    bad = httpx.get(f"{plane['url']}/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "garbage"})
+    assert bad.status_code == 422 and "Last-Event-ID" in bad.text
+    app = create_app(store, plane["jobs"], plane["settings"])  # no redis_url: SSE reads the store's own server
+    server = LiveServer(app, free_port())
+    try:
+        events = sse_events(f"{server.url}/v1/jobs/{job['id']}/events")
+        assert [json.loads(e["data"])["step"] for e in events if e["event"] == "events"] == [7]
+        assert events[-1]["event"] == "end"
+    finally:
+        server.stop()
+
+
+def test_job_recorded_but_never_given_its_ray_id_is_reconciled(plane, tmp_path):
+    """The control plane died between storing the job and storing its Ray id: a later GET finds the Ray job by its
+    deterministic submission id and follows it to the end."""
+    store, jobs = plane["store"], plane["jobs"]
+    record = store.create("orphan", job_yaml(plane["model"], 2), "")
+    run_dir = plane["settings"].runs_root / record["id"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "submitted.yaml").write_text(job_yaml(plane["model"], 2, name="orphan"))
+    jobs.submit(record["id"], run_dir / "submitted.yaml", run_dir)  # its id is never written to the store
+    job = wait_for_state(plane["url"], record["id"], {"SUCCEEDED", "FAILED"})
+    assert job["state"] == "SUCCEEDED" and job["ray_job_id"] == f"leapfrog-{record['id']}"

@@ -94,3 +94,33 @@ def test_acknowledged_job_survives_a_redis_restart(tmp_path):
         assert (tmp_path / "redis" / "appendonlydir").exists() or any((tmp_path / "redis").glob("*.aof"))
     finally:
         again.stop()
+
+
+def test_twenty_threads_racing_to_end_one_job_leave_one_winner(redis_server):
+    """10 'drivers' finishing and 10 'users' cancelling the same RUNNING job at once: one transition wins, 19 are
+    refused, and the hash holds exactly the winner's fields."""
+    store = connect(redis_server.url)
+    for _ in range(5):
+        job = store.create("race20", "{}", "/tmp/x")
+        store.transition(job["id"], "RUNNING")
+        barrier, won, refused = threading.Barrier(20), [], []
+
+        def attempt(i, job=job, barrier=barrier, won=won, refused=refused):
+            state, fields = ("SUCCEEDED", {"summary": f"s{i}"}) if i % 2 else ("CANCELLED", {"error": f"c{i}"})
+            barrier.wait()
+            try:
+                store.transition(job["id"], state, **fields)
+                won.append((state, fields))
+            except TransitionError:
+                refused.append(i)
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and len(refused) == 19
+        state, fields = won[0]
+        final = store.get(job["id"])
+        assert final["state"] == state and all(final[k] == v for k, v in fields.items())
+        assert final["summary" if state == "CANCELLED" else "error"] == ""  # no loser's field leaked in
