@@ -175,10 +175,14 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
         except JobNotFound:
             raise HTTPException(404, f"no job {job_id!r}") from None
 
-    def reconcile(record: dict) -> dict:
-        """Bring a non-terminal job in line with its Ray job (the driver may have died without reporting)."""
-        if record["state"] in TERMINAL:
+    asked_ray: dict[str, float] = {}  # job id -> when its Ray job was last asked (reads poll; Ray is asked rarely)
+
+    def reconcile(record: dict, max_age: float = 2.0) -> dict:
+        """Bring a non-terminal job in line with its Ray job (the driver may have died without reporting); Ray is
+        asked at most once per `max_age` seconds per job, since the driver reports its own transitions anyway."""
+        if record["state"] in TERMINAL or time.monotonic() - asked_ray.get(record["id"], -1e9) < max_age:
             return record
+        asked_ray[record["id"]] = time.monotonic()
         ray_job_id = record.get("ray_job_id") or f"leapfrog-{record['id']}"  # RayJobs.submit's submission id
         try:
             status, message = jobs.status(ray_job_id)
@@ -201,7 +205,7 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
         resolved = path.expanduser().resolve()
         return any(resolved == r or r in resolved.parents for r in roots)
 
-    app.state.reconcile_all = lambda: [reconcile(j) for j in store.list(offset=0, limit=10_000)[0]]
+    app.state.reconcile_all = lambda: [reconcile(j, max_age=0) for j in store.list(offset=0, limit=10_000)[0]]
 
     json_schema = JobConfig.model_json_schema()
 
