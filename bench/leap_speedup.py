@@ -8,7 +8,7 @@ apart from a bigger step. Same seeds, data order and evaluation problems everywh
 run.eval_every). For each: the learner steps (and wall seconds, extrapolation and leap evaluation included) until
 held-out accuracy first reaches 96% of (a)'s final accuracy, on the run's final trajectory, and the final accuracy.
 
-    .venv/bin/python bench/leap_speedup.py [--seeds 0 1 2] [--methods growth rl_extra alpharl relex next growth+reset]
+    .venv/bin/python bench/leap_speedup.py [--seeds 0 1 2] [--methods growth rl_extra alpharl relex next growth+reset growth+trend]
 Last line: JSON {"baseline": {"steps", "final_acc", "steps_to_target"}, "methods": {m: {"steps_to_target",
 "speedup", "final_acc", "wall_speedup", "net_steps_saved"}}, "lr_control": {...}, "best_speedup", "seeds"}
 (means over seeds; a run that never reaches the target counts its full learner steps, flagged in "reached").
@@ -68,10 +68,14 @@ def main() -> None:
             runs["baseline"].append({"final_acc": base.acc_after, **reach(base_dir, base, target),
                                      "steps_total": base.learner_steps})
             boost = 1.25
-            for method in args.methods:  # "growth+reset": the same with Adam's moments of B reset at each leap
-                name, _, variant = method.partition("+")
-                out, summary = run(method, policy.model_copy(update={"method": name,
-                                                                     "reset_optimizer": variant == "reset"}))
+            for method in args.methods:  # variants: "growth+reset" (Adam's moments of B reset at each leap),
+                name, *variants = method.split("+")  # "growth+trend" (judged by the trend, no control branch)
+                unknown = set(variants) - {"reset", "trend"}
+                if unknown:
+                    raise SystemExit(f"unknown variant(s) {sorted(unknown)} in {method!r}: use +reset and/or +trend")
+                out, summary = run(method, policy.model_copy(update={
+                    "method": name, "reset_optimizer": "reset" in variants,
+                    "judge": "trend" if "trend" in variants else policy.judge}))
                 runs[method].append({"final_acc": summary.acc_after, **reach(out, summary, target),
                                      "net_steps_saved": summary.leaps["net_steps_saved"]})
                 if method == policy.method:
