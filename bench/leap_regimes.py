@@ -6,10 +6,7 @@ plain run's update (median over modules; 1 = steady drift, 0.5 = random walk), t
 method on the plain run (forecasting its last checkpoint from the one before), and the leap speedup: learner steps
 for the plain run to reach 96% of its final held-out accuracy over the leaping run's steps to the same target.
 
-A second model size: --sizes 128x3 256x4 (hidden x layers; 128x3 is the default model, others are bootstrapped
-like it with intermediate 3 x hidden, cached under $LEAPFROG_HOME/models/<task>-s<seed>-h<H>x<L>).
-
-    .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--sizes 128x3] [--steps 80]
+    .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
 Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
 "final_leap", "net_steps_saved"}]}.
 """
@@ -17,7 +14,6 @@ Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "s
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import statistics
@@ -46,23 +42,6 @@ def base_params(run_dir: Path) -> int:
     return total
 
 
-def model_of_size(task: str, seed: int, size: str) -> str | None:
-    """None for the default model (128x3); otherwise the path of a bootstrapped model of that size."""
-    from learner.bootstrap import BootstrapSpec, bootstrap, default_model_dir
-    from rollout.tasks import load_task
-
-    try:
-        hidden, layers = (int(x) for x in size.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--sizes takes HIDDENxLAYERS, e.g. 256x4; got {size!r}") from None
-    if (hidden, layers) == (128, 3):
-        return None
-    spec = BootstrapSpec(task=task, seed=seed, **{**load_task(task).bootstrap_overrides, "hidden_size": hidden,
-                                                  "num_layers": layers, "intermediate_size": 3 * hidden})
-    out = default_model_dir(task, seed).with_name(f"{task}-s{seed}-h{hidden}x{layers}")
-    return str(bootstrap(task, seed, out_dir=out, spec=spec))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="deploy/jobs/arith.yaml")
@@ -70,38 +49,35 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4])
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sizes", nargs="+", default=["128x3"], help="model sizes HIDDENxLAYERS")
     args = parser.parse_args()
     regimes = []
-    base_cfg = load_config(args.config)
-    method = base_cfg.extrapolate.method
-    models = {size: model_of_size(base_cfg.rollout.task, base_cfg.model.bootstrap_seed, size) for size in args.sizes}
+    method = load_config(args.config).extrapolate.method
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
-        for (size, model), prompts, lr in itertools.product(models.items(), args.prompts, args.lrs):
-            def run(name, leaps, prompts=prompts, lr=lr, size=size, model=model):
-                cfg = load_config(args.config)
-                cfg.model.path = model
-                cfg.rollout.prompts_per_step, cfg.learner.lr = prompts, lr
-                cfg.run.steps, cfg.run.seed = args.steps, args.seed
-                if not leaps:
-                    cfg.extrapolate = None
-                out = Path(tmp) / f"{name}-{size}-p{prompts}-lr{lr:g}"
-                return cfg, out, run_job(cfg, run_dir=out, progress=False)
+        for prompts in args.prompts:
+            for lr in args.lrs:
+                def run(name, leaps, prompts=prompts, lr=lr):
+                    cfg = load_config(args.config)
+                    cfg.rollout.prompts_per_step, cfg.learner.lr = prompts, lr
+                    cfg.run.steps, cfg.run.seed = args.steps, args.seed
+                    if not leaps:
+                        cfg.extrapolate = None
+                    out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
+                    return cfg, out, run_job(cfg, run_dir=out, progress=False)
 
-            _, plain_dir, plain = run("plain", False)
-            _, leap_dir, leap = run("leap", True)
-            target = 0.96 * plain.acc_after
-            analysis = analyze_run(plain_dir, progress=False)
-            p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
-            regime = {"size": size, "prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
-                      "backtest_cos": analysis["backtest"][method]["cos"],
-                      "speedup": reach(plain_dir, plain, target)["steps"] / reach(leap_dir, leap, target)["steps"],
-                      "final_plain": plain.acc_after, "final_leap": leap.acc_after,
-                      "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
-            regimes.append(regime)
-            print(f"size {size} prompts {prompts:4d} lr {lr:g}: p {p:.2f}, backtest cos {regime['backtest_cos']:.2f}, "
-                  f"speedup {regime['speedup']:.2f}x, final plain {plain.acc_after:.3f} / leaping "
-                  f"{leap.acc_after:.3f}, net steps saved {regime['net_steps_saved']}", flush=True)
+                _, plain_dir, plain = run("plain", False)
+                _, leap_dir, leap = run("leap", True)
+                target = 0.96 * plain.acc_after
+                analysis = analyze_run(plain_dir, progress=False)
+                p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
+                regime = {"prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
+                          "backtest_cos": analysis["backtest"][method]["cos"],
+                          "speedup": reach(plain_dir, plain, target)["steps"] / reach(leap_dir, leap, target)["steps"],
+                          "final_plain": plain.acc_after, "final_leap": leap.acc_after,
+                          "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
+                regimes.append(regime)
+                print(f"prompts {prompts:4d} lr {lr:g}: p {p:.2f}, backtest cos {regime['backtest_cos']:.2f}, "
+                      f"speedup {regime['speedup']:.2f}x, final plain {plain.acc_after:.3f} / leaping "
+                      f"{leap.acc_after:.3f}, net steps saved {regime['net_steps_saved']}", flush=True)
     print(json.dumps({"config": args.config, "steps": args.steps, "seed": args.seed, "regimes": regimes}))
 
 
