@@ -48,7 +48,7 @@ def start_server(redis_url: str, tmp: str) -> tuple[subprocess.Popen, str]:
         "from services.store import connect\n"
         f"url = {redis_url!r}\n"
         f"app = create_app(connect(url), RayJobs('http://127.0.0.1:{free_port()}', url),\n"
-        f"                 Settings(runs_root=Path({tmp!r}) / 'runs', allowed_roots=[Path({tmp!r})]), redis_url=url)\n"
+        f"                 Settings(runs_root=Path({tmp!r}) / 'runs', allowed_roots=[Path({tmp!r})]))\n"
         f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', timeout_graceful_shutdown=1)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

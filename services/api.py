@@ -143,17 +143,9 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def async_twin(client, aioredis):
-    """An asyncio Redis client for the same server and database as the sync `client` (TCP or unix socket)."""
-    kw = client.connection_pool.connection_kwargs
-    common = {"db": kw.get("db", 0), "username": kw.get("username"), "password": kw.get("password")}
-    if "path" in kw:
-        return aioredis.Redis(unix_socket_path=kw["path"], **common)
-    return aioredis.Redis(host=kw.get("host", "localhost"), port=kw.get("port", 6379), **common)
-
-
-def create_app(store, jobs, settings: Settings, redis_url: str | None = None) -> FastAPI:
-    """The app over a JobStore and a RayJobs (services/jobs.py); redis_url feeds the SSE readers."""
+def create_app(store, jobs, settings: Settings) -> FastAPI:
+    """The app over a JobStore (services/store.py; its Redis also feeds the SSE readers) and a RayJobs
+    (services/jobs.py)."""
     app = FastAPI(title="Leapfrog control plane", version="1.0",
                   description="RL for LLMs with rank-1 trajectory leaps: jobs, metrics, rank-1 history, events.")
     app.add_middleware(BodyLimit, limit=settings.max_body)
@@ -300,7 +292,6 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
     async def sse(request: Request, job_id: str, streams: tuple[str, ...], start: str | None):
         """Server-Sent Events over the job's streams: id = the cursors joined by '|', event = the stream name;
         a `state` event when the job's state changes; `end` once the job is terminal and drained."""
-        import redis.asyncio as aioredis
         from sse_starlette.sse import EventSourceResponse
 
         get_job(job_id)
@@ -310,7 +301,7 @@ def create_app(store, jobs, settings: Settings, redis_url: str | None = None) ->
                                      "joined by '|'); drop the header to start from the beginning")
         given = (header or start or "").split("|")
         cursors = {s: (given[i] if i < len(given) and given[i] else "0-0") for i, s in enumerate(streams)}
-        client = aioredis.Redis.from_url(redis_url) if redis_url else async_twin(store.r, aioredis)
+        client = store.async_client()
 
         async def generate():
             last_state = None

@@ -137,7 +137,7 @@ def cmd_demo(args) -> int:
     console.print("[bold]Leapfrog demo[/bold]: starting the control plane (embedded Redis, a local Ray head) ...")
     with control_plane() as (store, jobs, settings, url):
         port = args.port or free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(store, jobs, settings, redis_url=url), host="127.0.0.1",
+        server = uvicorn.Server(uvicorn.Config(create_app(store, jobs, settings), host="127.0.0.1",
                                                port=port, log_level="warning", timeout_graceful_shutdown=2))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -74,7 +74,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from services.api import create_app
 
     with control_plane() as (store, jobs, settings, url):
-        app = create_app(store, jobs, settings, redis_url=url)
+        app = create_app(store, jobs, settings)
         app.state.reconcile_all()
         print(f"Leapfrog control plane on http://{host}:{port} (dashboard /, API /v1, docs /docs); "
               f"Redis {url.rsplit('@', 1)[-1]}, Ray {jobs.address}", flush=True)

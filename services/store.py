@@ -67,14 +67,21 @@ class TransitionError(ValueError):
 
 
 class JobStore:
-    def __init__(self, client, prefix: str = "lf:", maxlen: int = 100_000):
+    def __init__(self, client, url: str, prefix: str = "lf:", maxlen: int = 100_000):
         self.r = client
+        self.url = url  # for async readers of the same server (the API's SSE streams)
         self.prefix = prefix
         self.maxlen = maxlen
         self._transition = client.register_script(TRANSITION_LUA)
 
     def key(self, job_id: str, stream: str | None = None) -> str:
         return f"{self.prefix}job:{job_id}" + (f":{stream}" if stream else "")
+
+    def async_client(self):
+        """A new asyncio client of the same Redis (one per SSE stream: its XREAD blocks)."""
+        import redis.asyncio as aioredis
+
+        return aioredis.Redis.from_url(self.url)
 
     def ping(self) -> bool:
         return bool(self.r.ping())
@@ -204,4 +211,4 @@ class EmbeddedRedis:
 def connect(url: str) -> JobStore:
     import redis
 
-    return JobStore(redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30))
+    return JobStore(redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30), url)

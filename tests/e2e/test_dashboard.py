@@ -37,7 +37,7 @@ def test_live_job_page_fills_from_the_stream_and_survives_a_restart(ray_head, de
                         allowed_roots=[tmp_path, default_model_dir.parent])
 
     def app():
-        return create_app(store, RayJobs(ray_head["RAY_ADDRESS"], redis.url), settings, redis_url=redis.url)
+        return create_app(store, RayJobs(ray_head["RAY_ADDRESS"], redis.url), settings)
 
     port = free_port()
     server = LiveServer(app(), port)

@@ -29,7 +29,7 @@ def plane(ray_head, default_model_dir, tmp_path_factory):
     settings = Settings(token=TOKEN, runs_root=root / "runs", allowed_roots=[root, default_model_dir.parent])
     store = connect(redis.url)
     jobs = RayJobs(ray_head["RAY_ADDRESS"], redis.url)
-    server = LiveServer(create_app(store, jobs, settings, redis_url=redis.url), free_port())
+    server = LiveServer(create_app(store, jobs, settings), free_port())
     yield {"url": server.url, "store": store, "jobs": jobs, "settings": settings, "redis": redis, "server": server,
            "model": default_model_dir}
     plane_server = server
@@ -142,7 +142,7 @@ def test_cancel_and_restart_mid_job_lose_nothing(plane, tmp_path):
     # restart the control plane: a new app process-equivalent over the same Redis and Ray
     plane["server"].stop()
     app = create_app(connect(plane["redis"].url), RayJobs(plane["jobs"].address, plane["redis"].url),
-                     plane["settings"], redis_url=plane["redis"].url)
+                     plane["settings"])
     app.state.reconcile_all()
     plane["server"] = LiveServer(app, free_port())
     url = plane["url"] = plane["server"].url
@@ -227,14 +227,14 @@ def test_openapi_is_served_and_names_every_route(plane):
     assert "application/yaml" in spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
 
 
-def test_sse_refuses_a_malformed_last_event_id_and_works_without_redis_url(plane):
+def test_sse_refuses_a_malformed_last_event_id_and_a_second_app_streams_the_same_store(plane):
     store = plane["store"]
     job = store.create("sse2", "{}", "")
     store.append(job["id"], "events", {"type": "leap_paid", "step": 7})
     store.transition(job["id"], "CANCELLED")
     bad = httpx.get(f"{plane['url']}/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "garbage"})
     assert bad.status_code == 422 and "Last-Event-ID" in bad.text
-    app = create_app(store, plane["jobs"], plane["settings"])  # no redis_url: SSE reads the store's own server
+    app = create_app(store, plane["jobs"], plane["settings"])  # a second app over the same store
     server = LiveServer(app, free_port())
     try:
         events = sse_events(f"{server.url}/v1/jobs/{job['id']}/events")

@@ -23,7 +23,7 @@ def api_schema(tmp_path_factory):
     job = store.create("fuzz", "{}", str(root / "runs" / "fuzz"))  # one existing job for the per-job routes
     store.append(job["id"], "metrics", {"step": 1, "loss": 0.1})
     app = create_app(store, RayJobs(f"http://127.0.0.1:{free_port()}", redis.url),
-                     Settings(token=None, runs_root=root / "runs", allowed_roots=[root]), redis_url=redis.url)
+                     Settings(token=None, runs_root=root / "runs", allowed_roots=[root]))
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     redis.stop()
 
