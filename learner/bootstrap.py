@@ -13,7 +13,6 @@ and deterministic for a seed (single-threaded torch ops in the same order on the
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from learner.models import leapfrog_home
 from rollout.engines.hf import HFEngine
 from rollout.evaluate import greedy_accuracy
+from rollout.prompts import PromptEncoder
 from rollout.tasks import Task, load_task
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
@@ -47,10 +48,6 @@ class BootstrapSpec:
     eval_every: int = 100
     eval_size: int = 500
     accuracy_band: tuple[float, float] = (0.10, 0.70)
-
-
-def leapfrog_home() -> Path:
-    return Path(os.environ.get("LEAPFROG_HOME", Path.home() / ".cache" / "leapfrog"))
 
 
 def default_model_dir(task: str = "arith", seed: int = 0) -> Path:
@@ -128,6 +125,7 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
     model = build_model(spec, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, betas=(0.9, 0.99), weight_decay=0.0)
     engine = HFEngine(model=model, tokenizer=tokenizer)
+    encoder = PromptEncoder(tokenizer, chat_template="never")
     started, accuracy, step = time.time(), 0.0, 0
     history = []
     with Progress(TextColumn("bootstrap {task.fields[name]}"), BarColumn(), TextColumn("step {task.completed:.0f}"),
@@ -144,7 +142,7 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % spec.eval_every == 0 or step == spec.sft_steps:
-                accuracy = greedy_accuracy(engine, task, test)
+                accuracy = greedy_accuracy(engine, task, test, encoder)
                 history.append({"step": step, "loss": float(loss.detach()), "accuracy": accuracy})
                 bar.update(job, completed=step, acc=accuracy)
             else:

@@ -14,10 +14,25 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which policy to train."""
 
-    path: str | None = Field(None, description="Local HF model directory. Unset: the bootstrapped default model of "
-                                               "the job's task ($LEAPFROG_HOME/models/<task>-s<seed>, built on first use).")
+    path: str | None = Field(None, description="Local HF model directory, a .gguf file (converted once into "
+                                               "$LEAPFROG_HOME/models/), or a registered model name (`leapfrog models "
+                                               "list`, e.g. smollm2-135m-instruct). Unset: the bootstrapped default "
+                                               "model of the job's task ($LEAPFROG_HOME/models/<task>-s<seed>, built on "
+                                               "first use).")
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrapped default model (used when path is unset).")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy, in the learner "
+                                                                         "and both rollout engines.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learner and the HF engine run; auto: "
+                                                                       "cuda when the process sees a GPU.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel of the learner and the HF engine (transformers attn_implementation).")
+
+
+    def resolved_device(self) -> str:
+        """`cpu` or `cuda` for this process (auto: cuda when torch sees a GPU); cuda without one is an error."""
+        from rollout.engines import resolve_device
+
+        return resolve_device(self.device)
 
 
 class LoraConfig(Section):
@@ -64,6 +79,10 @@ class LearnerConfig(Section):
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
     micro_batch_size: int = Field(256, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    gradient_checkpointing: bool = Field(False, description="Recompute the decoder's activations in the backward pass "
+                                                            "(less memory, ~30% more compute).")
+    logprob_chunk_tokens: int = Field(1024, ge=1, description="Completion tokens per chunk of the selective "
+                                                              "log-softmax: peak logits memory is this x vocabulary.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -46,6 +46,17 @@ def _pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
     return out
 
 
+def to_cpu(obj):
+    """The same nested structure with every tensor on the CPU: checkpoints of a GPU run load on a CPU machine."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def lr_lambda(cfg: LearnerConfig, total_steps: int):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -66,7 +77,8 @@ class Learner:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
-        self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed)
+        self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed, cfg.gradient_checkpointing)
+        self.device = next(self.model.parameters()).device
         self.model.train()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -78,7 +90,8 @@ class Learner:
 
     def _logprobs(self, rows, t_max: int) -> torch.Tensor:
         input_ids, attention, prompt_lengths = rows
-        return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature)
+        return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
+                                   self.cfg.logprob_chunk_tokens)
 
     def step(self, batch: RolloutBatch) -> dict[str, float]:
         """One learner step (mu optimizer updates) on a scored batch; returns its metrics."""
@@ -91,6 +104,8 @@ class Learner:
         else:
             advantages = ADVANTAGES[cfg.scale_rewards](rewards, batch.group_size)
         segments = _pad_rows(batch.segments, completion_mask.shape[1], torch.long) if batch.segments else None
+        completion_mask, advantages = completion_mask.to(self.device), advantages.to(self.device)
+        segments = segments.to(self.device) if segments is not None else None
         prompt_lengths = [len(p) for p in batch.prompt_ids]
         num_seq, num_tok = len(batch.rewards), int(completion_mask.sum())
         micro = [slice(i, i + cfg.micro_batch_size) for i in range(0, num_seq, cfg.micro_batch_size)]
@@ -107,9 +122,7 @@ class Learner:
         if stale:
             if batch.sampling_logprobs is None:
                 raise ValueError("an off-policy batch needs the rollout engine's sampling log-probs")
-            sampler_logp = torch.zeros_like(completion_mask)
-            for b, lp in enumerate(batch.sampling_logprobs):
-                sampler_logp[b, :len(lp)] = torch.tensor(lp)
+            sampler_logp = _pad_rows(batch.sampling_logprobs, completion_mask.shape[1], torch.float32).to(self.device)
         need_old = cfg.updates_per_batch > 1 and not stale
         old, ref = {}, {}
         with torch.no_grad():
@@ -188,7 +201,7 @@ class Learner:
         return os.getpid()
 
     def state_dict(self, extra: dict) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        return {"optimizer": to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
                 "step": self.step_count, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                                                  "torch": torch.get_rng_state()}, **extra}
 
@@ -202,7 +215,7 @@ class Learner:
 
         state, meta = read_checkpoint(path)
         set_peft_model_state_dict(self.model, load_peft_weights(str(path), device="cpu"))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moments move to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step"]
         random.setstate(state["rng"]["python"])

@@ -9,15 +9,24 @@ import torch
 from learner.config import LoraConfig, ModelConfig
 
 
-def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int):
-    """(peft model, tokenizer): base weights frozen, a fresh LoRA adapter (B = 0, so the policy starts at the base)."""
+def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int,
+                gradient_checkpointing: bool = False):
+    """(peft model, tokenizer): base weights frozen, a fresh LoRA adapter (B = 0, so the policy starts at the base),
+    on model.device in model.dtype. Gradient checkpointing makes the embeddings' output require grad (PEFT's
+    input-grad fix), without which a frozen base gives the checkpointed blocks no graph to recompute."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, model_cfg.dtype)
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    device = model_cfg.resolved_device()
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, model_cfg.dtype),
+                                                attn_implementation=model_cfg.attn_implementation).to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
     torch.manual_seed(seed)
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
@@ -43,17 +52,76 @@ def pad_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], 
     return input_ids, attention, completion_mask
 
 
-def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
-                        t_max: int, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature) of each completion token: [B, T] (zeros past a completion's end).
-
-    The logits at input position i predict token i + 1, so completion token j of row b (position
-    len(prompt_b) + j) is scored by the logits at position len(prompt_b) + j - 1.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+def completion_positions(prompt_lengths: list[int], t_max: int, width: int) -> torch.Tensor:
+    """[B, T] input positions whose outputs score completion tokens 0..T-1: the state at position i predicts
+    token i + 1, so completion token j of row b (at len(prompt_b) + j) is scored at len(prompt_b) + j - 1."""
     starts = torch.tensor(prompt_lengths)[:, None] - 1 + torch.arange(t_max)[None, :]
-    starts = starts.clamp(max=input_ids.shape[1] - 2)
-    picked = logits.gather(1, starts[..., None].expand(-1, -1, logits.shape[-1])).float()
-    targets = input_ids.gather(1, (starts + 1).clamp(max=input_ids.shape[1] - 1))
-    logp = torch.log_softmax(picked / temperature, dim=-1)
-    return logp.gather(-1, targets[..., None]).squeeze(-1)
+    return starts.clamp(max=width - 2)
+
+
+def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                          temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+    """log softmax(lm_head(h) / temperature)[target] for hidden states h [N, H] and targets [N] -> [N], computed
+    chunk_tokens rows at a time. Each chunk runs under activation checkpointing when gradients are on, so neither
+    the forward nor the backward pass holds more than one chunk's [chunk, V] logits: peak memory no longer grows
+    with sequence length x vocabulary. Equal to the dense log_softmax(logits).gather (a test pins it to 1e-5).
+    The logsumexp is in float32 whatever the model's dtype."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_logp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(h).float() / temperature
+        return logits.gather(-1, t[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    out = []
+    for i in range(0, hidden.shape[0], chunk_tokens):
+        h, t = hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens]
+        out.append(checkpoint(chunk_logp, h, t, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad
+                   else chunk_logp(h, t))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _decoder_and_head(model):
+    """The decoder body and output head of a (PEFT-wrapped) causal LM when its logits are exactly lm_head(h);
+    None for models that post-process logits (soft-capping, logit scales), which take the dense path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    body, head = getattr(base, base.base_model_prefix, None), base.get_output_embeddings()
+    if body is None or head is None:
+        return None
+    return body, head
+
+
+def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
+                        t_max: int, temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+    """log softmax(logits / temperature) of each completion token: [B, T] (zeros past a completion's end are not
+    guaranteed: mask them). Only the hidden states of the completion positions reach the output head, through the
+    chunked selective log-softmax; the full [B, L, V] logits are never formed."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    width = input_ids.shape[1]
+    positions = completion_positions(prompt_lengths, t_max, width).to(device)
+    targets = input_ids.gather(1, (positions + 1).clamp(max=width - 1))
+    parts = _decoder_and_head(model)
+    if parts is None:
+        return dense_completion_logprobs(model, input_ids, attention_mask, prompt_lengths, t_max, temperature)
+    body, head = parts
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+    flat = selective_log_softmax(picked.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1), temperature,
+                                 chunk_tokens)
+    return flat.view(targets.shape)
+
+
+def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
+                              t_max: int, temperature: float = 1.0) -> torch.Tensor:
+    """The reference: full logits of every position, then log_softmax and gather ([B, L, V] in memory)."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    width = input_ids.shape[1]
+    positions = completion_positions(prompt_lengths, t_max, width).to(device)
+    targets = input_ids.gather(1, (positions + 1).clamp(max=width - 1))
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
+    return torch.log_softmax(picked / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)

@@ -1,6 +1,7 @@
 """`leapfrog`: the command line. Thin shells around the packages; errors print one clear message, exit 2.
 
     leapfrog bootstrap [--task arith] [--seed S]      build the default model (cached under $LEAPFROG_HOME)
+    leapfrog models list | pull NAME_OR_GGUF          registered and cached models / convert one into a model dir
     leapfrog run CONFIG [--resume RUN_DIR]            a single-process RL run with a progress bar
     leapfrog eval CHECKPOINT --task T [--n N]         greedy accuracy and pass@k of a checkpoint or model dir
     leapfrog config schema | show CONFIG              the job config's JSON schema / the resolved config
@@ -78,6 +79,47 @@ def cmd_bootstrap(args) -> int:
     print(f"default model for {args.task!r} (seed {args.seed}): {path}")
     print(f"  {report['parameters']:,} parameters, {report['sft_steps']} warm-start steps, "
           f"greedy held-out accuracy {report['heldout_accuracy']:.3f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    """`models list`: registered models (cached or not) and the other model dirs under $LEAPFROG_HOME/models;
+    `models pull`: resolve a name, GGUF file or model dir into a local HF model directory and print its path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from learner.models import REGISTRY, cached_models, models_home, read_source_record, resolve_model
+
+    console = Console(width=None if sys.stdout.isatty() else 1000)  # piped: no wrapping, paths stay whole
+    if args.action == "pull":
+        if not args.model:
+            raise ValueError("leapfrog models pull needs a model: a registered name (leapfrog models list) or a .gguf file")
+        path = resolve_model(args.model, progress=True)
+        record = read_source_record(path)
+        if record is not None:
+            print(f"{args.model}: {record['parameters']:,} parameters, converted from {record['source']}",
+                  file=sys.stderr)
+        print(path)
+        return 0
+    table = Table(title="registered models", title_justify="left")
+    for column in ("name", "source", "license", "cached"):
+        table.add_column(column)
+    for model in REGISTRY.values():
+        path = models_home() / model.name
+        record = read_source_record(path)
+        cached = f"yes {path}" if record is not None and (path / "config.json").is_file() else "no"
+        table.add_row(model.name, f"pip {model.requirement}: {model.file}", model.license, cached)
+    console.print(table)
+    others = [m for m in cached_models() if m.name not in REGISTRY]
+    if others:
+        table = Table(title=f"other models in {models_home()}", title_justify="left")
+        for column in ("name", "kind", "size", "path"):
+            table.add_column(column)
+        for m in others:
+            kind = f"converted from {m.source}" if m.kind == "converted" else m.kind
+            table.add_row(m.name, kind, f"{m.size / 1e6:,.1f} MB", str(m.path))
+        console.print(table)
+    console.print("use one as model.path in a job config: a name, a .gguf file, or a model directory")
     return 0
 
 
@@ -230,6 +272,7 @@ def cmd_status(args) -> int:
 def cmd_eval(args) -> int:
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
+    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
 
     path = Path(args.checkpoint)
@@ -237,20 +280,23 @@ def cmd_eval(args) -> int:
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base or not Path(base).is_dir():
             raise ValueError(f"{path}: its base model {base!r} is not a local directory; pass --base DIR")
-        engine = HFEngine(args.base or base, adapter_path=path)
+        base_dir = args.base or base
+        engine = HFEngine(base_dir, adapter_path=path)
     elif (path / "config.json").is_file():
+        base_dir = path
         engine = HFEngine(path)
     else:
         raise ValueError(f"{path} is neither a PEFT adapter (adapter_config.json) nor an HF model dir (config.json)")
+    encoder = PromptEncoder.from_model_dir(base_dir)
     task = load_task(args.task)
     examples = task.examples("test", args.size, seed=args.eval_seed)
     result = {"checkpoint": str(path), "task": task.name, "problems": len(examples),
-              "greedy_accuracy": greedy_accuracy(engine, task, examples)}
+              "greedy_accuracy": greedy_accuracy(engine, task, examples, encoder)}
     if hasattr(task, "list_length"):
-        result.update(list_metrics(engine, task, examples))
+        result.update(list_metrics(engine, task, examples, encoder))
     if args.n > 1:
-        result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, n=args.n, temperature=args.temperature,
-                                                seed=args.seed)
+        result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, encoder, n=args.n,
+                                                temperature=args.temperature, seed=args.seed)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -279,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="model directory (default $LEAPFROG_HOME/models/<task>-s<seed>)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("models", help="registered and cached models; convert a registered model or a GGUF file")
+    p.add_argument("action", choices=["list", "pull"],
+                   help="list: registered models and cached model dirs; pull MODEL: prepare one, print its directory")
+    p.add_argument("model", nargs="?", help="pull: a registered name, a .gguf file or an HF model directory")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="run an RL job in this process")
     p.add_argument("config", nargs="?", help="job config YAML (e.g. deploy/jobs/arith.yaml)")

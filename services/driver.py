@@ -39,11 +39,10 @@ def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, 
                sink=None, requests=None):
     from learner.checkpoint import list_checkpoints
     from rollout.tasks import load_task
-    from services.runner import drive, prepare_run_dir, resolve_model_dir
+    from services.runner import drive, prepare_job
     from services.runtime import RayRuntime
 
-    resume_from = prepare_run_dir(cfg, run_dir, resume)
-    model_dir = resolve_model_dir(cfg, progress).resolve()
+    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False)
     task = load_task(cfg.rollout.task)
     runtime = RayRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
     try:

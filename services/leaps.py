@@ -32,8 +32,8 @@ class CandidatePolicy:
     def __init__(self, runtime, adapter_path: str):
         self.runtime, self.adapter_path = runtime, adapter_path
 
-    def generate(self, prompts, params):
-        return self.runtime.generate_with(self.adapter_path, prompts, params)
+    def generate(self, prompt_ids, params):
+        return self.runtime.generate_with(self.adapter_path, prompt_ids, params)
 
 
 def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:
@@ -48,13 +48,14 @@ def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:
 
 
 class LeapController:
-    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None):
+    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None, *, encoder):
         self.cfg, self.x = cfg, cfg.extrapolate
         self.runtime, self.run_dir, self.task = runtime, Path(run_dir), task
         self.emit = emit  # emit(kind, record): "rank1" rows and "event" records
         self.requests = requests  # () -> new manual leap requests (from the control plane), or None
         self.requested = False  # a manual request waits until a proposal serves it
         self.examples = task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
+        self.encoder = encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
         self.pending: dict | None = None
         self.next_proposal_at = 0  # in learner steps
         self.kept: list[dict] = []
@@ -64,7 +65,7 @@ class LeapController:
     def _scores(self, adapter_path: str | None = None) -> list[float]:
         started = time.time()
         policy = self.runtime if adapter_path is None else CandidatePolicy(self.runtime, adapter_path)
-        scores = greedy_scores(policy, self.task, self.examples)
+        scores = greedy_scores(policy, self.task, self.examples, self.encoder)
         self.accounting["evaluation_s"] += time.time() - started
         return scores
 

@@ -19,6 +19,7 @@ from learner.checkpoint import list_checkpoints
 from learner.learner import RolloutBatch
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
+from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
 from services.config import ConfigError, JobConfig, dump_config
 
@@ -42,19 +43,60 @@ class RunSummary:
 
 
 def resolve_model_dir(cfg: JobConfig, progress: bool = True) -> Path:
-    """The policy's base model directory: model.path, or the bootstrapped default (built on first use)."""
+    """The policy's base model directory: model.path resolved by `learner.models.resolve_model` (an HF model
+    directory, a .gguf file converted once, or a registered name), or the bootstrapped default (built on first use)."""
     if cfg.model.path is not None:
-        path = Path(cfg.model.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path: {path} is not an HF model directory (no config.json); give a local model "
-                              f"directory, or unset model.path to use the bootstrapped default model")
-        return path
+        from learner.models import ModelError, resolve_model
+
+        try:
+            return resolve_model(cfg.model.path, progress)
+        except ModelError as err:
+            raise ConfigError(f"model.path: {err}; or unset model.path to use the bootstrapped default model") from None
     task = cfg.rollout.task
     if ":" in task:
         raise ConfigError(f"model.path is unset, but task {task!r} is a user task with no bootstrapped default model: "
                           f"set model.path to a local HF model directory")
     path = default_model_dir(task, cfg.model.bootstrap_seed)
     return bootstrap(task, cfg.model.bootstrap_seed, out_dir=path, progress=progress)
+
+
+def preflight(cfg: JobConfig, model_dir: Path, task, local: bool) -> None:
+    """Every check that can fail before any work, so a bad job writes nothing: the device, the chat template, and
+    prompt + completion lengths against the model's and vLLM's limits (on the evaluation set's prompts)."""
+    from rollout.engines import resolve_engine_name
+    from rollout.prompts import PromptEncoder, PromptError
+
+    try:
+        if local:
+            cfg.model.resolved_device()
+        elif cfg.model.device == "cuda" and cfg.learner.num_gpus <= 0:
+            raise ValueError("model.device is 'cuda' but learner.num_gpus is 0, so Ray gives the learner no GPU; set "
+                             "learner.num_gpus (and rollout.worker_gpus for the rollout workers) or model.device: auto")
+        encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+        examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
+        longest = max(len(ids) for ids in encoder.ids(examples)) + (cfg.rollout.max_new_tokens or task.max_new_tokens)
+    except (PromptError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    model_limit = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+    limit = cfg.rollout.vllm.max_model_len
+    if resolve_engine_name(cfg.rollout.engine) == "vllm" and limit is not None:
+        if model_limit and limit > model_limit:
+            raise ConfigError(f"rollout.vllm.max_model_len: {limit} is more than the model {model_dir} supports "
+                              f"({model_limit} positions); lower it to at most {model_limit}")
+        if longest > limit:
+            raise ConfigError(f"rollout.vllm.max_model_len: {limit} tokens cannot hold a prompt plus its completion "
+                              f"({longest} tokens on the evaluation prompts); raise it or lower rollout.max_new_tokens")
+    if model_limit and longest > model_limit:
+        raise ConfigError(f"rollout.max_new_tokens: prompts plus completions reach {longest} tokens, more than the "
+                          f"model {model_dir} supports ({model_limit} positions); shorten them")
+
+
+def prepare_job(cfg: JobConfig, run_dir: Path, resume: bool, progress: bool, local: bool) -> tuple[Path, Path | None]:
+    """(model directory, checkpoint to resume from): the model resolved and the job checked first, then the run
+    directory created (or checked for a resume)."""
+    model_dir = resolve_model_dir(cfg, progress).resolve()
+    preflight(cfg, model_dir, load_task(cfg.rollout.task), local)
+    return model_dir, prepare_run_dir(cfg, run_dir, resume)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -145,9 +187,8 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, p
     from services.runtime import LocalRuntime
 
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.runs_root) / cfg.run.name
-    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=True)
     task = load_task(cfg.rollout.task)
-    model_dir = resolve_model_dir(cfg, progress)
     runtime = LocalRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
     return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
                  stop_after=stop_after, sink=sink)
@@ -180,14 +221,13 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
     task = load_task(cfg.rollout.task)
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     eval_set = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
+    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
     tokenizer = None
     if cfg.learner.algorithm == "rank_grpo":
         if not hasattr(task, "relevance") or not hasattr(task, "list_length"):
             raise ConfigError(f"learner.algorithm: rank_grpo needs a ranked-list task (with relevance() and "
                               f"list_length, e.g. ranklist); {task.name!r} is not one")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = encoder.tokenizer
     pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
     pool = task.examples("train", pool_size, seed=cfg.run.seed)
     evals: list[dict] = []
@@ -215,7 +255,7 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             if sink is not None:
                 sink("events" if kind == "event" else "rank1", record)
 
-        leaps = LeapController(cfg, runtime, run_dir, task, emit, requests)
+        leaps = LeapController(cfg, runtime, run_dir, task, emit, requests, encoder=encoder)
 
     def restore(path: Path | None) -> None:
         nonlocal evals, learner_steps
@@ -231,13 +271,14 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                               max_new_tokens=max_new, seed=step_seed(cfg.run.seed, step))
 
     def evaluate(step: int) -> float:
-        acc = greedy_accuracy(runtime, task, eval_set, max_new)
+        acc = greedy_accuracy(runtime, task, eval_set, encoder, max_new)
         record = {"step": step, "accuracy": acc, "learner_steps": learner_steps}
         if hasattr(task, "list_length"):
-            record.update(list_metrics(runtime, task, eval_set))
+            record.update(list_metrics(runtime, task, eval_set, encoder))
         if cfg.rollout.eval_pass_n > 0:
-            passes = sampled_pass_at_k(runtime, task, eval_set[:cfg.rollout.eval_pass_size], n=cfg.rollout.eval_pass_n,
-                                       temperature=cfg.rollout.temperature, seed=cfg.rollout.eval_seed)
+            passes = sampled_pass_at_k(runtime, task, eval_set[:cfg.rollout.eval_pass_size], encoder,
+                                       n=cfg.rollout.eval_pass_n, temperature=cfg.rollout.temperature,
+                                       seed=cfg.rollout.eval_seed, max_new_tokens=max_new)
             record.update({f"pass@{k}": v for k, v in passes.items()})
         evals.append(record)
         log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
@@ -271,11 +312,11 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             if pending is not None and pending[0] == step:
                 groups, policy_version = runtime.collect(pending[1]), pending[2]
             else:
-                groups, policy_version = runtime.generate([ex.prompt for ex in examples], sampling(step)), step
+                groups, policy_version = runtime.generate(encoder.ids(examples), sampling(step)), step
             pending = None
             if cfg.rollout.overlap and step + 1 < last:
                 upcoming = prompts_for_step(pool, cfg.run.seed, step + 1, cfg.rollout.prompts_per_step)
-                pending = (step + 1, runtime.generate_async([ex.prompt for ex in upcoming], sampling(step + 1)), step)
+                pending = (step + 1, runtime.generate_async(encoder.ids(upcoming), sampling(step + 1)), step)
             t_gen = time.time() - t0
             completions = [c for group in groups for c in group]
             rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]

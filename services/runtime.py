@@ -1,12 +1,12 @@
 """Where the loop's pieces run: in this process (`LocalRuntime`) or as Ray actors (`RayRuntime`).
 
 Both offer the same few calls, so `services.runner.drive` is one loop for both:
-    generate(prompts, params) -> completions grouped per prompt     (rollout workers)
+    generate(prompt_ids, params) -> completions grouped per prompt  (rollout workers; prompts as token ids)
     train(batch) -> metrics                                          (learner)
     publish() -> version        make the learner's current weights the rollout policy
     checkpoint(meta, extra) / resume(path) / close()
 and, for leaps (services/leaps.py):
-    generate_with(adapter_path, prompts, params)   sample a candidate adapter without making it the policy
+    generate_with(adapter_path, prompt_ids, params)  sample a candidate adapter without making it the policy
     leap(adapter_path, horizon, reset_optimizer)   the learner continues from a leap
     service(method, *args)                          call the ExtrapolationService (in process, or a Ray actor)
 """
@@ -37,7 +37,10 @@ class LocalRuntime:
         self.run_dir = run_dir
         self.learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
                                max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature)
-        self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer)
+        from rollout.prompts import stop_token_ids
+
+        self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer,
+                               stop_ids=stop_token_ids(self.learner.tokenizer, model_dir))
         self.extrapolation = None
         if getattr(cfg, "extrapolate", None) is not None:
             from extrapolate.service import ExtrapolationService
@@ -48,7 +51,7 @@ class LocalRuntime:
     def step_count(self) -> int:
         return self.learner.step_count
 
-    def generate_with(self, adapter_path: str, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """Swap the candidate's LoRA weights into the shared policy, sample, and swap the learner's back."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from peft.utils import load_peft_weights
@@ -57,7 +60,7 @@ class LocalRuntime:
         current = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
         set_peft_model_state_dict(model, load_peft_weights(str(adapter_path), device="cpu"))
         try:
-            return self.engine.generate(prompts, params)
+            return self.engine.generate(prompt_ids, params)
         finally:
             set_peft_model_state_dict(model, current)
 
@@ -67,11 +70,11 @@ class LocalRuntime:
     def service(self, method: str, *args):
         return getattr(self.extrapolation, method)(*args)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        return self.engine.generate(prompts, params)
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        return self.engine.generate(prompt_ids, params)
 
-    def generate_async(self, prompts: list[str], params: SamplingParams):
-        return self.generate(prompts, params)
+    def generate_async(self, prompt_ids: list[list[int]], params: SamplingParams):
+        return self.generate(prompt_ids, params)
 
     def collect(self, handle) -> list[list[Completion]]:
         return handle
@@ -147,7 +150,9 @@ class RayRuntime:
         self.workers = [
             worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
                               max_lora_rank=cfg.learner.lora.r + 1,  # room for rank r + 1 leaps (AlphaRL, NExt)
-                              seed=cfg.run.seed + i, num_threads=worker_threads)
+                              seed=cfg.run.seed + i, num_threads=worker_threads, device=cfg.model.device,
+                              dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                              vllm_settings=cfg.rollout.vllm)
             for i in range(cfg.rollout.num_workers)]
         self._learner_args = (model_dir, max_new_tokens)
         self.extrapolation = None
@@ -165,13 +170,13 @@ class RayRuntime:
     def step_count(self) -> int:
         return self._step_count
 
-    def generate_async(self, prompts: list[str], params: SamplingParams):
+    def generate_async(self, prompt_ids: list[list[int]], params: SamplingParams):
         """Start generation: prompts split into contiguous shards, one per worker, each with its own seed."""
         n = len(self.workers)
-        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
+        bounds = [round(i * len(prompt_ids) / n) for i in range(n + 1)]
         futures = []
         for i, w in enumerate(self.workers):
-            shard = prompts[bounds[i]:bounds[i + 1]]
+            shard = prompt_ids[bounds[i]:bounds[i + 1]]
             if shard:
                 shard_params = SamplingParams(**{**params.__dict__, "seed": params.seed + 7919 * i})
                 futures.append((bounds[i], w.generate.remote(shard, shard_params, self._adapter)))
@@ -188,16 +193,16 @@ class RayRuntime:
                 groups.append(group)
         return groups
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        return self.collect(self.generate_async(prompts, params))
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        return self.collect(self.generate_async(prompt_ids, params))
 
-    def generate_with(self, adapter_path: str, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """Sample a candidate adapter: the workers load it for this call only (the next generate names the
         policy's adapter again)."""
         current = self._adapter
         self._adapter = (str(adapter_path), f"candidate:{adapter_path}")
         try:
-            return self.generate(prompts, params)
+            return self.generate(prompt_ids, params)
         finally:
             self._adapter = current
 

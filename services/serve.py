@@ -12,11 +12,9 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from learner.models import leapfrog_home
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def leapfrog_home() -> Path:
-    return Path(os.environ.get("LEAPFROG_HOME", Path.home() / ".cache" / "leapfrog")).expanduser()
 
 
 def settings_from_env():

@@ -16,14 +16,32 @@ def resolve_engine_name(name: str) -> str:
     return "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
 
 
-def make_engine(name: str, model_path: str | Path, *, max_lora_rank: int = 16, seed: int = 0, max_model_len: int | None = None):
+def resolve_device(device: str) -> str:
+    """`cpu` or `cuda` for this process: auto is cuda when torch sees a GPU; cuda without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device is 'cuda' but this process sees no CUDA GPU (torch.cuda.is_available() is "
+                         "false); set model.device: auto or cpu, or run where a GPU is visible (on Ray: give the "
+                         "actor a GPU with learner.num_gpus / rollout.worker_gpus)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"model.device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def make_engine(name: str, model_path: str | Path, *, max_lora_rank: int = 16, seed: int = 0, device: str = "auto",
+                dtype: str = "float32", attn_implementation: str = "sdpa", vllm_settings=None):
+    """The engine `name` on the model directory: HF on `device` (auto / cpu / cuda, resolved in this process), or
+    vLLM with `vllm_settings` (rollout.config.VLLMSettings); both in `dtype`."""
     name = resolve_engine_name(name)
     if name == "hf":
         from rollout.engines.hf import HFEngine
 
-        return HFEngine(model_path)
+        return HFEngine(model_path, device=resolve_device(device), dtype=dtype, attn_implementation=attn_implementation)
     if name == "vllm":
         from rollout.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model_path, max_lora_rank=max_lora_rank, seed=seed, max_model_len=max_model_len)
+        return VLLMEngine(model_path, max_lora_rank=max_lora_rank, seed=seed, dtype=dtype, settings=vllm_settings)
     raise ValueError(f"unknown rollout engine {name!r}; use 'hf', 'vllm' or 'auto'")

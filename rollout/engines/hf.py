@@ -2,7 +2,8 @@
 
 A small explicit decoding loop (left-padded prompts, KV cache, one sampled token per step) instead of
 `generate()`: it returns the exact log-probs of the sampled tokens under softmax(logits / temperature),
-uses one seeded torch.Generator per call (reproducible), and stops as soon as every row has sampled EOS.
+uses one seeded torch.Generator per call (reproducible), and stops as soon as every row has sampled one of the
+stop ids (every EOS id of the tokenizer and of the generation config). Prompts arrive as token ids.
 With top_p < 1 the token is drawn from the nucleus; the recorded log-prob stays that of the full tempered
 distribution (what the learner recomputes), as in TRL and vLLM's processed log-probs.
 """
@@ -22,22 +23,31 @@ class HFEngine:
     shares the learner's policy this way, so weight sync is free)."""
 
     def __init__(self, model_path: str | Path | None = None, *, model=None, tokenizer=None,
-                 adapter_path: str | Path | None = None, max_batch_tokens: int = 65536):
+                 adapter_path: str | Path | None = None, max_batch_tokens: int = 65536, device: str = "cpu",
+                 dtype: str = "float32", attn_implementation: str = "sdpa", stop_ids: list[int] | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rollout.prompts import stop_token_ids
 
         if model is None:
             if model_path is None:
                 raise ValueError("HFEngine needs model_path or model")
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype),
+                                                         attn_implementation=attn_implementation).to(device)
             tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.eos_token_id
+        self.stop_ids = stop_ids or stop_token_ids(tokenizer, model_path)
+        self.eos_id = self.stop_ids[0]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.max_batch_tokens = max_batch_tokens
         self.adapter_version: str | None = None
         if adapter_path is not None:
             self.load_adapter(adapter_path, version=str(adapter_path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def load_adapter(self, adapter_path: str | Path, version: str) -> None:
         """Load (or replace) the LoRA adapter: the weight-sync path of a standalone engine."""
@@ -47,19 +57,16 @@ class HFEngine:
         if hasattr(self.model, "peft_config"):
             set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
         else:
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_path))
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_path)).to(self.device)
         self.model.eval()
         self.adapter_version = version
 
-    def encode(self, prompts: list[str]) -> list[list[int]]:
-        return [self.tokenizer(p)["input_ids"] for p in prompts]
-
     @torch.no_grad()
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """params.n completions for each prompt, grouped per prompt, in prompt order."""
-        prompt_ids = self.encode(prompts)
-        rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(params.n)]
-        generator = torch.Generator().manual_seed(params.seed)
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """params.n completions for each prompt (token ids), grouped per prompt, in prompt order."""
+        check_prompt_ids(prompt_ids)
+        rows = [(i, list(ids)) for i, ids in enumerate(prompt_ids) for _ in range(params.n)]
+        generator = torch.Generator(device=self.device).manual_seed(params.seed)
         longest = max(len(ids) for ids in prompt_ids) + params.max_new_tokens
         chunk = max(1, self.max_batch_tokens // longest)
         was_training = self.model.training
@@ -69,24 +76,26 @@ class HFEngine:
             flat.extend(self._sample(rows[start:start + chunk], params, generator))
         if was_training:
             self.model.train()
-        grouped: list[list[Completion]] = [[] for _ in prompts]
+        grouped: list[list[Completion]] = [[] for _ in prompt_ids]
         for c in flat:
             grouped[c.prompt_index].append(c)
         return grouped
 
     def _sample(self, rows, params: SamplingParams, generator: torch.Generator) -> list[Completion]:
-        batch = len(rows)
+        batch, device = len(rows), self.device
         width = max(len(ids) for _, ids in rows)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((batch, width), dtype=torch.long)
         for r, (_, ids) in enumerate(rows):
             input_ids[r, width - len(ids):] = torch.tensor(ids)
             attention[r, width - len(ids):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        tokens = torch.zeros((batch, params.max_new_tokens), dtype=torch.long)
-        logps = torch.zeros((batch, params.max_new_tokens))
-        lengths = torch.full((batch,), params.max_new_tokens, dtype=torch.long)
-        done = torch.zeros(batch, dtype=torch.bool)
+        stop = torch.tensor(self.stop_ids, device=device)
+        tokens = torch.zeros((batch, params.max_new_tokens), dtype=torch.long, device=device)
+        logps = torch.zeros((batch, params.max_new_tokens), device=device)
+        lengths = torch.full((batch,), params.max_new_tokens, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
         cache = None
         step_ids, step_pos = input_ids, position_ids
         for t in range(params.max_new_tokens):
@@ -103,14 +112,15 @@ class HFEngine:
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             tokens[:, t] = nxt
             logps[:, t] = logp_all.gather(-1, nxt[:, None]).squeeze(-1)
-            newly = (~done) & (nxt == self.eos_id)
+            newly = (~done) & torch.isin(nxt, stop)
             lengths[newly] = t + 1
             done |= newly
             if bool(done.all()):
                 break
             step_ids = nxt[:, None]
-            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
             step_pos = step_pos[:, -1:] + 1
+        tokens, logps, lengths, done = tokens.cpu(), logps.cpu(), lengths.cpu(), done.cpu()
         out_rows = []
         for r, (prompt_index, ids) in enumerate(rows):
             n_tok = int(lengths[r])
@@ -122,6 +132,13 @@ class HFEngine:
                 text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
                 logprobs=logps[r, :n_tok].tolist(), finish_reason="stop" if finished else "length"))
         return out_rows
+
+
+def check_prompt_ids(prompt_ids) -> None:
+    """Engines take token ids (rollout.prompts.PromptEncoder makes them), never text."""
+    if not prompt_ids or not all(isinstance(p, list) and p and isinstance(p[0], int) for p in prompt_ids):
+        raise TypeError("rollout engines take prompts as non-empty lists of token ids; encode text or chat messages "
+                        "with rollout.prompts.PromptEncoder first")
 
 
 def _sample_top_p(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:

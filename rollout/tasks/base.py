@@ -7,6 +7,7 @@ A task is any object with the attributes and methods of `Task` below. Tasks are 
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,12 +15,18 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True)
 class Example:
-    """One problem: the prompt text shown to the model and what the verifier needs to score it."""
+    """One problem: the prompt shown to the model (raw text, or chat messages [{"role", "content"}] that the run's
+    chat template renders) and what the verifier needs to score it."""
 
     id: str
-    prompt: str
+    prompt: str | list[dict[str, Any]]
     answer: Any
     meta: dict = field(default_factory=dict)
+
+    @property
+    def prompt_key(self) -> str:
+        """The prompt as one string (messages in a stable JSON form): what tells problems apart."""
+        return self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt, sort_keys=True)
 
 
 class Task:
@@ -56,7 +63,7 @@ class Task:
 
     def split_of(self, example: Example) -> str:
         """Which split a problem belongs to: a stable hash of its prompt, 10% test."""
-        return "test" if _stable_hash(example.prompt) % 10 == 0 else "train"
+        return "test" if _stable_hash(example.prompt_key) % 10 == 0 else "train"
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         """n distinct problems of `split` ("train" or "test"), deterministic in (split, n, seed)."""
@@ -71,9 +78,9 @@ class Task:
             if attempts > 200 * n + 10_000:
                 raise ValueError(f"task {self.name!r} cannot produce {n} distinct {split} problems; ask for fewer")
             ex = self.make_example(rng, len(out))
-            if ex.prompt in seen or self.split_of(ex) != split:
+            if ex.prompt_key in seen or self.split_of(ex) != split:
                 continue
-            seen.add(ex.prompt)
+            seen.add(ex.prompt_key)
             out.append(Example(id=f"{self.name}-{split}-{seed}-{len(out)}", prompt=ex.prompt, answer=ex.answer, meta=ex.meta))
         return out
 

@@ -62,7 +62,8 @@ def test_leap_runs_in_our_engine(linear_run, tiny_model_dir, tmp_path):
     from rollout.engines.hf import HFEngine
 
     leap = extrapolate_run(linear_run, "alpharl", window_end=30, target_step=40, out_dir=tmp_path / "leap")
-    out = HFEngine(tiny_model_dir, adapter_path=leap).generate(["12+34="], SamplingParams(n=2, max_new_tokens=4))
+    engine = HFEngine(tiny_model_dir, adapter_path=leap)
+    out = engine.generate([engine.tokenizer("12+34=")["input_ids"]], SamplingParams(n=2, max_new_tokens=4))
     assert len(out[0]) == 2
 
 
@@ -115,4 +116,5 @@ def test_merge_writes_a_full_model(linear_run, tiny_model_dir, tmp_path):
     w = dict(AutoModelForCausalLM.from_pretrained(merged).named_parameters())[name].detach()
     expected = merged_delta(tiny_model_dir, adapter, name.removesuffix(".weight"))
     assert (w - w0 - expected).abs().max().item() < 1e-5
-    assert len(HFEngine(merged).generate(["12+34="], SamplingParams(n=1, max_new_tokens=4))[0]) == 1
+    engine = HFEngine(merged)
+    assert len(engine.generate([engine.tokenizer("12+34=")["input_ids"]], SamplingParams(n=1, max_new_tokens=4))[0]) == 1

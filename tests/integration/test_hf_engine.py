@@ -30,7 +30,7 @@ def policy(tiny_model_dir):
 def test_sampling_logprobs_match_learner(policy, temperature, top_p):
     model, tok = policy
     task = load_task("arith")
-    prompts = [ex.prompt for ex in task.examples("test", 12, seed=0)]
+    prompts = [tok(ex.prompt)["input_ids"] for ex in task.examples("test", 12, seed=0)]
     engine = HFEngine(model=model, tokenizer=tok)
     groups = engine.generate(prompts, SamplingParams(n=4, temperature=temperature, top_p=top_p,
                                                      max_new_tokens=8, seed=3))
@@ -51,7 +51,7 @@ def test_sampling_logprobs_match_learner(policy, temperature, top_p):
 def test_sampling_is_reproducible_and_greedy_is_deterministic(policy):
     model, tok = policy
     engine = HFEngine(model=model, tokenizer=tok)
-    prompts = ["12+34=", "987+6=", "5+5="]
+    prompts = [tok(p)["input_ids"] for p in ("12+34=", "987+6=", "5+5=")]
     a = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=7))
     b = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=7))
     c = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=8))
@@ -68,7 +68,7 @@ def test_standalone_engine_loads_adapter_from_disk(policy, tiny_model_dir, tmp_p
     shared = HFEngine(model=model, tokenizer=tok)
     standalone = HFEngine(tiny_model_dir, adapter_path=tmp_path / "adapter")
     base_only = HFEngine(tiny_model_dir)
-    prompts = [ex.prompt for ex in load_task("arith").examples("test", 16, seed=1)]
+    prompts = [tok(ex.prompt)["input_ids"] for ex in load_task("arith").examples("test", 16, seed=1)]
     params = SamplingParams(n=2, max_new_tokens=6, seed=11)
     a, b = shared.generate(prompts, params), standalone.generate(prompts, params)
     assert [x.token_ids for g in a for x in g] == [x.token_ids for g in b for x in g]

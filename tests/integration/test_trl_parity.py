@@ -36,7 +36,7 @@ def batch(tiny_model_dir):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    prompts = ["12+34=", "56+78=", "90+12=", "34+56="]
+    prompts = [tok(p)["input_ids"] for p in ("12+34=", "56+78=", "90+12=", "34+56=")]
     groups = HFEngine(model=model, tokenizer=tok).generate(prompts, SamplingParams(n=G, max_new_tokens=MAX_NEW, seed=1))
     flat = [c for g in groups for c in g]
     rewards = torch.tensor([float(len(c.token_ids) % 3) for c in flat])  # any non-constant reward will do

@@ -13,6 +13,7 @@ from learner.learner import RolloutBatch
 from learner.policy import completion_logprobs, pad_sequences
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
+from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
 from services.config import parse_config
 from services.driver import run_on_ray
@@ -42,14 +43,15 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
 
     cfg = vllm_job(default_model_dir, lr=2e-2)
     task = load_task("arith")
-    prompts = [ex.prompt for ex in task.examples("test", 64, seed=1)]
+    encoder = PromptEncoder.from_model_dir(default_model_dir)
+    prompts = encoder.ids(task.examples("test", 64, seed=1))
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
     runtime = RayRuntime(cfg, default_model_dir, tmp_path / "run", task.max_new_tokens)
     try:
         before = runtime.generate(prompts, greedy)
         for step in range(2):  # two large steps so the greedy outputs move
             examples = task.examples("train", 16, seed=step)
-            groups = runtime.generate([ex.prompt for ex in examples],
+            groups = runtime.generate(encoder.ids(examples),
                                       SamplingParams(n=4, max_new_tokens=task.max_new_tokens, seed=step))
             flat = [c for g in groups for c in g]
             rewards = [task.score(ex, c.text) for ex, g in zip(examples, groups, strict=True) for c in g]
