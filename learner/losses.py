@@ -122,7 +122,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         kl = k3_kl(logp, ref_logp)
         weighted = kl * torch.exp(logp - old_logp) if kl_ratio_correction else kl
         per_token = per_token + beta * weighted
-        stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
+        stats["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
     loss = AGGREGATIONS[loss_type](per_token, mask, num_sequences, num_tokens, max_completion_length)
     with torch.no_grad():
         ratio = torch.exp(log_ratio)

@@ -7,7 +7,8 @@
   `leapfrog_source.json` recording where it came from. The directory appears atomically (built in a temp dir
   beside it, fsynced, renamed), or not at all.
 - A registered name (`REGISTRY`, listed by `leapfrog models list`) names a GGUF file shipped in a pip wheel; it is
-  converted like any GGUF file, into a directory of that name.
+  converted like any GGUF file, into a directory of that name (given by its path, that file converts there too).
+  Other GGUF files go to gguf-<file stem>-<first 12 hex of their sha256>.
 
 A cached conversion is reused when its recorded sha256 equals the source file's; the source is hashed on every
 resolution (about 0.2 s per 100 MB) rather than trusted by size and mtime, so a replaced file is never missed. A
@@ -122,6 +123,18 @@ def is_current(model_dir: Path, sha256: str) -> bool:
     return record is not None and record.get("sha256") == sha256 and (Path(model_dir) / "config.json").is_file()
 
 
+def registered_source(path: Path) -> RegisteredModel | None:
+    """The registered model whose installed GGUF file `path` is, if any (so the file converts under its name)."""
+    path = Path(path).resolve()
+    for model in REGISTRY.values():
+        try:
+            if model.source().resolve() == path:
+                return model
+        except ModelError:  # not installed: cannot be this file
+            continue
+    return None
+
+
 def resolve_model(path_or_name: str, progress: bool = True) -> Path:
     """A local HF model directory for a registered name, a .gguf file (converted once) or an HF model directory.
 
@@ -140,7 +153,8 @@ def resolve_model(path_or_name: str, progress: bool = True) -> Path:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"{path} is a file but not a .gguf file; give {expected()}")
-        return convert_gguf(path, progress=progress)
+        model = registered_source(path)
+        return convert_gguf(path, models_home() / model.name if model else None, progress=progress)
     raise ModelError(f"{text!r} is neither an existing path nor a registered model name; give {expected()} "
                      f"(`leapfrog models list` shows them)")
 
@@ -150,8 +164,8 @@ def progress_bar(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=not enabled)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+                    TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
 
 
 @contextmanager
@@ -182,20 +196,25 @@ def tensor_progress(bar, job):
             hf_logging.enable_progress_bar()
 
 
-def dequantize(source: Path, bar, job):
+def dequantize(source: Path, bar):
     """The GGUF file's model (float32, dequantized) and tokenizer, as transformers reads them; ModelError naming
     the file when the installed transformers cannot read it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
+        job = bar.add_task(f"dequantizing {source.name}", total=None, unit="tensors")
         with tensor_progress(bar, job):
             model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        job = bar.add_task(f"reading the tokenizer of {source.name}", total=1, unit="")
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        bar.advance(job)
     except Exception as err:  # the gguf reader fails in many ways (struct, numpy, KeyError, ValueError)
         import transformers
 
-        reason = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+        kind = type(err).__qualname__ if type(err).__module__ == "builtins" else \
+            f"{type(err).__module__}.{type(err).__qualname__}"
+        reason = f"{kind}: {err}".strip().splitlines()[0][:300]
         raise ModelError(f"{source}: transformers {transformers.__version__} cannot read this GGUF file ({reason}); "
                          f"give a GGUF file of an architecture transformers supports, or an HF model directory") from err
     return model, tokenizer
@@ -237,12 +256,17 @@ def saved_chat_template(model_dir: Path) -> bool:
         return False
 
 
-def fsync_tree(root: Path) -> None:
-    """Flush every file under `root`, and the directories themselves, to disk."""
+def seal_tree(root: Path) -> None:
+    """Give every file and directory under `root` the usual permissions (umask applied; temp dirs and some writers
+    make them private) and flush them to disk."""
+    umask = os.umask(0)
+    os.umask(umask)
     for folder, _, files in os.walk(root):
         for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~umask)
             with open(os.path.join(folder, name), "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(folder, 0o777 & ~umask)
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -259,17 +283,16 @@ def convert_gguf(source: Path, target: Path | None = None, progress: bool = True
     source = Path(source).expanduser().resolve()
     size = source.stat().st_size
     with progress_bar(progress) as bar:
-        job = bar.add_task(f"hashing {source.name}", total=size)
-        sha256 = file_sha256(source, lambda n: bar.advance(job, n))
+        job = bar.add_task(f"hashing {source.name}", total=round(size / 1e6), unit="MB")
+        sha256 = file_sha256(source, lambda n: bar.advance(job, n / 1e6))
         target = Path(target) if target is not None else models_home() / gguf_model_name(source, sha256)
         if is_current(target, sha256):
             return target
         started = time.time()
-        job = bar.add_task(f"dequantizing {source.name}", total=None)
-        gguf_model, tokenizer = dequantize(source, bar, job)
+        gguf_model, tokenizer = dequantize(source, bar)
         model = plain_model(gguf_model, tokenizer)
         del gguf_model
-        job = bar.add_task(f"saving {target.name}", total=3)
+        job = bar.add_task(f"saving {target.name}", total=3, unit="parts")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
@@ -285,7 +308,7 @@ def convert_gguf(source: Path, target: Path | None = None, progress: bool = True
                       "parameters": sum(p.numel() for p in model.parameters()),
                       "chat_template": bool(tokenizer.chat_template), "seconds": round(time.time() - started, 1)}
             (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-            fsync_tree(tmp)
+            seal_tree(tmp)
             install(tmp, target, sha256)
             bar.advance(job)
         finally:

@@ -65,11 +65,12 @@ def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, target
     chunk_tokens rows at a time. Each chunk runs under activation checkpointing when gradients are on, so neither
     the forward nor the backward pass holds more than one chunk's [chunk, V] logits: peak memory no longer grows
     with sequence length x vocabulary. Equal to the dense log_softmax(logits).gather (a test pins it to 1e-5).
-    The logsumexp is in float32 whatever the model's dtype."""
+    The logsumexp is in float32 at least (float64 for a float64 model)."""
     from torch.utils.checkpoint import checkpoint
 
     def chunk_logp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = lm_head(h).float() / temperature
+        logits = lm_head(h)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
         return logits.gather(-1, t[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
     out = []
@@ -77,7 +78,7 @@ def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, target
         h, t = hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens]
         out.append(checkpoint(chunk_logp, h, t, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad
                    else chunk_logp(h, t))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
 
 
 def _decoder_and_head(model):
@@ -123,5 +124,6 @@ def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: to
     positions = completion_positions(prompt_lengths, t_max, width).to(device)
     targets = input_ids.gather(1, (positions + 1).clamp(max=width - 1))
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
+    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
     return torch.log_softmax(picked / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)

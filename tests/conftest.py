@@ -35,6 +35,15 @@ def default_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (a real pretrained instruct LLM) converted from its pip-shipped GGUF file, cached under
+    $LEAPFROG_HOME like a user's (about 30 s the first time)."""
+    from learner.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct", progress=False)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the session's tests (2 CPUs, no dashboard, its own temp dir)."""
     import tempfile

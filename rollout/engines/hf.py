@@ -65,15 +65,15 @@ class HFEngine:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """params.n completions for each prompt (token ids), grouped per prompt, in prompt order."""
         check_prompt_ids(prompt_ids)
-        rows = [(i, list(ids)) for i, ids in enumerate(prompt_ids) for _ in range(params.n)]
+        prompts = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         longest = max(len(ids) for ids in prompt_ids) + params.max_new_tokens
-        chunk = max(1, self.max_batch_tokens // longest)
+        chunk = max(1, self.max_batch_tokens // (longest * params.n))  # prompts per batch of n x chunk rows
         was_training = self.model.training
         self.model.eval()
         flat: list[Completion] = []
-        for start in range(0, len(rows), chunk):
-            flat.extend(self._sample(rows[start:start + chunk], params, generator))
+        for start in range(0, len(prompts), chunk):
+            flat.extend(self._sample(prompts[start:start + chunk], params, generator))
         if was_training:
             self.model.train()
         grouped: list[list[Completion]] = [[] for _ in prompt_ids]
@@ -81,12 +81,15 @@ class HFEngine:
             grouped[c.prompt_index].append(c)
         return grouped
 
-    def _sample(self, rows, params: SamplingParams, generator: torch.Generator) -> list[Completion]:
-        batch, device = len(rows), self.device
-        width = max(len(ids) for _, ids in rows)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for r, (_, ids) in enumerate(rows):
+    def _sample(self, prompts, params: SamplingParams, generator: torch.Generator) -> list[Completion]:
+        """n completions of each prompt: the prompts are prefilled once, then their KV cache is repeated n times."""
+        n, device = params.n, self.device
+        rows = [p for p in prompts for _ in range(n)]
+        batch = len(rows)
+        width = max(len(ids) for _, ids in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, (_, ids) in enumerate(prompts):
             input_ids[r, width - len(ids):] = torch.tensor(ids)
             attention[r, width - len(ids):] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
@@ -96,13 +99,20 @@ class HFEngine:
         logps = torch.zeros((batch, params.max_new_tokens), device=device)
         lengths = torch.full((batch,), params.max_new_tokens, dtype=torch.long, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
-        cache = None
-        step_ids, step_pos = input_ids, position_ids
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=True,
+                         logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            attention = attention.repeat_interleave(n, dim=0)
+            position_ids = position_ids.repeat_interleave(n, dim=0)
+        step_pos = position_ids
         for t in range(params.max_new_tokens):
-            out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,
-                             past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            if t > 0:
+                out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,
+                                 past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1, :].float()
             if params.temperature == 0.0:
                 logp_all = torch.log_softmax(logits, dim=-1)
                 nxt = logits.argmax(-1)

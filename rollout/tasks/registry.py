@@ -22,6 +22,7 @@ def load_task(spec: str) -> Task:
     import rollout.tasks.arith  # noqa: F401  (registers the built-in tasks)
     import rollout.tasks.digitsum  # noqa: F401
     import rollout.tasks.ranklist  # noqa: F401
+    import rollout.tasks.sums  # noqa: F401
 
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
