@@ -39,6 +39,7 @@ def main() -> None:
     from extrapolate.predictability import forecast_error
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_scores, paired_difference
+    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,8 +66,10 @@ def main() -> None:
         targets = [s for s, _ in checkpoints if s > args.window_end and
                    ((s - args.window_end) % args.target_every == 0 or s == checkpoints[-1][0])]
 
+        encoder = PromptEncoder.from_model_dir(base_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+
         def scores(adapter) -> list[float]:
-            return greedy_scores(HFEngine(base_dir, adapter_path=adapter), task, examples)
+            return greedy_scores(HFEngine(base_dir, adapter_path=adapter), task, examples, encoder)
 
         keep = scores(paths[args.window_end])
         actual = {t: scores(paths[t]) for t in targets}

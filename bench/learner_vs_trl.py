@@ -3,9 +3,11 @@
 Both sample with HF transformers on CPU (ours: rollout/engines/hf.py; TRL: model.generate), score with the same
 verifier, and take one AdamW step per batch (mu = 1, beta = 0, loss_type dapo, lr equal, LoRA r=8/alpha=16 on
 all 7 projections, temperature 1.0, max_new_tokens = the task's). A step = generation + scoring + optimizer step.
-Both run `--steps` timed steps after `--warmup` untimed ones, one after the other in this process.
+Both run `--steps` timed steps after `--warmup` untimed ones, one after the other in this process. With a chat
+task (sums) both apply the model's chat template to the same messages (TRL's conversational prompts).
 
     .venv/bin/python bench/learner_vs_trl.py [--prompts 64] [--group 8] [--steps 10]
+    .venv/bin/python bench/learner_vs_trl.py --model smollm2-135m-instruct --task sums --prompts 16 --group 4 --steps 3
 Last line: JSON with ours_s_per_step, trl_s_per_step, speedup_vs_trl (= trl / ours) and the settings.
 """
 
@@ -31,15 +33,18 @@ def ours(model_dir, task, examples, args) -> float:
     from learner.learner import Learner, RolloutBatch
     from rollout.engines.base import SamplingParams
     from rollout.engines.hf import HFEngine
+    from rollout.prompts import PromptEncoder, stop_token_ids
 
     cfg = LearnerConfig(lr=args.lr, loss_type="dapo", lora=LoraConfig(r=8, alpha=16))
-    learner = Learner(model_dir, ModelConfig(), cfg, seed=0, total_steps=args.warmup + args.steps,
+    learner = Learner(model_dir, ModelConfig(device="cpu"), cfg, seed=0, total_steps=args.warmup + args.steps,
                       max_new_tokens=task.max_new_tokens)
-    engine = HFEngine(model=learner.model, tokenizer=learner.tokenizer)
+    engine = HFEngine(model=learner.model, tokenizer=learner.tokenizer, stop_ids=stop_token_ids(learner.tokenizer,
+                                                                                               model_dir))
+    encoder = PromptEncoder(learner.tokenizer, "auto", model_dir=model_dir)
     stamps = []
     for step in range(args.warmup + args.steps):
         batch_examples = examples[step * args.prompts:(step + 1) * args.prompts]
-        groups = engine.generate([ex.prompt for ex in batch_examples],
+        groups = engine.generate(encoder.ids(batch_examples),
                                  SamplingParams(n=args.group, max_new_tokens=task.max_new_tokens, seed=step))
         flat = [c for g in groups for c in g]
         rewards = [task.score(ex, c.text) for ex, g in zip(batch_examples, groups, strict=True) for c in g]
@@ -55,10 +60,16 @@ def trl(model_dir, task, examples, args) -> float:
     from trl import GRPOConfig, GRPOTrainer
 
 
-    by_prompt = {ex.prompt: ex for ex in examples}
+    by_prompt = {ex.prompt_key: ex for ex in examples}
+
+    def text(completion) -> str:  # conversational completions are [{"role": "assistant", "content": ...}]
+        return completion if isinstance(completion, str) else completion[-1]["content"]
+
+    def key(prompt) -> str:
+        return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
     def reward(prompts, completions, **kwargs):
-        return [task.score(by_prompt[p], c) for p, c in zip(prompts, completions, strict=True)]
+        return [task.score(by_prompt[key(p)], text(c)) for p, c in zip(prompts, completions, strict=True)]
 
     stamps = []
 
@@ -91,10 +102,13 @@ def main() -> None:
     import torch
 
     from learner.bootstrap import bootstrap
+    from learner.models import resolve_model
     from rollout.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF model dir (default: the bootstrapped arith model)")
+    parser.add_argument("--model", help="HF model dir, .gguf file or registered name (default: the bootstrapped "
+                                        "arith model)")
+    parser.add_argument("--task", default="arith", help="task of the batch (sums: chat prompts for instruct models)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
@@ -102,8 +116,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    model_dir = Path(args.model) if args.model else bootstrap("arith", 0, progress=False)
-    task = load_task("arith")
+    model_dir = resolve_model(args.model) if args.model else bootstrap("arith", 0, progress=False)
+    task = load_task(args.task)
     examples = task.examples("train", (args.warmup + args.steps) * args.prompts, seed=0)
     ours_s = ours(model_dir, task, examples, args)
     print(f"ours: {ours_s:.3f} s/step", flush=True)
@@ -112,7 +126,8 @@ def main() -> None:
     print(f"speed-up vs TRL: {trl_s / ours_s:.2f}x  ({args.prompts} prompts x {args.group}, {args.steps} timed steps)")
     print(json.dumps({"ours_s_per_step": round(ours_s, 4), "trl_s_per_step": round(trl_s, 4),
                       "speedup_vs_trl": round(trl_s / ours_s, 3), "prompts": args.prompts, "group": args.group,
-                      "steps": args.steps, "max_new_tokens": task.max_new_tokens, "model": str(model_dir)}))
+                      "steps": args.steps, "max_new_tokens": task.max_new_tokens, "model": str(model_dir),
+                      "task": task.name}))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def main() -> None:
     from learner.bootstrap import bootstrap
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import sampled_pass_at_k
+    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import parse_config
     from services.runner import run_job
@@ -45,8 +46,10 @@ def main() -> None:
     task = load_task("digitsum")
     problems = task.examples("test", args.problems, seed=777)
 
+    encoder = PromptEncoder.from_model_dir(model_dir)
+
     def pass_at(engine) -> dict[int, float]:
-        return sampled_pass_at_k(engine, task, problems, n=args.n, temperature=1.0, seed=99)
+        return sampled_pass_at_k(engine, task, problems, encoder, n=args.n, temperature=1.0, seed=99)
 
     results = {"base": [pass_at(HFEngine(model_dir))]}
     with tempfile.TemporaryDirectory(prefix="leapfrog-unlikely-") as tmp:

@@ -162,7 +162,18 @@ class Learner:
         stats["reward_mean"] = float(rewards.mean())
         stats["reward_std"] = float(rewards.std())
         stats["completion_tokens"] = num_tok
+        if self.device.type == "cuda":
+            stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return stats
+
+    @torch.no_grad()
+    def logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        """The current policy's log-probs of each completion token (what the loss's ratio uses), for comparing
+        with a rollout engine's sampling log-probs."""
+        input_ids, attention, mask = pad_sequences(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
+        logp = completion_logprobs(self.model, input_ids, attention, [len(p) for p in prompt_ids], mask.shape[1],
+                                   self.temperature, self.cfg.logprob_chunk_tokens).float().cpu()
+        return [logp[b, :len(c)].tolist() for b, c in enumerate(completion_ids)]
 
     def publish_adapter(self, adapters_dir: str | Path) -> tuple[str, str]:
         """Write the current adapter for the rollout workers (atomically); returns (path, version)."""

@@ -14,7 +14,7 @@
 
 Mutating endpoints need `Authorization: Bearer <LEAPFROG_API_TOKEN>` when a token is configured (constant-time
 comparison). Bodies above `max_body` bytes get 413. Paths in a submitted config (model.path, run.runs_root) must
-lie under the allowed roots.
+lie under the allowed roots (a registered model name in model.path is not a path).
 """
 
 from __future__ import annotations
@@ -222,7 +222,9 @@ def create_app(store, jobs, settings: Settings) -> FastAPI:
             raise HTTPException(422, [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
                                       for e in err.errors(include_url=False, include_input=False)]) from None
         bad = []
-        if cfg.model.path is not None and not under_roots(Path(cfg.model.path)):
+        from learner.models import REGISTRY
+
+        if cfg.model.path is not None and cfg.model.path not in REGISTRY and not under_roots(Path(cfg.model.path)):
             bad.append({"field": "model.path", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
         custom_root = cfg.run.runs_root != "runs"
         if custom_root and not under_roots(Path(cfg.run.runs_root)):

@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the reference job through the control plane (Redis, Ray), with a summary")
-    p.add_argument("--config", default=str(DEFAULT_JOB))
+    p.add_argument("--job", "--config", dest="config", default=str(DEFAULT_JOB),
+                   help="job config (default: deploy/jobs/arith.yaml; deploy/jobs/smollm2.yaml is the real-model one)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--port", type=int, help="the control plane's port (default: a free one)")
     p.set_defaults(func=cmd_demo)

@@ -58,6 +58,18 @@ def ray_local():
     ray.shutdown()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped on machines without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def free_port() -> int:
     import socket
 

@@ -107,7 +107,7 @@ class HFEngine:
             logits = logits.repeat_interleave(n, dim=0)
             attention = attention.repeat_interleave(n, dim=0)
             position_ids = position_ids.repeat_interleave(n, dim=0)
-        step_pos = position_ids
+        step_ids, step_pos = None, position_ids
         for t in range(params.max_new_tokens):
             if t > 0:
                 out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,

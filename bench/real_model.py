@@ -1,0 +1,94 @@
+"""The real-model reference job (deploy/jobs/smollm2.yaml: SmolLM2-135M-Instruct, chat template, GRPO + LoRA on the
+`sums` task) run end to end for each seed, in this process, on the CPU.
+
+For each seed: the job as configured, then the base model and the final adapter scored greedily on the same
+held-out problems (the job's evaluation set), so the gain comes with its paired standard error
+sqrt(var(after - before) / n). s_per_step is the mean wall time of a learner step (generation + scoring + update);
+peak_rss_mb is this process's peak resident memory.
+
+    .venv/bin/python bench/real_model.py [--seeds 0 1] [--steps N]
+Last line: JSON {model, acc_before, acc_after, eval_n, stderr, s_per_step, peak_rss_mb, gain_over_stderr_min,
+runs: [{seed, acc_before, acc_after, gain, stderr, gain_over_stderr, s_per_step, seconds}, ...]} (top-level figures
+are means over the seeds; stderr the largest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+JOB = Path(__file__).resolve().parents[1] / "deploy" / "jobs" / "smollm2.yaml"
+
+
+def run_seed(seed: int, args, tmp: Path) -> dict:
+    from rollout.engines.hf import HFEngine
+    from rollout.evaluate import greedy_scores, paired_difference
+    from rollout.prompts import PromptEncoder
+    from rollout.tasks import load_task
+    from services.config import load_config
+    from services.runner import resolve_model_dir, run_job
+
+    cfg = load_config(args.job)
+    cfg.run.seed = seed
+    if args.steps:
+        cfg.run.steps = args.steps
+    started = time.time()
+    run_dir = tmp / f"seed{seed}"
+    summary = run_job(cfg, run_dir=run_dir, progress=sys.stderr.isatty())
+    seconds = time.time() - started
+    model_dir = resolve_model_dir(cfg, progress=False)
+    task = load_task(cfg.rollout.task)
+    examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
+    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+    max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
+    final = run_dir / "checkpoints" / f"step-{cfg.run.steps:06d}"
+    before = greedy_scores(HFEngine(model_dir), task, examples, encoder, max_new)
+    after = greedy_scores(HFEngine(model_dir, adapter_path=final), task, examples, encoder, max_new)
+    gain, stderr = paired_difference(after, before)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_s = [r["step_s"] for r in rows if "step_s" in r]
+    out = {"seed": seed, "acc_before": sum(before) / len(before), "acc_after": sum(after) / len(after),
+           "gain": gain, "stderr": stderr, "gain_over_stderr": gain / stderr if stderr > 0 else float("inf"),
+           "s_per_step": sum(step_s) / len(step_s), "seconds": seconds, "steps": cfg.run.steps,
+           "curve": [(e["step"], e["accuracy"]) for e in summary.evals]}
+    print(f"seed {seed}: {out['acc_before']:.3f} -> {out['acc_after']:.3f} (gain {gain:+.3f} +- {stderr:.3f}, "
+          f"{out['gain_over_stderr']:.1f} SE), {out['s_per_step']:.1f} s/step, {seconds / 60:.1f} min", flush=True)
+    return out
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", default=str(JOB))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, help="override run.steps")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="leapfrog-real-model-") as tmp:
+        runs = [run_seed(seed, args, Path(tmp)) for seed in args.seeds]
+    from services.config import load_config
+
+    cfg = load_config(args.job)
+    mean = lambda key: round(sum(r[key] for r in runs) / len(runs), 4)  # noqa: E731
+    print(json.dumps({"model": cfg.model.path, "task": cfg.rollout.task, "acc_before": mean("acc_before"),
+                      "acc_after": mean("acc_after"), "eval_n": cfg.rollout.eval_size,
+                      "stderr": round(max(r["stderr"] for r in runs), 4), "s_per_step": mean("s_per_step"),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "gain_over_stderr_min": round(min(r["gain_over_stderr"] for r in runs), 2),
+                      "seeds": args.seeds, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
