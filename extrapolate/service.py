@@ -73,20 +73,23 @@ class ExtrapolationService:
             return {"reason": f"no checkpoint at step {step}"}
         horizon_ckpts = max(1, round(self.horizon / self.checkpoint_every))
         need = cfg.window + horizon_ckpts
-        if len(checkpoints) < need:
+        gated = cfg.backtest_threshold > -1  # -1: the gate is off, a leap needs only its window
+        if len(checkpoints) < (need if gated else cfg.window):
             return {"reason": f"{len(checkpoints)} checkpoints; the backtest of a {self.horizon}-step horizon with a "
                               f"{cfg.window}-checkpoint window needs {need}"}
         started = time.time()
-        states = [(s, read_lora(p)) for s, p in checkpoints[-need:]]
-        try:
-            check = backtest(states, cfg.method, horizon_checkpoints=horizon_ckpts)
-        except ValueError as err:
-            return {"reason": f"backtest impossible: {err}"}
-        if not check["cos"] >= cfg.backtest_threshold and not force:
-            return {"reason": f"backtest cos {check['cos']:.2f} < {cfg.backtest_threshold} ({cfg.method} forecasting "
-                              f"step {check['target_step']} from step {check['window_end']}): not forecastable now",
-                    "backtest_cos": check["cos"]}
-        window = states[-cfg.window:]
+        check = {"cos": None}
+        if len(checkpoints) >= need:
+            states = [(s, read_lora(p)) for s, p in checkpoints[-need:]]
+            try:
+                check = backtest(states, cfg.method, horizon_checkpoints=horizon_ckpts)
+            except ValueError as err:
+                return {"reason": f"backtest impossible: {err}"}
+            if gated and not check["cos"] >= cfg.backtest_threshold and not force:
+                return {"reason": f"backtest cos {check['cos']:.2f} < {cfg.backtest_threshold} ({cfg.method} "
+                                  f"forecasting step {check['target_step']} from step {check['window_end']}): not "
+                                  f"forecastable now", "backtest_cos": check["cos"]}
+        window = [(s, read_lora(p)) for s, p in checkpoints[-cfg.window:]]
         try:
             prediction = EXTRAPOLATORS[cfg.method]().fit(window).predict(step + self.horizon)
         except ValueError as err:

@@ -47,7 +47,8 @@ class LoraConfig(Section):
 
 
 class LearnerConfig(Section):
-    """GRPO learner (METHODS.md §1). Field names follow TRL's GRPOConfig where they mean the same thing."""
+    """GRPO learner (Shao et al. 2024, arXiv 2402.03300, and its loss variants). Field names follow TRL's GRPOConfig
+    where they mean the same thing."""
 
     algorithm: Literal["grpo", "rank_grpo"] = Field(
         "grpo", description="grpo: one advantage per sequence; rank_grpo: per-rank advantages and rank-level ratios "

@@ -31,7 +31,8 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    task: str = Field("arith", min_length=1, description="Task name (arith, digitsum) or a user task 'module:Class'.")
+    task: str = Field("arith", min_length=1, description="Task name (arith, digitsum, ranklist, sums) or a user task "
+                                                              "'module:Class'.")
     engine: Literal["auto", "hf", "vllm"] = Field("auto", description="Rollout engine: vLLM on GPU and HF on CPU "
                                                                       "when auto.")
     chat_template: Literal["auto", "always", "never"] = Field(

@@ -136,7 +136,7 @@ const LF = (() => {
     document.getElementById("leap-reason").textContent = !last ? "no leap decision yet" :
       last.type === "no_leap" ? "Not leaping at step " + last.step + ": " + last.reason :
       "Leap proposed at step " + last.step + " (" + last.method + ", horizon " + last.horizon + ", backtest cos " +
-      last.backtest_cos.toFixed(2) + ")";
+      (last.backtest_cos === null || last.backtest_cos === undefined ? "not gated" : last.backtest_cos.toFixed(2)) + ")";
   }
 
   function drawLeaps(view) {

@@ -18,8 +18,10 @@ BASE = {"rollout": {"prompts_per_step": 32, "group_size": 8, "eval_size": 400},
         "run": {"steps": 40, "checkpoint_every": 5, "eval_every": 10}}
 LEAPS = {"window": 3, "horizon": 5, "min_horizon": 5, "start_after": 15, "judge_after": 3, "eval_size": 300,
          "leap_every": 3}
-# RL-Extra at +10 steps from step 15 predicts W_15 + 0.67 (W_15 - W_0); scale 30 puts the policy at ~21x its update.
-BAD_LEAP = {"method": "rl_extra", "scales": [30.0], "horizon": 10, "max_horizon": 10, "start_after": 15,
+# RL-Extra at +20 steps from step 10 predicts W_0 + 3 (W_10 - W_0); the largest scale allowed (4) puts the candidate at
+# W_10 + 4 x 2 (W_10 - W_0): nine times the update of the first 10 steps (the backtest gate is off, so the first
+# window, checkpoints 5 and 10, may leap).
+BAD_LEAP = {"method": "rl_extra", "window": 2, "scales": [4.0], "horizon": 20, "max_horizon": 20, "start_after": 10,
             "backtest_threshold": -1.0}
 
 
@@ -72,15 +74,15 @@ def test_leaping_run_is_not_worse_than_plain(plain, default_model_dir, tmp_path)
 
 
 def test_a_bad_leap_is_rejected_and_training_is_unharmed(plain, default_model_dir, tmp_path):
-    """A leap bad by construction (RL-Extra's 10-step displacement amplified 30x, about 20x the adapter's whole update
-    so far: the policy collapses on every machine's trajectory) is judged on the spot and rejected; the run goes on
-    exactly as the plain run."""
+    """A leap bad by construction (nine times the adapter's whole update so far: the policy collapses on every
+    machine's trajectory) is judged on the spot and rejected; the run goes on exactly as the plain run."""
     _, plain_dir = plain
     out = tmp_path / "run"
     bad = {**LEAPS, **BAD_LEAP, "patience": 1}
     summary = run_job(job(default_model_dir, bad), run_dir=out, progress=False)
     rejected = [e for e in events(out) if e["type"] == "leap_rejected"]
-    assert len(rejected) == 1 and rejected[0]["best_diff"] < -0.05, rejected
+    # rejected means below the current policy by more than accept_margin (0.01); measured here -0.10 (se 0.03)
+    assert len(rejected) == 1 and rejected[0]["best_diff"] < -0.01, rejected
     assert losses(out) == losses(plain_dir) and summary.leaps["applied"] == 0
 
 

@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from learner.config import LoraConfig, ModelConfig
-from learner.losses import ADVANTAGES, grpo_loss
-from learner.policy import completion_logprobs, load_policy, pad_sequences
-from rollout.engines.base import SamplingParams
-from rollout.engines.hf import HFEngine
+from learner.losses import grpo_loss
+from learner.policy import completion_logprobs, load_policy
+from tests.integration.trl_batch import scored_batch
 
 pytestmark = pytest.mark.integration
 
@@ -31,30 +30,8 @@ def batch(tiny_model_dir):
     """A PEFT policy with a non-zero adapter, a sampled batch (same-length prompts, so no padding question),
     rewards -> advantages, and pi_old log-probs from a perturbed adapter."""
     model, tok = load_policy(tiny_model_dir, ModelConfig(), LoraConfig(r=4, alpha=8), seed=0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
     prompts = [tok(p)["input_ids"] for p in ("12+34=", "56+78=", "90+12=", "34+56=")]
-    groups = HFEngine(model=model, tokenizer=tok).generate(prompts, SamplingParams(n=G, max_new_tokens=MAX_NEW, seed=1))
-    flat = [c for g in groups for c in g]
-    rewards = torch.tensor([float(len(c.token_ids) % 3) for c in flat])  # any non-constant reward will do
-    ids, att, mask = pad_sequences([c.prompt_ids for c in flat], [c.token_ids for c in flat], tok.pad_token_id)
-    plen = [len(c.prompt_ids) for c in flat]
-    with torch.no_grad():
-        saved = {n: p.clone() for n, p in model.named_parameters() if "lora_B" in n}
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.add_(torch.randn_like(p) * 0.5)
-        old = completion_logprobs(model, ids, att, plen, mask.shape[1])
-        for n, p in model.named_parameters():
-            if n in saved:
-                p.copy_(saved[n])
-        with model.disable_adapter():
-            ref = completion_logprobs(model, ids, att, plen, mask.shape[1])
-    return dict(model=model, tok=tok, flat=flat, ids=ids, att=att, mask=mask, plen=plen, old=old, ref=ref,
-                advantages=ADVANTAGES["group"](rewards, G))
+    return scored_batch(model, tok, prompts, G, MAX_NEW, b_std=0.05, old_perturbation=0.5)
 
 
 def trl_loss(batch, tmp_path, loss_type, mu, beta, kl_correction) -> float:

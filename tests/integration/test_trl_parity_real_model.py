@@ -15,12 +15,11 @@ import pytest
 import torch
 
 from learner.config import LoraConfig, ModelConfig
-from learner.losses import ADVANTAGES, grpo_loss
-from learner.policy import completion_logprobs, load_policy, pad_sequences
-from rollout.engines.base import SamplingParams
-from rollout.engines.hf import HFEngine
+from learner.losses import grpo_loss
+from learner.policy import completion_logprobs, load_policy
 from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
+from tests.integration.trl_batch import scored_batch
 
 pytestmark = pytest.mark.integration
 
@@ -31,34 +30,10 @@ G, MAX_NEW, EPS_LOW, EPS_HIGH, BETA = 3, 6, 0.2, 0.28, 0.04
 def batch(smollm2_dir):
     model, tok = load_policy(smollm2_dir, ModelConfig(device="cpu"), LoraConfig(r=8, alpha=16), seed=0)
     model.double()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
     encoder = PromptEncoder(tok, "auto", system_prompt="Be brief.", model_dir=smollm2_dir)
-    examples = load_task("sums").examples("train", 3, seed=4)
-    prompts = encoder.ids(examples)
+    prompts = encoder.ids(load_task("sums").examples("train", 3, seed=4))
     assert len({len(p) for p in prompts}) > 1, "the batch must mix prompt lengths"
-    engine = HFEngine(model=model, tokenizer=tok, stop_ids=[tok.eos_token_id])
-    flat = [c for g in engine.generate(prompts, SamplingParams(n=G, max_new_tokens=MAX_NEW, seed=1)) for c in g]
-    rewards = torch.tensor([float(len(c.token_ids) % 3) + 0.1 * i for i, c in enumerate(flat)], dtype=torch.float64)
-    ids, att, mask = pad_sequences([c.prompt_ids for c in flat], [c.token_ids for c in flat], tok.pad_token_id)
-    mask = mask.double()
-    plen = [len(c.prompt_ids) for c in flat]
-    with torch.no_grad():
-        saved = {n: p.clone() for n, p in model.named_parameters() if "lora_B" in n}
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.add_(torch.randn_like(p) * 0.1)
-        old = completion_logprobs(model, ids, att, plen, mask.shape[1])
-        for n, p in model.named_parameters():
-            if n in saved:
-                p.copy_(saved[n])
-        with model.disable_adapter():
-            ref = completion_logprobs(model, ids, att, plen, mask.shape[1])
-    return dict(model=model, tok=tok, flat=flat, ids=ids, att=att, mask=mask, plen=plen, old=old, ref=ref,
-                advantages=ADVANTAGES["group"](rewards, G))
+    return scored_batch(model, tok, prompts, G, MAX_NEW, b_std=0.01, old_perturbation=0.1, dtype=torch.float64)
 
 
 def lora_grads(model) -> dict[str, torch.Tensor]:

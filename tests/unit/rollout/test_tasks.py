@@ -25,9 +25,9 @@ def test_examples_are_deterministic_distinct_and_split(name):
     a = task.examples("train", 300, seed=3)
     b = task.examples("train", 300, seed=3)
     assert [e.prompt for e in a] == [e.prompt for e in b]
-    assert len({e.prompt for e in a}) == 300
+    assert len({e.prompt_key for e in a}) == 300
     test = task.examples("test", 100, seed=3)
-    assert not {e.prompt for e in a} & {e.prompt for e in test}
+    assert not {e.prompt_key for e in a} & {e.prompt_key for e in test}
     assert [e.prompt for e in task.examples("train", 300, seed=4)] != [e.prompt for e in a]
 
 
