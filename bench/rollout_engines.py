@@ -80,7 +80,8 @@ def main() -> None:
             prompts = PromptEncoder.from_model_dir(path).ids(load_task(task).examples("test", args.prompts, seed=0))
             params_count = sum(p.numel() for p in HFEngine(path).model.parameters())
             hf = tokens_per_s(HFEngine(path), prompts, params, args.repeats)
-            vllm_engine = VLLMEngine(path, settings=VLLMSettings(max_model_len=256, cpu_kv_cache_gib=2))
+            limit = min(256, json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"])
+            vllm_engine = VLLMEngine(path, settings=VLLMSettings(max_model_len=limit, cpu_kv_cache_gib=2))
             vl = tokens_per_s(vllm_engine, prompts, params, args.repeats)
             del vllm_engine
             result[name] = {"parameters": params_count, "hf_tokens_per_s": round(hf, 1),
