@@ -5,7 +5,6 @@ base) gives the same loss and LoRA update as without it, and a small log-prob ch
 from __future__ import annotations
 
 import pytest
-import torch
 
 from learner.config import LearnerConfig, LoraConfig, ModelConfig
 from learner.learner import Learner, RolloutBatch
