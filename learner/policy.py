@@ -108,7 +108,7 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     if parts is None:
         return dense_completion_logprobs(model, input_ids, attention_mask, prompt_lengths, t_max, temperature)
     body, head = parts
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
     flat = selective_log_softmax(picked.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1), temperature,
                                  chunk_tokens)
@@ -123,7 +123,7 @@ def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: to
     width = input_ids.shape[1]
     positions = completion_positions(prompt_lengths, t_max, width).to(device)
     targets = input_ids.gather(1, (positions + 1).clamp(max=width - 1))
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
     picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
     return torch.log_softmax(picked / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
