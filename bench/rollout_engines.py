@@ -6,7 +6,8 @@ chat template. Generation runs to max_new_tokens unless EOS is sampled, and only
 engine generates the same batch (the same token ids) `--repeats` times after a warm-up. This is the measurement
 behind `rollout.engine: auto` on CPU (rollout/engines/__init__.py): on GPU vLLM is the engine to use.
 
-    .venv/bin/python bench/rollout_engines.py [--prompts 64] [--n 8] [--max-new-tokens 32]
+    .venv/bin/python bench/rollout_engines.py [--prompts 64] [--n 8] [--max-new-tokens 32] [--models ...]
+    .venv/bin/python bench/rollout_engines.py --models smollm2_135M --prompts 16 --n 4 --max-new-tokens 16 --repeats 1
 Last line: JSON {"<model>": {"parameters", "hf_tokens_per_s", "vllm_tokens_per_s", "vllm_over_hf"}, ...}
 """
 
@@ -68,15 +69,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["default_0.6M", "llama_20M", "smollm2_135M"],
+                        help="which of the three models to measure")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     default_dir = bootstrap("arith", 0, progress=False)
     params = SamplingParams(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"default_0.6M": (default_dir, "arith"), "llama_20M": (build_20m(default_dir, Path(tmp) / "m20"), "arith"),
+        models = {"default_0.6M": (default_dir, "arith"),
+                  "llama_20M": (build_20m(default_dir, Path(tmp) / "m20") if "llama_20M" in args.models else None,
+                                "arith"),
                   "smollm2_135M": (resolve_model("smollm2-135m-instruct", progress=False), "sums")}
-        for name, (path, task) in models.items():
+        for name, (path, task) in [(m, models[m]) for m in args.models]:
             prompts = PromptEncoder.from_model_dir(path).ids(load_task(task).examples("test", args.prompts, seed=0))
             params_count = sum(p.numel() for p in HFEngine(path).model.parameters())
             hf = tokens_per_s(HFEngine(path), prompts, params, args.repeats)
