@@ -70,7 +70,7 @@ def trl_loss_and_grads(batch, tmp_path, loss_type):
     trainer.model.zero_grad(set_to_none=True)
     loss = trainer._compute_loss(trainer.model, inputs)
     loss.backward()
-    return float(loss), lora_grads(trainer.model)
+    return float(loss.detach()), lora_grads(trainer.model)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
