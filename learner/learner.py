@@ -171,8 +171,7 @@ class Learner:
         """The current policy's log-probs of each completion token (what the loss's ratio uses), for comparing
         with a rollout engine's sampling log-probs."""
         input_ids, attention, mask = pad_sequences(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
-        logp = completion_logprobs(self.model, input_ids, attention, [len(p) for p in prompt_ids], mask.shape[1],
-                                   self.temperature, self.cfg.logprob_chunk_tokens).float().cpu()
+        logp = self._logprobs((input_ids, attention, [len(p) for p in prompt_ids]), mask.shape[1]).float().cpu()
         return [logp[b, :len(c)].tolist() for b, c in enumerate(completion_ids)]
 
     def publish_adapter(self, adapters_dir: str | Path) -> tuple[str, str]:

@@ -33,3 +33,10 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 16
     seed: int = 0
+
+
+def check_prompt_ids(prompt_ids) -> None:
+    """Engines take token ids (rollout.prompts.PromptEncoder makes them), never text."""
+    if not prompt_ids or not all(isinstance(p, list) and p and isinstance(p[0], int) for p in prompt_ids):
+        raise TypeError("rollout engines take prompts as non-empty lists of token ids; encode text or chat messages "
+                        "with rollout.prompts.PromptEncoder first")

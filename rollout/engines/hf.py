@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rollout.engines.base import Completion, SamplingParams
+from rollout.engines.base import Completion, SamplingParams, check_prompt_ids
 
 
 class HFEngine:
@@ -142,13 +142,6 @@ class HFEngine:
                 text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
                 logprobs=logps[r, :n_tok].tolist(), finish_reason="stop" if finished else "length"))
         return out_rows
-
-
-def check_prompt_ids(prompt_ids) -> None:
-    """Engines take token ids (rollout.prompts.PromptEncoder makes them), never text."""
-    if not prompt_ids or not all(isinstance(p, list) and p and isinstance(p[0], int) for p in prompt_ids):
-        raise TypeError("rollout engines take prompts as non-empty lists of token ids; encode text or chat messages "
-                        "with rollout.prompts.PromptEncoder first")
 
 
 def _sample_top_p(logp: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:

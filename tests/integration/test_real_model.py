@@ -16,7 +16,7 @@ from learner.models import REGISTRY
 from learner.policy import completion_logprobs, dense_completion_logprobs, load_policy, pad_sequences
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
-from rollout.prompts import PromptEncoder
+from rollout.prompts import PromptEncoder, stop_token_ids
 from rollout.tasks import load_task
 from services.config import ConfigError, parse_config
 from services.runner import run_job
@@ -53,7 +53,7 @@ def test_chat_prompts_carry_the_template(encoder):
 
 def test_generation_stops_at_im_end(policy, encoder, smollm2_dir):
     model, tok = policy
-    engine = HFEngine(model=model, tokenizer=tok, stop_ids=encoder_stop_ids(smollm2_dir, tok))
+    engine = HFEngine(model=model, tokenizer=tok, stop_ids=stop_token_ids(tok, smollm2_dir))
     prompts = encoder.ids(load_task("sums").examples("test", 8, seed=1))
     groups = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=48))
     stopped = [g[0] for g in groups if g[0].finish_reason == "stop"]
@@ -61,12 +61,6 @@ def test_generation_stops_at_im_end(policy, encoder, smollm2_dir):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert all(c.token_ids[-1] == im_end and im_end not in c.token_ids[:-1] for c in stopped)
     assert all("<|im_end|>" not in c.text for c in stopped)
-
-
-def encoder_stop_ids(model_dir, tok):
-    from rollout.prompts import stop_token_ids
-
-    return stop_token_ids(tok, model_dir)
 
 
 def test_engine_and_learner_logprobs_agree_and_selective_equals_dense(policy, encoder):
