@@ -1,0 +1,52 @@
+"""The run directory's layout, in one place (docs/architecture.md describes each file):
+
+    <run_dir>/config.yaml            the job, as validated
+    <run_dir>/metrics.jsonl          one row per learner step, evaluation and loop event
+    <run_dir>/events.jsonl           leap events (proposal, applied, judged, ...)
+    <run_dir>/summary.json           the final RunSummary
+    <run_dir>/checkpoints/step-NNNNNN/   complete checkpoints (learner/checkpoint.py)
+    <run_dir>/adapters/v<NNNNNN>/    adapters published to the rollout workers; adapters/current.json points at one
+    <run_dir>/rank1/                 the rank-1 analysis (extrapolate/analyze.py)
+    <run_dir>/leaps/                 leap candidates (extrapolate/service.py)
+    <run_dir>/rolled_back/           checkpoints of losing branches (moved, never deleted)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+ADAPTERS = "adapters"
+RANK1 = "rank1"
+LEAPS = "leaps"
+ROLLED_BACK = "rolled_back"
+
+
+def step_name(step: int) -> str:
+    """The directory name of a step's checkpoint: step-000010."""
+    return f"step-{step:06d}"
+
+
+def parse_step_name(name: str) -> int | None:
+    """The step of a `step-NNNNNN` directory name; None for anything else (partial `.tmp` writes included)."""
+    digits = name.removeprefix("step-")
+    return int(digits) if name.startswith("step-") and digits.isdigit() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSONL file ([] when it does not exist); blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record as a line of JSON."""
+    with Path(path).open("a") as f:
+        f.write(json.dumps(record) + "\n")
