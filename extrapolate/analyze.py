@@ -1,4 +1,4 @@
-"""`leapfrog analyze RUN_DIR`: the rank-1 picture of a run, per module and checkpoint (METHODS.md §4).
+"""`leapfrog analyze RUN_DIR`: the rank-1 picture of a run, per module and checkpoint (docs/methods.md#rank-1-analysis).
 
 For every checkpoint t and target module: the rank-1 triplet of Delta_t = W_t - W_0 (LoRA runs: the fast path, W_0
 is the base, so Delta_t = scale B_t A_t; full-parameter runs: the dense randomized path against the base model,
@@ -198,7 +198,7 @@ def checkpoint_record(run_dir: Path, step: int) -> dict:
 
 
 def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: int | None = None) -> dict:
-    """AlphaRL's rank-1 recovery (METHODS.md §4): evaluate the norm-matched rank-1 model
+    """AlphaRL's rank-1 recovery (docs/methods.md#rank-1-recovery): evaluate the norm-matched rank-1 model
     W_0 + (||Delta||_F / s_1) s_1 u_1 v_1^T of a checkpoint (every target module) against the full checkpoint and
     the base: recovery = (acc_rank1 - acc_base) / (acc_t - acc_base), greedy, on the task's held-out set."""
     import tempfile

@@ -1,4 +1,4 @@
-"""The `extrapolate:` section of a job config: leaps during training (METHODS.md §6). Absent = plain RL."""
+"""The `extrapolate:` section of a job config: leaps during training (docs/methods.md#leap-protocol). Absent = plain RL."""
 
 from __future__ import annotations
 

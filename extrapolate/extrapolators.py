@@ -1,4 +1,4 @@
-"""Trajectory extrapolators on LoRA runs (METHODS.md §5), each predicting the update Delta(T*) = W(T*) - W_0 of
+"""Trajectory extrapolators on LoRA runs (docs/methods.md#extrapolators), each predicting the update Delta(T*) = W(T*) - W_0 of
 every target module as low-rank factors (B, A) — so every leap is itself a LoRA adapter on the base model.
 
 All fit on the window of checkpoints t_0 < ... < t_w (W_0 = the base model, whose update is zero):
@@ -14,7 +14,7 @@ All fit on the window of checkpoints t_0 < ... < t_w (W_0 = the base model, whos
   accuracy y_t, a line y = c0 + c1 tau on the PLS score tau, inverted at the target accuracy y* and mapped back
   to x-space; the leap is then written as for the step form.
 - `growth` (ours): RL-Extra with the run's measured growth law. RL-Extra assumes the update grows linearly in steps
-  (||Delta_t|| ~ t); at our scale it grows like t^0.57-0.77 (FINDINGS.md: closer to a random walk than a drift),
+  (||Delta_t|| ~ t); at our scale it grows like t^0.57-0.77 (closer to a random walk than a drift),
   so RL-Extra overshoots by (T*/t_w)^(1 - p) and its leaps lose accuracy as they grow. `growth` fits p on the
   window by least squares in log-log of the total update norm sum_modules ||Delta_t||_F^2 (one exponent for the
   whole model: per-module fits on a few checkpoints are noise), clips it to [0, 1], and predicts

@@ -1,4 +1,4 @@
-"""Writing predicted weights as a PEFT LoRA adapter on the base model (METHODS.md §5: a leap under LoRA stays a
+"""Writing predicted weights as a PEFT LoRA adapter on the base model (docs/methods.md#extrapolators: a leap under LoRA stays a
 LoRA). Each module's predicted update B A (scale folded into B) is written with r = its rank and
 lora_alpha = r, so PEFT's scale alpha / r is 1 and the merged weight is exactly W_0 + B A. Refuses NaN/Inf and
 predictions whose norm is absurd next to the window's update; writes atomically (temp dir + rename).

@@ -1,4 +1,4 @@
-"""NExt (Nonlinear Extrapolation of low-rank trajectories, arXiv 2604.11446; METHODS.md §5), with sign alignment.
+"""NExt (Nonlinear Extrapolation of low-rank trajectories, arXiv 2604.11446; docs/methods.md#next), with sign alignment.
 
 At each checkpoint t of the window, the rank-1 triplets of the global update (W_t - W_0) and of the local update
 (W_t - W_{t-1 checkpoint}) are the inputs; the target is the rank-1 triplet of the future update W_{t+H} - W_t

@@ -1,4 +1,4 @@
-"""Is this run's trajectory forecastable? Figures no peer reports (METHODS.md §4, FINDINGS.md).
+"""Is this run's trajectory forecastable? Figures no peer reports (docs/methods.md#predictability).
 
 - backtest: fit an extrapolator on the window that ends `horizon` steps before the newest checkpoint T, forecast T,
   and compare the predicted displacement (W^ - W_tw) with the actual one (W_T - W_tw): their cosine, and the

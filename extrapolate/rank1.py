@@ -1,4 +1,4 @@
-"""The rank-1 picture of a weight update (METHODS.md §4), as pure tensor functions.
+"""The rank-1 picture of a weight update (docs/methods.md#rank-1-analysis), as pure tensor functions.
 
 For a target module, Delta_t = W_t - W_0 with SVD sum_j s_j u_j v_j^T.
 - LoRA fast path: Delta = scale * B A (B m x r, A r x n). QR-factor B = Q_B R_B and A^T = Q_A R_A, take the SVD of

@@ -1,4 +1,4 @@
-"""The extrapolation service (METHODS.md §6, DESIGN.md "A job, end to end" step 3): watches a run's checkpoints,
+"""The extrapolation service (docs/methods.md#leap-protocol, docs/architecture.md#data-flow-of-a-leap): watches a run's checkpoints,
 keeps the rank-1 trajectory and the predictability figures up to date, and proposes leaps when the trajectory is
 forecastable. A plain class, used in the single-process runner as is and on Ray as an actor.
 

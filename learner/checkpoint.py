@@ -1,4 +1,4 @@
-"""Checkpoints in the run-directory layout of DESIGN.md, written atomically (temp dir + rename).
+"""Checkpoints in the run-directory layout of docs/architecture.md#run-directory, written atomically (temp dir + rename).
 
 <run_dir>/checkpoints/step-000010/
     adapter_model.safetensors, adapter_config.json   the PEFT LoRA adapter

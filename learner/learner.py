@@ -1,4 +1,4 @@
-"""The learner: one GRPO step on a batch of scored rollouts, written to read like METHODS.md §1.
+"""The learner: one GRPO step on a batch of scored rollouts, written to read like docs/methods.md#grpo.
 
     rewards R (G per prompt) -> advantages A_i (group-normalised, or Dr. GRPO's centred)
     for mu optimizer steps:

@@ -1,4 +1,4 @@
-"""GRPO-family losses as pure tensor functions (METHODS.md §1), registered by name.
+"""GRPO-family losses as pure tensor functions (docs/methods.md#grpo), registered by name.
 
 Shapes: per-token tensors are [B, T] over completion tokens (B sequences, T = longest completion), with a 0/1
 `mask` marking real tokens; per-sequence tensors are [B].
@@ -9,7 +9,7 @@ Shapes: per-token tensors are [B, T] over completion tokens (B sequences, T = lo
   rho = exp(logp - old_logp); DAPO's clip-higher (arXiv 2503.14476) sets eps_high > eps_low.
 - KL penalty, k3 estimator (Schulman 2020): k3 = exp(ref - logp) - (ref - logp) - 1, added as beta * k3;
   optionally weighted by the ratio rho (rho * k3, DeepSeek-V3.2, arXiv 2512.02556: the unbiased reverse-KL
-  gradient off-policy; TRL's `use_bias_correction_kl`, on by default there, off here as in METHODS.md §1).
+  gradient off-policy; TRL's `use_bias_correction_kl`, on by default there, off here as in docs/methods.md#kl-penalty).
 - Aggregations: `grpo` = mean over each sequence's tokens, then over sequences; `dapo` = sum over all tokens /
   number of tokens; `dr_grpo` = sum over all tokens / (B x max_completion_length).
 These follow TRL's GRPOTrainer (`loss_type`, `epsilon`, `epsilon_high`, `beta`, `scale_rewards`); the parity

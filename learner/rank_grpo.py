@@ -1,4 +1,4 @@
-"""Rank-GRPO (ConvRec-R1, Zhu et al. 2025, arXiv 2510.20150), METHODS.md §3, as pure functions.
+"""Rank-GRPO (ConvRec-R1, Zhu et al. 2025, arXiv 2510.20150), docs/methods.md#rank-grpo, as pure functions.
 
 For ranked-list outputs the unit of credit is a rank (one line of the list), not a token or a whole sequence:
 - segmentation: the tokens of rank k (1-based) are those preceded by k-1 newlines in the decoded completion; a
@@ -39,7 +39,7 @@ def parsed_items(token_texts: list[str], list_length: int) -> list[str]:
 
 
 def rank_rewards(relevance: torch.Tensor, variant: str) -> torch.Tensor:
-    """[B, K] per-rank rewards from [B, K] 0/1 relevance (METHODS.md §3)."""
+    """[B, K] per-rank rewards from [B, K] 0/1 relevance (docs/methods.md#rank-grpo)."""
     if variant == "exp_inf":
         return relevance.clone()
     if variant == "log_decay":

@@ -1,6 +1,6 @@
 """Reward shaping before advantages (pure functions on tensors).
 
-`unlikeliness_rewards` — "Rewarding the Unlikely" (He et al. 2025, arXiv 2506.02355), METHODS.md §2: GRPO
+`unlikeliness_rewards` — "Rewarding the Unlikely" (He et al. 2025, arXiv 2506.02355), docs/methods.md#unlikeliness-reward: GRPO
 reinforces already-likely correct samples (rank bias), which sharpens the policy and hurts pass@N at large N.
 Within each group, rank the G samples by their length-normalised sampling log-prob l_i (rank 0 = least likely)
 and shape R~_i = R_i * (1 - beta_u * rank_i / G); normal GRPO advantages are then computed on R~.

@@ -1,4 +1,4 @@
-"""The job config: one section per package, composed here (DESIGN.md "Contracts").
+"""The job config: one section per package, composed here (docs/architecture.md#contracts).
 
     model:     learner.config.ModelConfig     which policy
     rollout:   rollout.config.RolloutConfig   task, sampling, engine, evaluation

@@ -1,4 +1,4 @@
-"""Leaps during training, driver side (METHODS.md §6): propose -> paired evaluation -> apply -> judge -> keep or roll
+"""Leaps during training, driver side (docs/methods.md#leap-protocol): propose -> paired evaluation -> apply -> judge -> keep or roll
 back, with every step an event and the steps saved and lost accounted for.
 
 After each checkpoint the ExtrapolationService (extrapolate/service.py) updates the rank-1 trajectory and, unless

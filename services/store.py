@@ -1,4 +1,4 @@
-"""The control plane's job store on Redis (DESIGN.md "Contracts": Redis keys).
+"""The control plane's job store on Redis (docs/architecture.md#redis-keys-and-streams).
 
     <prefix>jobs                 sorted set: job id -> submit time
     <prefix>job:<id>             hash: id, name, state, config (YAML), run_dir, ray_job_id, error, summary,

@@ -10,7 +10,7 @@ class Completion:
     """One sampled completion of one prompt.
 
     `logprobs[i]` is the sampling log-probability of `token_ids[i]`: log softmax(logits / temperature) of the
-    policy that sampled it (the "old" policy of GRPO's importance ratio, METHODS.md §1).
+    policy that sampled it (the "old" policy of GRPO's importance ratio, docs/methods.md#grpo).
     """
 
     prompt_index: int
@@ -22,7 +22,7 @@ class Completion:
 
     @property
     def mean_logprob(self) -> float:
-        """Length-normalised sampling log-prob (the unlikeliness reward's ranking key, METHODS.md §2)."""
+        """Length-normalised sampling log-prob (the unlikeliness reward's ranking key, docs/methods.md#unlikeliness-reward)."""
         return sum(self.logprobs) / max(len(self.logprobs), 1)
 
 

@@ -2,7 +2,7 @@
 
 A seeded synthetic catalog of 120 items, each with a latent genre (12 genres of 10 items). A prompt names three
 items a user liked, drawn from one genre; the ground truth is the rest of that genre (7 items). The completion
-is K = 5 lines, one item name per line. Per-rank relevance follows METHODS.md §3: an item counts if it is in the
+is K = 5 lines, one item name per line. Per-rank relevance follows docs/methods.md#rank-grpo: an item counts if it is in the
 catalog, not already in the prompt, not a duplicate of an earlier rank, and in the ground truth; malformed lines
 and unknown items score 0 and keep their slot. The sequence reward (`score`) is NDCG@K.
 Warm-start demonstrations are noisy: each line is a correct unseen item with probability 0.5, else a random item.
@@ -49,7 +49,7 @@ class RankList(Task):
         return Example(id="", prompt=f"likes {' '.join(liked)} ->\n", answer={"liked": liked, "truth": truth})
 
     def relevance(self, example: Example, items: list[str]) -> list[float]:
-        """rel_k for k = 1..K (METHODS.md §3); missing lines score 0."""
+        """rel_k for k = 1..K (docs/methods.md#rank-grpo); missing lines score 0."""
         seen: set[str] = set()
         rel = []
         for item in (items + [""] * self.list_length)[:self.list_length]:

@@ -1,4 +1,4 @@
-"""GRPO loss pieces against hand-computed values (METHODS.md §1)."""
+"""GRPO loss pieces against hand-computed values (docs/methods.md#grpo)."""
 
 from __future__ import annotations
 

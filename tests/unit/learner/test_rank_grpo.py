@@ -1,4 +1,4 @@
-"""Rank-GRPO pieces (METHODS.md §3) against hand-computed values."""
+"""Rank-GRPO pieces (docs/methods.md#rank-grpo) against hand-computed values."""
 
 from __future__ import annotations
 

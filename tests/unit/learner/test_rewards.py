@@ -1,4 +1,4 @@
-"""Unlikeliness reward shaping (METHODS.md §2) against hand-computed values."""
+"""Unlikeliness reward shaping (docs/methods.md#unlikeliness-reward) against hand-computed values."""
 
 from __future__ import annotations
 
