@@ -2,7 +2,7 @@
 
 A task is any object with the attributes and methods of `Task` below. Tasks are registered by name
 (`@register_task("arith")`) or loaded from a user's module path (`my_pkg.my_task:MyTask`), see
-`rollout.tasks.load_task`. The contract is pinned by tests/unit/rollout/test_task_contract.py.
+`rollout.tasks.load_task`. The contract is pinned by tests/unit/rollout/test_tasks.py.
 """
 
 from __future__ import annotations
