@@ -69,13 +69,15 @@ class HFEngine:
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         longest = max(len(ids) for ids in prompt_ids) + params.max_new_tokens
         chunk = max(1, self.max_batch_tokens // (longest * params.n))  # prompts per batch of n x chunk rows
-        was_training = self.model.training
+        was_training = self.model.training  # the single-process runner shares this model with the learner
         self.model.eval()
         flat: list[Completion] = []
-        for start in range(0, len(prompts), chunk):
-            flat.extend(self._sample(prompts[start:start + chunk], params, generator))
-        if was_training:
-            self.model.train()
+        try:
+            for start in range(0, len(prompts), chunk):
+                flat.extend(self._sample(prompts[start:start + chunk], params, generator))
+        finally:
+            if was_training:
+                self.model.train()
         grouped: list[list[Completion]] = [[] for _ in prompt_ids]
         for c in flat:
             grouped[c.prompt_index].append(c)

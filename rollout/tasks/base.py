@@ -2,11 +2,13 @@
 
 A task is any object with the attributes and methods of `Task` below. Tasks are registered by name
 (`@register_task("arith")`) or loaded from a user's module path (`my_pkg.my_task:MyTask`), see
-`rollout.tasks.load_task`. The contract is pinned by tests/unit/rollout/test_tasks.py.
+`rollout.tasks.load_task`. A task whose completion is a ranked list (one item per line, scored per rank, as
+Rank-GRPO needs) subclasses `ListTask`. The contract is pinned by tests/unit/rollout/test_tasks.py.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import random
 from dataclasses import dataclass, field
@@ -91,6 +93,34 @@ class Task:
             "max_new_tokens": self.max_new_tokens,
             "many_answers": self.many_answers,
         }
+
+
+class ListTask(Task, abc.ABC):
+    """A task whose completion is a ranked list of `list_length` items, one per line (e.g. recommendations).
+
+    Besides the `Task` contract it gives a relevance per rank, which list metrics (Recall@k, NDCG@k) and
+    Rank-GRPO's per-rank rewards are computed from; `score` stays the sequence reward (e.g. NDCG@K).
+
+    - `list_length` (K): the number of ranks a completion is scored on.
+    - `relevance(example, items)`: rel_k for k = 1..K (exactly K floats in [0, 1]) of the parsed items; missing
+      or malformed items score 0 and keep their slot.
+    - `n_relevant(example)`: how many relevant items the problem has (the ideal list of NDCG, Recall's divisor).
+    - `parse(completion)`: the completion's first K lines, stripped (override for another list format).
+    """
+
+    list_length: ClassVar[int]  # K; every list task sets it
+
+    @abc.abstractmethod
+    def relevance(self, example: Example, items: list[str]) -> list[float]:
+        """rel_k for k = 1..list_length of `items` (the parsed completion)."""
+
+    @abc.abstractmethod
+    def n_relevant(self, example: Example) -> int:
+        """The number of relevant items of the problem (what a perfect list could find)."""
+
+    def parse(self, completion: str) -> list[str]:
+        """The ranked items of a completion: its first `list_length` lines, stripped."""
+        return [line.strip() for line in completion.split("\n")[:self.list_length]]
 
 
 def _stable_hash(text: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from rollout.list_metrics import ndcg_at_k
-from rollout.tasks.base import Example, Task
+from rollout.tasks.base import Example, ListTask
 from rollout.tasks.registry import register_task
 
 SYLLABLES = ["ba", "ko", "ri", "mu", "te", "sa", "lo", "vi", "ne", "du", "fa", "zo", "pe", "gu", "hi", "ja"]
@@ -29,7 +29,7 @@ def catalog(seed: int = 0) -> dict[str, int]:
 
 
 @register_task("ranklist")
-class RankList(Task):
+class RankList(ListTask):
     name = "ranklist"
     description = "recommend K=5 catalog items (one per line) for a user who liked 3 items of one genre"
     max_new_tokens = 24
@@ -59,14 +59,14 @@ class RankList(Task):
             seen.add(item)
         return rel
 
-    def parse(self, completion: str) -> list[str]:
-        return [line.strip() for line in completion.split("\n")[:self.list_length]]
+    def n_relevant(self, example: Example) -> int:
+        return len(example.answer["truth"])
 
     def score(self, example: Example, completion: str) -> float:
         if not isinstance(completion, str):
             return 0.0
         rel = self.relevance(example, self.parse(completion))
-        return ndcg_at_k(rel, len(example.answer["truth"]), self.list_length)
+        return ndcg_at_k(rel, self.n_relevant(example), self.list_length)
 
     def reference_completion(self, example: Example, rng: random.Random) -> str:
         return "\n".join(example.answer["truth"][:self.list_length])

@@ -77,3 +77,18 @@ def test_standalone_engine_loads_adapter_from_disk(policy, tiny_model_dir, tmp_p
     assert (la - lb).abs().max() < 1e-5
     lbase = torch.tensor([x.logprobs[0] for g in base_only.generate(prompts, params) for x in g])
     assert (la - lbase).abs().max() > 1e-3  # the adapter really changes the policy
+
+
+def test_generate_that_fails_leaves_a_shared_model_in_train_mode(policy):
+    """The runner shares the policy with the learner: a generate call that raises must still restore train mode."""
+    model, tok = policy
+    engine = HFEngine(model=model, tokenizer=tok)
+    was_training = model.training
+    model.train()
+    try:
+        with pytest.raises(IndexError):
+            engine.generate([[len(tok) + 1000]], SamplingParams(n=2, max_new_tokens=4, seed=0))  # id out of vocab
+        assert model.training
+        assert all(m.training for m in model.modules())
+    finally:
+        model.train(was_training)
