@@ -37,4 +37,4 @@ def scored_batch(model, tok, prompts: list[list[int]], group: int, max_new: int,
         with model.disable_adapter():
             ref = completion_logprobs(model, ids, att, plen, mask.shape[1])
     return dict(model=model, tok=tok, flat=flat, ids=ids, att=att, mask=mask, plen=plen, old=old, ref=ref,
-                advantages=ADVANTAGES["group"](rewards, group))
+                advantages=ADVANTAGES.get("group")(rewards, group))

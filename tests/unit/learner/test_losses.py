@@ -7,17 +7,27 @@ import math
 import pytest
 import torch
 
-from learner.losses import ADVANTAGES, AGGREGATIONS, clipped_surrogate, grpo_loss, k3_kl
+from learner.losses import (
+    ADVANTAGES,
+    LossInputs,
+    clipped_surrogate,
+    constant_normalizer,
+    grpo_loss,
+    k3_kl,
+    local_token_mean,
+    sequence_mean,
+    token_mean,
+)
 
 
 def test_group_advantages_by_hand():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # two groups of 3
-    a = ADVANTAGES["group"](r, 3)
+    a = ADVANTAGES.get("group")(r, 3)
     std = math.sqrt(1 / 3)  # unbiased std of (1, 0, 0)
     assert a[:3].tolist() == pytest.approx([(2 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4)])
     assert a[3:].tolist() == pytest.approx([-(2 / 3) / (std + 1e-4), (1 / 3) / (std + 1e-4), (1 / 3) / (std + 1e-4)])
-    assert ADVANTAGES["none"](r, 3).tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3])
-    assert ADVANTAGES["group"](torch.ones(4), 4).abs().max() == 0  # an all-equal group carries no signal
+    assert ADVANTAGES.get("none")(r, 3).tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3])
+    assert ADVANTAGES.get("group")(torch.ones(4), 4).abs().max() == 0  # an all-equal group carries no signal
 
 
 def test_clipping_both_sides():
@@ -38,12 +48,18 @@ def test_k3_by_hand():
 def test_aggregations_by_hand():
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    assert AGGREGATIONS["grpo"](per_token, mask, 2, 4, 5).item() == pytest.approx((2.0 + 4.0) / 2)
-    assert AGGREGATIONS["dapo"](per_token, mask, 2, 4, 5).item() == pytest.approx(10.0 / 4)
-    assert AGGREGATIONS["dr_grpo"](per_token, mask, 2, 4, 5).item() == pytest.approx(10.0 / (2 * 5))
+    inputs = LossInputs(per_token, per_token, torch.zeros(2), mask, num_sequences=2, num_tokens=4,
+                        max_completion_length=5)
+    assert sequence_mean(per_token, inputs).item() == pytest.approx((2.0 + 4.0) / 2)  # grpo, sapo
+    assert token_mean(per_token, inputs).item() == pytest.approx(10.0 / 4)  # dapo, cispo
+    assert constant_normalizer(per_token, inputs).item() == pytest.approx(10.0 / (2 * 5))  # dr_grpo
+    assert local_token_mean(per_token, inputs).item() == pytest.approx(10.0 / 4)  # bnpo, one micro-batch
+    second_half = LossInputs(per_token[1:], per_token[1:], torch.zeros(1), mask[1:], num_sequences=2, num_tokens=4,
+                             max_completion_length=5)
+    assert local_token_mean(per_token[1:], second_half).item() == pytest.approx(4.0 / 1 * (1 / 2))  # its own tokens
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "sapo", "cispo"])
 def test_micro_batches_add_up_to_the_full_batch(loss_type):
     torch.manual_seed(0)
     logp, old, ref = torch.randn(6, 5) * 0.1 - 1, torch.randn(6, 5) * 0.1 - 1, torch.randn(6, 5) * 0.1 - 1
