@@ -101,3 +101,29 @@ def test_unknown_task_errors_name_the_fix():
         load_task("nope")
     with pytest.raises(ValueError, match="cannot import module"):
         load_task("no_such_module_xyz:Task")
+
+
+def test_registry_refuses_a_duplicate_name_and_lists_the_valid_ones():
+    from rollout.tasks import register_task
+    from rollout.tasks.base import Task
+
+    assert {"arith", "digitsum", "ranklist", "sums"} <= set(TASKS)  # registered by importing rollout.tasks alone
+    with pytest.raises(ValueError, match="'arith' is already registered"):
+        register_task("arith")(type("Other", (Task,), {"name": "arith"}))
+    assert TASKS.get("arith").__name__ == "Arith"  # the built-in is kept
+    with pytest.raises(ValueError) as err:
+        load_task("arithmetic")
+    assert "arith, digitsum, ranklist, sums" in str(err.value)
+
+
+def test_list_tasks_are_list_task_instances():
+    from rollout.tasks import ListTask
+
+    assert [name for name in TASKS if isinstance(load_task(name), ListTask)] == ["ranklist"]
+    task = load_task("ranklist")
+    ex = task.examples("test", 1, seed=0)[0]
+    assert task.n_relevant(ex) == len(ex.answer["truth"])
+    assert task.relevance(ex, task.parse(task.reference_completion(ex, random.Random(0)))) == [1.0] * 5
+    assert task.parse("a \n b\nc\nd\ne\nf") == ["a", "b", "c", "d", "e"]
+    with pytest.raises(TypeError, match="abstract"):
+        type("NoRelevance", (ListTask,), {"name": "x", "list_length": 3})()
