@@ -41,10 +41,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty section (`extrapolate:`)
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {p} is not a section")
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({getattr(err, 'problem', None) or err}); "
+                             f"write it as YAML, quoting a string with special characters") from None
         if isinstance(parsed, str):
             try:
                 parsed = float(parsed)  # YAML 1.1 reads "1e-3" as a string
@@ -55,20 +61,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_job(path: str, overrides: list[str]):
-    import yaml
-
-    from services.config import ConfigError, load_config, parse_config
+    """The job config of a YAML file with `--set` overrides applied to its raw mapping, validated once: fields
+    neither the file nor an override sets keep their defaults and stay out of `model_fields_set`."""
+    from services.config import load_config, parse_config, read_config_file
 
     if not overrides:
         return load_config(path)
-    cfg = load_config(path)  # validates the file itself first
-    data = apply_overrides(cfg.model_dump(mode="json", exclude_unset=False), overrides)
-    try:
-        return parse_config(data, f"{path} with --set")
-    except ConfigError:
-        raise
-    except yaml.YAMLError as err:
-        raise ConfigError(str(err)) from None
+    data = apply_overrides(read_config_file(path), overrides)
+    return parse_config(data, f"{path} with --set {' '.join(overrides)}")
 
 
 def cmd_bootstrap(args) -> int:
@@ -269,18 +269,29 @@ def cmd_status(args) -> int:
     return 0
 
 
+def adapter_base_dir(adapter: Path, base: str | None) -> Path:
+    """The base model of a PEFT adapter: `--base` when given (it overrides), else the one the adapter records."""
+    if base is not None:
+        if not (Path(base) / "config.json").is_file():
+            raise ValueError(f"--base {base}: not an HF model directory (no config.json); give the directory of the "
+                             f"model the adapter {adapter} was trained on")
+        return Path(base)
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded or not Path(recorded).is_dir():
+        raise ValueError(f"{adapter}: its recorded base model {recorded!r} is not a local directory; pass "
+                         f"--base DIR (the model the adapter was trained on)")
+    return Path(recorded)
+
+
 def cmd_eval(args) -> int:
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
     from rollout.prompts import PromptEncoder
-    from rollout.tasks import load_task
+    from rollout.tasks import ListTask, load_task
 
     path = Path(args.checkpoint)
     if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
-            raise ValueError(f"{path}: its base model {base!r} is not a local directory; pass --base DIR")
-        base_dir = args.base or base
+        base_dir = adapter_base_dir(path, args.base)
         engine = HFEngine(base_dir, adapter_path=path)
     elif (path / "config.json").is_file():
         base_dir = path
@@ -292,7 +303,7 @@ def cmd_eval(args) -> int:
     examples = task.examples("test", args.size, seed=args.eval_seed)
     result = {"checkpoint": str(path), "task": task.name, "problems": len(examples),
               "greedy_accuracy": greedy_accuracy(engine, task, examples, encoder)}
-    if hasattr(task, "list_length"):
+    if isinstance(task, ListTask):
         result.update(list_metrics(engine, task, examples, encoder))
     if args.n > 1:
         result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, encoder, n=args.n,
@@ -362,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint (PEFT adapter dir) or an HF model dir")
     p.add_argument("checkpoint")
     p.add_argument("--task", default="arith")
-    p.add_argument("--base", help="base model dir (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--base", help="base model dir of an adapter (default: the adapter's recorded "
+                                  "base_model_name_or_path)")
     p.add_argument("--n", type=int, default=1, help="samples per problem for pass@k (1 = greedy only)")
     p.add_argument("--size", type=int, default=1000, help="held-out problems")
     p.add_argument("--temperature", type=float, default=1.0)

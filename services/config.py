@@ -67,17 +67,25 @@ def parse_config(data: dict, source: str = "") -> JobConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path) -> JobConfig:
+def read_config_file(path: str | Path) -> dict:
+    """The raw mapping of a job config YAML file (not validated); YAML errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"job config {path} not found; give a YAML file such as deploy/jobs/arith.yaml")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"job config {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: {problem} (the job config is not valid YAML; fix the file)") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"job config {path} must be a mapping of sections (model, rollout, learner, run)")
-    return parse_config(data, str(path))
+    return data or {}
+
+
+def load_config(path: str | Path) -> JobConfig:
+    return parse_config(read_config_file(path), str(path))
 
 
 def dump_config(cfg: JobConfig) -> str:

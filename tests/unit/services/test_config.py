@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from services.cli import apply_overrides
+from services.cli import apply_overrides, read_job
 from services.config import ConfigError, JobConfig, load_config, parse_config
+
+EXAMPLE_JOBS = sorted((Path(__file__).resolve().parents[3] / "deploy" / "jobs").glob("*.yaml"))
 
 
 def test_reference_job_parses():
@@ -70,6 +73,47 @@ def test_rank_grpo_uses_the_authors_clip_unless_set():
     assert parse_config({}).learner.epsilon == 0.2
 
 
-@pytest.mark.parametrize("path", sorted(__import__("glob").glob("deploy/jobs/*.yaml")))
+def test_example_jobs_are_found():
+    """The parametrized test below would pass with no cases if the glob found nothing."""
+    assert {p.name for p in EXAMPLE_JOBS} >= {"arith.yaml", "ranklist.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_JOBS, ids=lambda p: p.name)
 def test_every_example_job_parses(path):
     load_config(path)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("run:\n  steps: 3\n  name: a: b\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(err.value).startswith(f"{bad} line 3: mapping values are not allowed here")
+    with pytest.raises(ConfigError, match=f"{bad} line 3: mapping values"):
+        read_job(str(bad), ["run.steps=4"])
+
+
+def test_set_overrides_leave_other_fields_unset(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("learner:\n  lr: 0.001\nrun:\n  steps: 3\n")
+    cfg = read_job(str(job), ["learner.epsilon=0.3"])
+    assert cfg.learner.epsilon == 0.3 and cfg.learner.lr == 0.001 and cfg.run.steps == 3
+    assert {"lr", "epsilon"} <= cfg.learner.model_fields_set <= {"lr", "epsilon", "algorithm"}
+    assert cfg.run.model_fields_set == {"steps"}
+    assert "extrapolate" not in cfg.model_fields_set and cfg.rollout.model_fields_set == set()
+
+
+def test_set_algorithm_gets_its_own_defaults_as_in_the_file(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("run:\n  steps: 3\n")
+    by_set = read_job(str(job), ["learner.algorithm=rank_grpo"])
+    job.write_text("run:\n  steps: 3\nlearner:\n  algorithm: rank_grpo\n")
+    in_file = read_job(str(job), [])
+    assert (by_set.learner.epsilon, by_set.learner.epsilon_high) == (in_file.learner.epsilon,
+                                                                     in_file.learner.epsilon_high) == (0.06, 0.08)
+
+
+def test_set_value_that_is_not_yaml_names_the_override():
+    with pytest.raises(ValueError, match=r"--set 'run.name=\[1': the value is not valid YAML"):
+        apply_overrides({}, ["run.name=[1"])
+    assert apply_overrides({"extrapolate": None}, ["extrapolate.every=5"]) == {"extrapolate": {"every": 5}}
