@@ -9,6 +9,8 @@ import html
 import json
 from pathlib import Path
 
+from learner.run_dir import read_jsonl
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -18,41 +20,13 @@ def plotly_js_path() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
 def rank1_records(run_dir: Path, max_backtests: int = 30) -> list[dict]:
-    """Per checkpoint step: the rank-1 rows of every module (rank1/metrics.jsonl, written by the analysis), the
-    backtest of each closed-form extrapolator on the checkpoints up to that step, the growth exponent per module
-    type and the median linear_r2 — the records the extrapolation service streams live."""
-    import statistics
+    """Per checkpoint step, the record the extrapolation service streams live at that checkpoint (the rank-1 rows
+    of every module, by_type with the growth exponent, backtest, linear_r2: extrapolate.analyze.checkpoint_figures,
+    so the report and the live page agree); backtests for the newest `max_backtests` checkpoints only."""
+    from extrapolate.analyze import RunAnalysis
 
-    from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
-    from extrapolate.extrapolators import LINEAR_METHODS
-    from extrapolate.predictability import backtest
-    from extrapolate.rank1 import growth_exponent
-
-    rows = read_jsonl(run_dir / "rank1" / "metrics.jsonl")
-    steps = sorted({r["step"] for r in rows})
-    checkpoints = [(s, p) for s, p in find_adapter_checkpoints(run_dir) if s in steps]
-    states = [(s, read_lora(p)) for s, p in checkpoints]
-    records = []
-    for i, step in enumerate(steps):
-        upto = [r for r in rows if r["step"] <= step]
-        by_type: dict = {}
-        for mtype in sorted({r["type"] for r in upto}):
-            exps = []
-            for module in sorted({r["module"] for r in upto if r["type"] == mtype}):
-                pts = [(r["step"], r["fro"]) for r in upto if r["module"] == module and r["fro"] > 0 and r["step"] > 0]
-                if len(pts) >= 2:
-                    exps.append(growth_exponent([s for s, _ in pts], [f for _, f in pts]))
-            by_type[mtype] = {"growth_p": statistics.median(exps) if exps else None}
-        record = {"step": step, "rows": [r for r in rows if r["step"] == step], "by_type": by_type}
-        if 3 <= i + 1 and len(steps) - i <= max_backtests and len(states) == len(steps):
-            record["backtest"] = {m: {"cos": backtest(states[:i + 1], m)["cos"]} for m in LINEAR_METHODS}
-        records.append(record)
-    return records
+    return RunAnalysis(run_dir).history(max_backtests)
 
 
 def run_view(run_dir: Path) -> dict:
