@@ -80,3 +80,28 @@ def test_config_schema_is_json():
     assert res.returncode == 0
     schema = json.loads(res.stdout)
     assert set(schema["properties"]) == {"model", "rollout", "learner", "run", "extrapolate"}
+
+
+def test_eval_base_overrides_a_missing_recorded_base(tiny_model_dir, tmp_path, capsys):
+    """An adapter whose recorded base model is gone (moved, another machine) is evaluated on --base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from services.cli import main
+
+    adapter = tmp_path / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+
+    assert main(["eval", str(adapter), "--task", "arith", "--size", "4", "--base", str(tiny_model_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == 4 and 0 <= out["greedy_accuracy"] <= 1
+
+    assert main(["eval", str(adapter), "--task", "arith", "--size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "gone" in err and "--base DIR" in err
+    assert main(["eval", str(adapter), "--task", "arith", "--size", "4", "--base", str(tmp_path / "nowhere")]) == 2
+    assert "--base" in capsys.readouterr().err
