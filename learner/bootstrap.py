@@ -6,22 +6,27 @@
    warm-start demonstrations (loss on completion tokens only; see `Task.warmstart_completion`), with greedy
    held-out accuracy checked as it goes: a partly-right "SFT checkpoint" that RL can then improve. The pass
    fails loudly if the result is not partly right (accuracy outside `accuracy_band`).
-The result is a normal HF model directory under $LEAPFROG_HOME/models/<task>-s<seed>/, reused when present
-and deterministic for a seed (single-threaded torch ops in the same order on the same machine).
+The result is a normal HF model directory, deterministic for a spec (single-threaded torch ops in the same order on
+the same machine) and cached by it: $LEAPFROG_HOME/models/<task>-s<seed>/ for the task's default spec,
+<task>-s<seed>-<spec hash>/ for any other. The spec is recorded in the directory (leapfrog_bootstrap.json); a
+directory built with other settings is never reused silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from learner.models import leapfrog_home
+from learner.models import BOOTSTRAP_RECORD, models_home
 from rollout.engines.hf import HFEngine
 from rollout.evaluate import greedy_accuracy
 from rollout.prompts import PromptEncoder
@@ -32,7 +37,10 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
 @dataclass(frozen=True)
 class BootstrapSpec:
-    """How the default model of a task is built. Changing any field changes the cached model's name."""
+    """How the default model of a task is built. Every field shapes the model: a spec other than the task's default
+    is cached under its own name (see `default_model_dir`). A new field needs a default that reproduces the models
+    built before it existed (cached models record the fields they were built with, and a missing one reads as its
+    default)."""
 
     task: str = "arith"
     seed: int = 0
@@ -50,8 +58,42 @@ class BootstrapSpec:
     accuracy_band: tuple[float, float] = (0.10, 0.70)
 
 
-def default_model_dir(task: str = "arith", seed: int = 0) -> Path:
-    return leapfrog_home() / "models" / f"{task}-s{seed}"
+def default_spec(task: str = "arith", seed: int = 0) -> BootstrapSpec:
+    """The spec of a task's default model: the defaults above with the task's `bootstrap_overrides`."""
+    return BootstrapSpec(task=task, seed=seed, **load_task(task).bootstrap_overrides)
+
+
+def spec_fields(spec: BootstrapSpec) -> dict:
+    """The spec as recorded in a model dir (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def spec_hash(spec: BootstrapSpec) -> str:
+    """12 hex digits of the sha256 of every spec field: the cache key of a non-default spec."""
+    return hashlib.sha256(json.dumps(spec_fields(spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_model_dir(task: str = "arith", seed: int = 0, spec: BootstrapSpec | None = None) -> Path:
+    """Where the model of a spec is cached: <task>-s<seed> for the task's default spec (no spec given means that
+    one), <task>-s<seed>-<spec hash> for any other."""
+    name = f"{task}-s{seed}"
+    if spec is not None and spec != default_spec(task, seed):
+        name += f"-{spec_hash(spec)}"
+    return models_home() / name
+
+
+def spec_mismatch(model_dir: Path, spec: BootstrapSpec) -> list[str] | None:
+    """None when model_dir holds no finished bootstrap; else the fields whose recorded value differs from spec's
+    ("sft_steps: 250 -> 300"), empty when it was built with this spec. A field the record lacks reads as its
+    default (the model was built before the field existed)."""
+    report = model_dir / BOOTSTRAP_RECORD  # the spec it was built with, accuracy, history
+    if not report.is_file():
+        return None
+    recorded = json.loads(report.read_text()).get("spec", {})
+    defaults = spec_fields(BootstrapSpec())
+    wanted = spec_fields(spec)
+    return [f"{k}: {recorded.get(k, defaults.get(k))!r} -> {wanted.get(k)!r}"
+            for k in sorted(set(wanted) | set(recorded)) if recorded.get(k, defaults.get(k)) != wanted.get(k)]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -108,11 +150,21 @@ def sft_batch(task: Task, tokenizer, examples, rng: random.Random):
 
 def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = None, force: bool = False,
               spec: BootstrapSpec | None = None, progress: bool = True) -> Path:
-    """Build (or reuse) the default model of a task; returns its HF model directory."""
-    spec = spec or BootstrapSpec(task=task_name, seed=seed, **load_task(task_name).bootstrap_overrides)
-    out_dir = Path(out_dir) if out_dir else default_model_dir(task_name, seed)
-    if (out_dir / "leapfrog_bootstrap.json").exists() and not force:
-        return out_dir
+    """Build (or reuse) the default model of a task; returns its HF model directory. `out_dir` defaults to the cache
+    directory of the spec; a directory that holds a model built with other settings is an error unless `force`."""
+    spec = spec or default_spec(task_name, seed)
+    if (spec.task, spec.seed) != (task_name, seed):
+        raise ValueError(f"bootstrap({task_name!r}, {seed}): the spec is for task {spec.task!r} seed {spec.seed}; "
+                         f"give the same task and seed")
+    out_dir = Path(out_dir) if out_dir else default_model_dir(task_name, seed, spec)
+    if not force:
+        changed = spec_mismatch(out_dir, spec)
+        if changed == []:
+            return out_dir
+        if changed:
+            raise ValueError(f"{out_dir} holds a default model built with other bootstrap settings "
+                             f"({'; '.join(changed)}); rebuild it with `leapfrog bootstrap --task {task_name} "
+                             f"--seed {seed} --force` (force=True), or build into another directory")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     task = load_task(task_name)
@@ -152,15 +204,31 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
         raise RuntimeError(f"bootstrap of {task_name!r} ended at {accuracy:.3f} greedy held-out accuracy after "
                            f"{spec.sft_steps} steps, outside the band {spec.accuracy_band} where RL has room; "
                            f"change sft_steps")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    report = {"spec": asdict(spec), "sft_steps": step, "heldout_accuracy": accuracy,
-              "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - started,
-              "history": history}
-    (tmp / "leapfrog_bootstrap.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
+    report = {"spec": spec_fields(spec), "spec_hash": spec_hash(spec), "sft_steps": step,
+              "heldout_accuracy": accuracy, "parameters": sum(p.numel() for p in model.parameters()),
+              "seconds": time.time() - started, "history": history}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique per build
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model cache is readable like any other directory
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / BOOTSTRAP_RECORD).write_text(json.dumps(report, indent=2))
+        install(tmp, out_dir, spec)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def install(tmp: Path, out_dir: Path, spec: BootstrapSpec) -> None:
+    """Move a finished build into place by renames: a directory already at out_dir (force, or an unfinished one) is
+    replaced, unless a concurrent build of the same spec put it there first (then it is kept, tmp discarded)."""
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if spec_mismatch(out_dir, spec) == []:
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        out_dir.rename(old / out_dir.name)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
