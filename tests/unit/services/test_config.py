@@ -10,11 +10,12 @@ import pytest
 from services.cli import apply_overrides, read_job
 from services.config import ConfigError, JobConfig, load_config, parse_config
 
-EXAMPLE_JOBS = sorted((Path(__file__).resolve().parents[3] / "deploy" / "jobs").glob("*.yaml"))
+JOBS = Path(__file__).resolve().parents[3] / "deploy" / "jobs"
+EXAMPLE_JOBS = sorted(JOBS.glob("*.yaml"))
 
 
 def test_reference_job_parses():
-    cfg = load_config("deploy/jobs/arith.yaml")
+    cfg = load_config(JOBS / "arith.yaml")
     assert cfg.rollout.task == "arith" and cfg.rollout.group_size == 8
 
 
