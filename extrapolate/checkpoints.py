@@ -17,11 +17,27 @@ from pathlib import Path
 
 import torch
 
+from learner.checkpoint import LEAPFROG_LAYOUT, list_step_dirs
+from learner.run_dir import CHECKPOINTS
+
 TARGET_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-STEP_DIR_PATTERNS = [(re.compile(r"^step-(\d+)$"), ""), (re.compile(r"^checkpoint-(\d+)$"), ""),
-                     (re.compile(r"^global_step_(\d+)$"), "actor/lora_adapter")]
-FULL_STEP_DIR_PATTERNS = [(re.compile(r"^step-(\d+)$"), ""), (re.compile(r"^checkpoint-(\d+)$"), ""),
-                          (re.compile(r"^global_step_(\d+)$"), "actor/huggingface")]
+
+
+def numbered(prefix: str):
+    """A directory-name parser for `<prefix><digits>` (TRL's checkpoint-N, verl's global_step_N): the step or None."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+
+    def parse(name: str) -> int | None:
+        match = pattern.match(name)
+        return int(match.group(1)) if match else None
+
+    return parse
+
+
+# (parse, sub) per framework, for learner.checkpoint.list_step_dirs: ours, TRL's, verl's.
+ADAPTER_LAYOUTS = (LEAPFROG_LAYOUT, (numbered("checkpoint-"), ""), (numbered("global_step_"), "actor/lora_adapter"))
+FULL_LAYOUTS = (LEAPFROG_LAYOUT, (numbered("checkpoint-"), ""), (numbered("global_step_"), "actor/huggingface"))
+
 WEIGHT_KEY = re.compile(r"^(?:model\.)?(.*layers\.\d+\.(?:self_attn|mlp)\.(?:" + "|".join(TARGET_TYPES) + r"))\.weight$")
 
 
@@ -45,32 +61,22 @@ class LoraModule:
         return self.name.rsplit(".", 1)[-1]
 
 
-def _find_step_dirs(run_dir: Path, patterns, is_complete) -> list[tuple[int, Path]]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+def _find_step_dirs(run_dir: Path, layouts, is_complete) -> list[tuple[int, Path]]:
+    if not Path(run_dir).is_dir():
         raise CheckpointReadError(f"{run_dir} is not a directory; give a run directory with checkpoints")
-    found = {}
-    for root in (run_dir / "checkpoints", run_dir):
-        if not root.is_dir():
-            continue
-        for d in root.iterdir():
-            for pattern, sub in patterns:
-                match = pattern.match(d.name)
-                target = d / sub if sub else d
-                if match and is_complete(target):
-                    found[int(match.group(1))] = target
-    return sorted(found.items())
+    return list_step_dirs(run_dir, layouts, roots=(CHECKPOINTS, ""), is_complete=is_complete)
 
 
 def find_adapter_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, adapter dir) of every complete LoRA checkpoint under run_dir (ours, TRL or verl layout)."""
-    return _find_step_dirs(run_dir, STEP_DIR_PATTERNS, lambda d: (d / "adapter_config.json").is_file() and
+    """(step, adapter dir) of every complete LoRA checkpoint under run_dir or run_dir/checkpoints (ours, TRL or verl
+    layout)."""
+    return _find_step_dirs(run_dir, ADAPTER_LAYOUTS, lambda d: (d / "adapter_config.json").is_file() and
                            (d / "adapter_model.safetensors").is_file())
 
 
 def find_full_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every full HF model checkpoint under run_dir (a full-parameter run)."""
-    return _find_step_dirs(run_dir, FULL_STEP_DIR_PATTERNS, lambda d: (d / "config.json").is_file() and
+    return _find_step_dirs(run_dir, FULL_LAYOUTS, lambda d: (d / "config.json").is_file() and
                            any(d.glob("model*.safetensors")))
 
 
@@ -104,6 +110,16 @@ def module_layer(name: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def pattern_value(patterns: dict, module_name: str, default):
+    """A PEFT rank_pattern / alpha_pattern lookup: the value of the first key that matches the end of the module
+    name at a "." boundary (re.match(rf"(.*\\.)?({key})$", name), as PEFT's get_pattern_key and vLLM's PEFTHelper
+    do); keys are module names (model.layers.0.self_attn.q_proj), types (q_proj) or regular expressions."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return value
+    return default
+
+
 def read_lora(adapter_dir: Path) -> dict[str, LoraModule]:
     """Target modules of a PEFT LoRA adapter, keyed by module name."""
     from safetensors import safe_open
@@ -125,9 +141,8 @@ def read_lora(adapter_dir: Path) -> dict[str, LoraModule]:
         if name.rsplit(".", 1)[-1] not in TARGET_TYPES:
             continue
         b_key = key.replace("lora_A", "lora_B")
-        short = name.rsplit(".", 1)[-1]
-        r_mod = config.get("rank_pattern", {}).get(short, r)
-        alpha_mod = config.get("alpha_pattern", {}).get(short, alpha)
+        r_mod = pattern_value(config.get("rank_pattern") or {}, name, r)
+        alpha_mod = pattern_value(config.get("alpha_pattern") or {}, name, alpha)
         scale = alpha_mod / (r_mod**0.5 if config.get("use_rslora") else r_mod)
         modules[name] = LoraModule(name, handle.get_tensor(b_key), handle.get_tensor(key), float(scale))
     if not modules:

@@ -26,52 +26,16 @@ from __future__ import annotations
 
 import torch
 
-from extrapolate.checkpoints import LoraModule
+from extrapolate.base import Extrapolator, line_fit
+from extrapolate.next import NExt
 from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets
+from rollout.registry import Registry
 
-EXTRAPOLATORS: dict[str, type] = {}
 LINEAR_METHODS = ("rl_extra", "alpharl", "relex", "growth")  # closed-form fits (cheap enough to backtest on every analysis)
 
 
-def register(name: str):
-    def decorate(cls):
-        cls.name = name
-        EXTRAPOLATORS[name] = cls
-        return cls
-
-    return decorate
-
-
-def line_fit(steps: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares a + b t for each column of values [T, d] (or [T]): returns (a, b)."""
-    t = steps.double()
-    t_mean = t.mean()
-    y = values.double()
-    y_mean = y.mean(0)
-    b = ((t - t_mean).view(-1, *[1] * (y.dim() - 1)) * (y - y_mean)).sum(0) / ((t - t_mean) ** 2).sum()
-    return y_mean - b * t_mean, b
-
-
-class Extrapolator:
-    """fit(window: [(step, {module: LoraModule})]) then predict(target_step) -> {module: (B, A)} with
-    B A = the predicted W(T*) - W_0 (scales folded into B)."""
-
-    name = ""
-    min_checkpoints = 1
-
-    def fit(self, window: list[tuple[int, dict[str, LoraModule]]]) -> Extrapolator:
-        if len(window) < self.min_checkpoints:
-            raise ValueError(f"{self.name} needs at least {self.min_checkpoints} checkpoints in the window, "
-                             f"got {len(window)}; widen the window or checkpoint more often")
-        self.window = window
-        return self
-
-    def predict(self, target_step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        raise NotImplementedError
-
-
-@register("rl_extra")
 class RLExtra(Extrapolator):
+    name = "rl_extra"
     min_checkpoints = 1
 
     def predict(self, target_step: int):
@@ -103,11 +67,11 @@ def pls1_inverse(x: torch.Tensor, y: torch.Tensor, y_target: float) -> torch.Ten
     return mean + std * (tau_target * loading)
 
 
-@register("alpharl")
 class AlphaRL(Extrapolator):
     """Step form by default; the authors' PLS form when target_accuracy is given (needs each window checkpoint's
     held-out accuracy in `accuracies`, {step: accuracy})."""
 
+    name = "alpharl"
     min_checkpoints = 2
 
     def __init__(self, target_accuracy: float | None = None, accuracies: dict[int, float] | None = None):
@@ -148,8 +112,8 @@ class AlphaRL(Extrapolator):
         return out
 
 
-@register("relex")
 class Relex(Extrapolator):
+    name = "relex"
     min_checkpoints = 2
 
     def predict(self, target_step: int):
@@ -170,8 +134,8 @@ class Relex(Extrapolator):
         return out
 
 
-@register("growth")
 class Growth(Extrapolator):
+    name = "growth"
     min_checkpoints = 2
 
     def fit(self, window):
@@ -190,16 +154,20 @@ class Growth(Extrapolator):
         return {n: lora_factors_difference(m.b, m.a, m.scale * c) for n, m in mods.items()}
 
 
+# Every built-in, registered once here (NExt lives in its own module). A new extrapolator: one Extrapolator subclass
+# with its `name`, one EXTRAPOLATORS.register(name) call, and the name in extrapolate.config's `method` Literal.
+EXTRAPOLATORS: Registry[type[Extrapolator]] = Registry("extrapolator")
+for _builtin in (RLExtra, AlphaRL, Relex, Growth, NExt):
+    EXTRAPOLATORS.register(_builtin.name)(_builtin)
+
+
 def run_accuracies(run_dir) -> dict[int, float]:
     """{step: held-out accuracy} from a Leapfrog run's metrics.jsonl (empty for runs of other frameworks)."""
-    import json
     from pathlib import Path
 
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["eval_accuracy"] for r in rows if "eval_accuracy" in r}
+    from learner.run_dir import METRICS, read_jsonl
+
+    return {r["step"]: r["eval_accuracy"] for r in read_jsonl(Path(run_dir) / METRICS) if "eval_accuracy" in r}
 
 
 def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out_dir, window_start: int = 0,
@@ -209,7 +177,6 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     the authors' PLS form predicts the weights at that accuracy instead of at a step."""
     from pathlib import Path
 
-    import extrapolate.next  # noqa: F401  (registers "next")
     from extrapolate.checkpoints import (
         CheckpointReadError,
         find_adapter_checkpoints,
@@ -219,7 +186,7 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     from extrapolate.leap import write_leap_adapter
 
     if method not in EXTRAPOLATORS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(EXTRAPOLATORS)}")
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(EXTRAPOLATORS.names())}")
     if target_accuracy is not None and method != "alpharl":
         raise ValueError("--target-accuracy is AlphaRL's PLS form; use it with --method alpharl")
     if target_step <= window_end:
@@ -241,7 +208,7 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
                                       f"these checkpoints are not from one run on one base model")
     options = {"target_accuracy": target_accuracy, "accuracies": run_accuracies(run_dir)} \
         if target_accuracy is not None else {}
-    prediction = EXTRAPOLATORS[method](**options).fit(states).predict(target_step)
+    prediction = EXTRAPOLATORS.get(method)(**options).fit(states).predict(target_step)
     last = states[-1][1]
     norms = {n: float(torch.linalg.matrix_norm(m.scale * m.b.double() @ m.a.double())) for n, m in last.items()}
     report = {"method": method, "window": [s for s, _ in states], "target_step": target_step,
@@ -267,11 +234,9 @@ def cmd_extrapolate(args) -> int:
 
 
 def register_command(subparsers) -> None:
-    import extrapolate.next  # noqa: F401  (registers "next")
-
     p = subparsers.add_parser("extrapolate", help="predict the weights at a later step and write them as an adapter")
     p.add_argument("run_dir")
-    p.add_argument("--method", required=True, choices=sorted(EXTRAPOLATORS))
+    p.add_argument("--method", required=True, choices=EXTRAPOLATORS.names())
     p.add_argument("--window-end", type=int, required=True, help="last checkpoint step the fit may use")
     p.add_argument("--window-start", type=int, default=0, help="first checkpoint step the fit may use")
     p.add_argument("--target-step", type=int, required=True, help="the step whose weights are predicted")

@@ -72,6 +72,16 @@ def write_learner_leap(out_dir: Path, source_adapter: Path, prediction: dict[str
     return out_dir, mean_lost
 
 
+def leap_adapter_ranks(ranks: dict[str, int]) -> dict:
+    """The PEFT config fields of an adapter whose modules have ranks {module name: r} and scale 1 (B carries the
+    scale): r = lora_alpha = the largest rank, and rank_pattern = alpha_pattern = {module name: r} for the others.
+    Pattern keys are module names (model.layers.0.self_attn.q_proj), which PEFT and vLLM match against the end of
+    each module's name; a tensor name (... .lora_B.weight) would match no module."""
+    rank = max(ranks.values())
+    others = {name: r for name, r in sorted(ranks.items()) if r != rank}
+    return {"r": rank, "lora_alpha": rank, "rank_pattern": others, "alpha_pattern": dict(others)}
+
+
 def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str, tuple[torch.Tensor, torch.Tensor]],
                        reference_norms: dict[str, float], max_norm_ratio: float = 10.0, report: dict | None = None
                        ) -> Path:
@@ -81,7 +91,7 @@ def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise LeapError(f"{out_dir} already exists; choose another --out (nothing was overwritten)")
-    tensors, ranks = {}, set()
+    tensors, ranks = {}, {}
     for name, (b, a) in prediction.items():
         if not (torch.isfinite(b).all() and torch.isfinite(a).all()):
             raise LeapError(f"the prediction for {name} has NaN or Inf values; nothing was written")
@@ -93,14 +103,10 @@ def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str
                             f"the bound); nothing was written")
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.float().contiguous()
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.float().contiguous()
-        ranks.add(b.shape[1])
+        ranks[name] = int(b.shape[1])
     config = json.loads((Path(source_adapter) / "adapter_config.json").read_text())
-    rank = max(ranks)
-    short_types = {n.rsplit(".", 1)[-1] for n in prediction}
-    pattern = {n.removeprefix("base_model.model."): int(t.shape[1]) for n, t in tensors.items() if "lora_B" in n}
-    config.update(r=rank, lora_alpha=rank, rank_pattern={k: v for k, v in pattern.items() if v != rank},
-                  alpha_pattern={k: v for k, v in pattern.items() if v != rank}, use_rslora=False,
-                  target_modules=sorted(short_types), lora_dropout=0.0)
+    config.update(leap_adapter_ranks(ranks), use_rslora=False,
+                  target_modules=sorted({n.rsplit(".", 1)[-1] for n in prediction}), lora_dropout=0.0)
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from extrapolate.extrapolators import Extrapolator, register
+from extrapolate.base import Extrapolator
 from extrapolate.rank1 import align_sign, lora_factors_difference, lora_triplets
 
 
@@ -57,8 +57,8 @@ def train_net(d: int, inputs_g: torch.Tensor, inputs_l: torch.Tensor, targets: t
     return net, losses
 
 
-@register("next")
 class NExt(Extrapolator):
+    name = "next"
     min_checkpoints = 3
     alpha = 1.5
     train_steps = 1000

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from extrapolate.extrapolators import EXTRAPOLATORS, line_fit
+from extrapolate.base import line_fit
+from extrapolate.extrapolators import EXTRAPOLATORS
 from extrapolate.rank1 import lora_factors_difference
 
 
@@ -49,7 +50,7 @@ def backtest(states: list, method: str, horizon_checkpoints: int = 1) -> dict[st
     """Forecast the newest checkpoint from the window ending horizon_checkpoints earlier."""
     window = states[:-horizon_checkpoints]
     target_step, target = states[-1]
-    extrapolator = EXTRAPOLATORS[method]()
+    extrapolator = EXTRAPOLATORS.get(method)()
     if len(window) < extrapolator.min_checkpoints:
         return {"cos": float("nan"), "rel_err": float("nan")}
     pred = extrapolator.fit(window).predict(target_step)

@@ -15,7 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from extrapolate.analyze import RunAnalysis
+from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
 from extrapolate.config import ExtrapolateConfig
+from extrapolate.extrapolators import EXTRAPOLATORS
+from extrapolate.leap import write_learner_leap
+from extrapolate.predictability import backtest
+from extrapolate.rank1 import lora_triplets
 
 
 class ExtrapolationService:
@@ -26,23 +32,19 @@ class ExtrapolationService:
         self.horizon = cfg.horizon
         self.failures = 0
         self.proposals = 0
+        self.analysis: RunAnalysis | None = None  # made at the first checkpoint, then kept: each checkpoint read once
 
     def on_checkpoint(self, step: int) -> dict:
         """Update rank1/ for the new checkpoint; returns its per-module rows and the run-level figures."""
-        from extrapolate.analyze import checkpoint_record
-
-        return checkpoint_record(self.run_dir, step)
+        if self.analysis is None:
+            self.analysis = RunAnalysis(self.run_dir)
+        return self.analysis.record(step)
 
     def forget_after(self, step: int) -> None:
         """Drop rank-1 rows and vectors of steps after `step` (the run switched branch: they will be recomputed)."""
-        from extrapolate.analyze import TrajectoryStore
-
-        store = TrajectoryStore(self.run_dir / "rank1")
-        if not store.rows:
-            return
-        store.rows = [r for r in store.rows if r["step"] <= step]
-        store.tensors = {k: v for k, v in store.tensors.items() if int(k.rpartition("@")[2].split(".")[0]) <= step}
-        store.save()
+        if self.analysis is None:
+            self.analysis = RunAnalysis(self.run_dir)
+        self.analysis.forget_after(step)
 
     def status(self) -> dict:
         return {"horizon": self.horizon, "failures": self.failures, "stopped": self.stopped,
@@ -56,12 +58,6 @@ class ExtrapolationService:
         """Candidates for a leap from the checkpoint at `step`: {"candidates": [{"scale", "path", "lost"}],
         "horizon", "backtest_cos", "method"} — or {"reason": why not}. force (a user's leap request) skips the
         policy's gates (patience, start_after, backtest threshold); the candidates are still evaluated and judged."""
-        import extrapolate.next  # noqa: F401  (registers "next")
-        from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
-        from extrapolate.extrapolators import EXTRAPOLATORS
-        from extrapolate.leap import write_learner_leap
-        from extrapolate.predictability import backtest
-
         cfg = self.cfg
         if self.stopped and not force:
             return {"reason": f"stopped proposing: the last {self.failures} leaps did not pay (patience "
@@ -91,11 +87,9 @@ class ExtrapolationService:
                                   f"forecastable now", "backtest_cos": check["cos"]}
         window = [(s, read_lora(p)) for s, p in checkpoints[-cfg.window:]]
         try:
-            prediction = EXTRAPOLATORS[cfg.method]().fit(window).predict(step + self.horizon)
+            prediction = EXTRAPOLATORS.get(cfg.method)().fit(window).predict(step + self.horizon)
         except ValueError as err:
             return {"reason": f"{cfg.method} cannot predict: {err}"}
-        from extrapolate.rank1 import lora_triplets
-
         names = sorted(prediction)
         watched = [n for n in names if n.endswith(("q_proj", "down_proj"))]  # a few modules for the dashboard
         watched = watched[:2] + watched[-2:] if len(watched) > 4 else watched

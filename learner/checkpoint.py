@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from learner.run_dir import CHECKPOINTS, parse_step_name, step_name
 
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", "state.pt", "meta.json")
 
@@ -25,19 +28,35 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    return Path(run_dir) / CHECKPOINTS / step_name(step)
+
+
+# A checkpoint layout: (parse, sub) where parse(directory name) is the step or None, and `sub` the path inside
+# that directory where the checkpoint lives ("" = the directory itself). Ours: checkpoints/step-NNNNNN/.
+LEAPFROG_LAYOUT: tuple[Callable[[str], int | None], str] = (parse_step_name, "")
+
+
+def list_step_dirs(run_dir: Path, layouts=(LEAPFROG_LAYOUT,), roots: tuple[str, ...] = (CHECKPOINTS,),
+                   is_complete: Callable[[Path], bool] | None = None) -> list[tuple[int, Path]]:
+    """(step, checkpoint path) of every checkpoint under run_dir, by step: the directories of each root (relative to
+    run_dir; "" = run_dir itself) whose name a layout recognises, the layout's `sub` path inside them, kept when
+    `is_complete(path)` holds (default: it is a directory). On a step found twice, the later root wins."""
+    found: dict[int, Path] = {}
+    for root in (Path(run_dir) / r if r else Path(run_dir) for r in roots):
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            for parse, sub in layouts:
+                step, target = parse(d.name), d / sub if sub else d
+                if step is not None and (is_complete(target) if is_complete else target.is_dir()):
+                    found[step] = target
+    return sorted(found.items())
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, by step (partial `.tmp` directories are skipped)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    out = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("step-") and ".tmp" not in d.name and d.name[5:].isdigit():
-            out.append((int(d.name[5:]), d))
-    return sorted(out)
+    """Complete checkpoints of a run (<run_dir>/checkpoints/step-NNNNNN), by step; partial `.tmp` writes never
+    match the layout. extrapolate/checkpoints.py lists other frameworks' layouts with the same list_step_dirs."""
+    return list_step_dirs(run_dir)
 
 
 def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict) -> Path:

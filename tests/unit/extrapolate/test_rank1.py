@@ -114,7 +114,7 @@ def test_growth_extrapolator_follows_a_power_law():
     gen = torch.Generator().manual_seed(7)
     b, a = torch.randn(12, 2, generator=gen, dtype=torch.float64), torch.randn(2, 9, generator=gen, dtype=torch.float64)
     window = [(t, {"m": LoraModule("m", b * (t / 10) ** 0.6, a, 2.0)}) for t in (10, 20, 40)]
-    growth = EXTRAPOLATORS["growth"]().fit(window)
+    growth = EXTRAPOLATORS.get("growth")().fit(window)
     assert growth.exponent == pytest.approx(0.6, abs=1e-9)
     pb, pa = growth.predict(160)["m"]
     assert torch.allclose(pb @ pa, 2.0 * (b * 16**0.6) @ a, atol=1e-9)

@@ -49,3 +49,23 @@ def test_partial_and_corrupt_checkpoints_are_refused(tmp_path):
     (p20 / "meta.json").unlink()
     with pytest.raises(CheckpointError, match="missing meta.json"):
         read_checkpoint(p20)
+
+
+def test_one_lister_for_every_layout(tmp_path):
+    """learner.checkpoint.list_step_dirs lists ours (checkpoints/step-NNNNNN, partial writes skipped) for the learner
+    and, with the layouts as a parameter, TRL's and verl's for the analysis; both name our directories the same."""
+    from extrapolate.checkpoints import find_adapter_checkpoints
+    from learner.checkpoint import list_step_dirs
+    from learner.run_dir import step_name
+
+    ours = write_checkpoint(tmp_path, 10, FakeAdapterModel(), {"step": 10}, {})
+    assert ours.name == step_name(10) == "step-000010"
+    (tmp_path / "checkpoints" / "step-000020.tmp-7").mkdir()
+    trl = tmp_path / "checkpoint-30"
+    verl = tmp_path / "global_step_40" / "actor" / "lora_adapter"
+    for adapter in (trl, verl):
+        adapter.mkdir(parents=True)
+        FakeAdapterModel().save_pretrained(adapter)
+    (tmp_path / "global_step_50" / "actor").mkdir(parents=True)  # no adapter inside: not a checkpoint
+    assert list_checkpoints(tmp_path) == list_step_dirs(tmp_path) == [(10, ours)]
+    assert find_adapter_checkpoints(tmp_path) == [(10, ours), (30, trl), (40, verl)]
