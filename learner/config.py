@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -46,32 +46,26 @@ class LoraConfig(Section):
         min_length=1, description="Module names that get adapters (all attention and MLP projections by default).")
 
 
-class LearnerConfig(Section):
-    """GRPO learner (Shao et al. 2024, arXiv 2402.03300, and its loss variants). Field names follow TRL's GRPOConfig
-    where they mean the same thing."""
+class LearnerCommon(Section):
+    """Fields every algorithm's learner has: the policy loss, the optimizer, LoRA and the actor's resources. Field
+    names follow TRL's GRPOConfig where they mean the same thing."""
 
-    algorithm: Literal["grpo", "rank_grpo"] = Field(
-        "grpo", description="grpo: one advantage per sequence; rank_grpo: per-rank advantages and rank-level ratios "
-                            "for ranked-list tasks (Zhu et al. 2025, arXiv 2510.20150; clip 0.06/0.08 by default).")
-    rank_reward: Literal["exp_inf", "log_decay"] = Field(
-        "exp_inf", description="Rank-GRPO rank reward: exp_inf = rel_k; log_decay = sum_{j>=k} rel_j / log2(j+1).")
-    reward_shaping: Literal["none", "unlikeliness"] = Field(
-        "none", description="Reward shaping before advantages: unlikeliness = R (1 - beta_u rank / G), rank by "
-                            "length-normalised sampling log-prob (He et al. 2025, arXiv 2506.02355).")
-    unlikeliness_beta: float = Field(0.25, ge=0, le=1, description="beta_u of the unlikeliness reward.")
-    drop_uniform_groups: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO dynamic "
-                                                         "sampling; part of the unlikeliness recipe).")
-    loss_type: Literal["grpo", "dapo", "dr_grpo"] = Field(
-        "dapo", description="Loss aggregation: grpo = per-sequence token mean then mean; dapo = token mean over the "
-                            "batch; dr_grpo = sum / (batch x max_new_tokens).")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Advantage scaling: group std (GRPO), batch std, or none (Dr. GRPO).")
+    loss_type: str = Field(
+        "dapo", description="Policy loss (learner/losses.py POLICY_LOSSES): grpo = per-sequence token mean, then mean; "
+                            "dapo = token mean over the batch; bnpo = token mean over each micro-batch; dr_grpo = sum "
+                            "/ (batch x max_new_tokens); cispo = clipped, detached IS weight x A x log-prob (MiniMax-M1); "
+                            "sapo = soft sigmoid gate instead of the clip (SAPO). See docs/methods.md.")
     epsilon: float = Field(0.2, gt=0, lt=1, description="Lower clip range eps_low of the ratio.")
     epsilon_high: float | None = Field(None, gt=0, lt=10, description="Upper clip range eps_high (DAPO clip-higher "
-                                                                      "uses 0.28); unset = epsilon.")
+                                                                      "uses 0.28; CISPO's eps_max); unset = epsilon.")
     beta: float = Field(0.0, ge=0, description="k3 KL penalty coefficient against the base model (adapter off).")
-    use_bias_correction_kl: bool = Field(False, description="Weight the k3 KL by the ratio rho (DeepSeek-V3.2 unbiased "
-                                                              "reverse-KL gradient; TRL's default is true).")
+    use_bias_correction_kl: bool = Field(False, description="Weight the k3 KL by the ratio rho (the unbiased reverse-KL "
+                                                              "gradient of DeepSeek-V3.2). Off here; TRL 1.16 defaults "
+                                                              "it to true.")
+    sapo_temperature_pos: float = Field(1.0, gt=0, description="SAPO gate temperature for tokens with positive "
+                                                               "advantage (loss_type sapo).")
+    sapo_temperature_neg: float = Field(1.05, gt=0, description="SAPO gate temperature for tokens with non-positive "
+                                                                "advantage (loss_type sapo).")
     updates_per_batch: int = Field(1, ge=1, le=16, description="mu: optimizer steps per rollout batch (TRL num_iterations).")
     lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the LoRA parameters.")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")
@@ -88,13 +82,83 @@ class LearnerConfig(Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from learner.losses import POLICY_LOSSES
+
+        if name not in POLICY_LOSSES:
+            raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(POLICY_LOSSES.names())} (register "
+                             f"more in learner.losses.POLICY_LOSSES)")
+        return name
+
     @model_validator(mode="after")
     def _check_clip(self):
-        if self.algorithm == "rank_grpo":  # the authors' asymmetric rank-level clip unless set explicitly
-            if "epsilon" not in self.model_fields_set:
-                object.__setattr__(self, "epsilon", 0.06)
-            if "epsilon_high" not in self.model_fields_set:
-                object.__setattr__(self, "epsilon_high", 0.08)
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (clip-higher widens the upper range only)")
+        if self.loss_type == "cispo" and self.epsilon_high is None:
+            raise ValueError("loss_type cispo caps the importance weight at epsilon_high (eps_max), which would default "
+                             "to epsilon, a cap below 1; set epsilon_high (ScaleRL, arXiv 2510.13786, uses 5.0)")
         return self
+
+
+class GRPOConfig(LearnerCommon):
+    """GRPO (Shao et al. 2024, arXiv 2402.03300): one advantage per sequence, from the group's rewards."""
+
+    algorithm: Literal["grpo"] = Field("grpo", description="grpo: one advantage per sequence (the default).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage scaling: group std (GRPO), batch std, or none (Dr. GRPO).")
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="Importance ratio per token, or per sequence (GSPO, Zheng et al. 2025, arXiv 2507.18071: "
+                             "exp of the mean token log-ratio).")
+    reward_shaping: Literal["none", "unlikeliness"] = Field(
+        "none", description="Reward shaping before advantages: unlikeliness = R (1 - beta_u rank / G), rank by "
+                            "length-normalised sampling log-prob (He et al. 2025, arXiv 2506.02355).")
+    unlikeliness_beta: float = Field(0.25, ge=0, le=1, description="beta_u of the unlikeliness reward.")
+    drop_uniform_groups: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO dynamic "
+                                                         "sampling; part of the unlikeliness recipe).")
+
+
+# Fields of GRPO that have no meaning for Rank-GRPO, and why (Rank-GRPO is refused with them rather than ignoring them).
+RANK_GRPO_REFUSES = {
+    "scale_rewards": "Rank-GRPO normalises each rank's reward within its group; there is no sequence reward to scale",
+    "importance_sampling_level": "Rank-GRPO's ratio is per rank (the mean token log-ratio of each line)",
+    "reward_shaping": "the unlikeliness reward reshapes one reward per sequence; Rank-GRPO has one per rank",
+    "unlikeliness_beta": "the unlikeliness reward reshapes one reward per sequence; Rank-GRPO has one per rank",
+    "drop_uniform_groups": "Rank-GRPO's advantages are per rank, so a group with equal sequence rewards still teaches",
+}
+
+
+class RankGRPOConfig(LearnerCommon):
+    """Rank-GRPO (ConvRec-R1, Zhu et al. 2025, arXiv 2510.20150) for ranked-list tasks: per-rank rewards and
+    advantages, rank-level importance ratios, and the authors' asymmetric clip."""
+
+    algorithm: Literal["rank_grpo"] = Field("rank_grpo", description="rank_grpo: per-rank advantages and rank-level "
+                                                                     "ratios for ranked-list tasks.")
+    epsilon: float = Field(0.06, gt=0, lt=1, description="Lower clip range of the rank-level ratio (the authors' 0.06).")
+    epsilon_high: float | None = Field(0.08, gt=0, lt=10, description="Upper clip range of the rank-level ratio (the "
+                                                                      "authors' 0.08).")
+    rank_reward: Literal["exp_inf", "log_decay"] = Field(
+        "exp_inf", description="Rank reward: exp_inf = rel_k; log_decay = sum_{j>=k} rel_j / log2(j+1).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_grpo_fields(cls, data):
+        if isinstance(data, dict):
+            for name in RANK_GRPO_REFUSES:
+                if name in data:
+                    raise ValueError(f"{name} does not apply to algorithm rank_grpo: {RANK_GRPO_REFUSES[name]}; "
+                                     f"remove it, or use algorithm: grpo")
+        return data
+
+
+def _algorithm_of(data) -> str:
+    if isinstance(data, dict):
+        return data.get("algorithm", "grpo")
+    return getattr(data, "algorithm", "grpo")
+
+
+LearnerConfig = Annotated[Annotated[GRPOConfig, Tag("grpo")] | Annotated[RankGRPOConfig, Tag("rank_grpo")],
+                          Discriminator(_algorithm_of)]
+"""The `learner` section: one config class per algorithm (`algorithm` chooses; grpo when unset)."""
+ALGORITHM_CONFIGS = {"grpo": GRPOConfig, "rank_grpo": RankGRPOConfig}

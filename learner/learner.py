@@ -13,37 +13,18 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from learner.algorithms import ALGORITHMS, RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
-from learner.losses import ADVANTAGES, grpo_loss
+from learner.losses import LossInputs, policy_loss
 from learner.policy import completion_logprobs, load_policy, pad_sequences
 
-
-@dataclass
-class RolloutBatch:
-    """Scored rollouts of one step: num_prompts x group_size completions, grouped consecutively."""
-
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    rewards: list[float]
-    group_size: int
-    sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
-    token_advantages: list[list[float]] | None = None  # per-token advantages (Rank-GRPO); else from rewards
-    segments: list[list[int]] | None = None  # per-token segment ids for segment-level ratios (Rank-GRPO ranks)
-    policy_version: int | None = None  # learner step whose weights sampled this batch
-
-
-def _pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
-    out = torch.zeros((len(rows), width), dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
-    return out
+__all__ = ["Learner", "RolloutBatch"]
 
 
 def to_cpu(obj):
@@ -77,6 +58,7 @@ class Learner:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
+        self.algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
         self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed, cfg.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
         self.model.train()
@@ -99,12 +81,11 @@ class Learner:
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)
         input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
                                                               self.tokenizer.pad_token_id)
-        if batch.token_advantages is not None:
-            advantages = _pad_rows(batch.token_advantages, completion_mask.shape[1], torch.float32)
-        else:
-            advantages = ADVANTAGES[cfg.scale_rewards](rewards, batch.group_size)
-        segments = _pad_rows(batch.segments, completion_mask.shape[1], torch.long) if batch.segments else None
-        completion_mask, advantages = completion_mask.to(self.device), advantages.to(self.device)
+        width = completion_mask.shape[1]
+        advantages = self.algorithm.advantages(batch, width).to(self.device)
+        segments = self.algorithm.segments(batch, width)
+        settings = self.algorithm.loss_settings
+        completion_mask = completion_mask.to(self.device)
         segments = segments.to(self.device) if segments is not None else None
         prompt_lengths = [len(p) for p in batch.prompt_ids]
         num_seq, num_tok = len(batch.rewards), int(completion_mask.sum())
@@ -122,7 +103,7 @@ class Learner:
         if stale:
             if batch.sampling_logprobs is None:
                 raise ValueError("an off-policy batch needs the rollout engine's sampling log-probs")
-            sampler_logp = _pad_rows(batch.sampling_logprobs, completion_mask.shape[1], torch.float32).to(self.device)
+            sampler_logp = pad_rows(batch.sampling_logprobs, width, torch.float32).to(self.device)
         need_old = cfg.updates_per_batch > 1 and not stale
         old, ref = {}, {}
         with torch.no_grad():
@@ -139,13 +120,12 @@ class Learner:
                 r, t_max = rows(s)
                 logp = self._logprobs(r, t_max)
                 old_logp = sampler_logp[s, :t_max] if stale else old[k] if need_old else logp.detach()
-                loss, st = grpo_loss(
-                    logp, old_logp, advantages[s] if advantages.dim() == 1 else advantages[s, :t_max],
-                    completion_mask[s, :t_max], segments=segments[s, :t_max] if segments is not None else None,
-                    loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high or cfg.epsilon,
-                    beta=cfg.beta, ref_logp=ref.get(k), kl_ratio_correction=cfg.use_bias_correction_kl,
-                    num_sequences=num_seq, num_tokens=num_tok,
-                    max_completion_length=self.max_new_tokens)
+                loss, st = policy_loss(LossInputs(
+                    logp=logp, old_logp=old_logp,
+                    advantages=advantages[s] if advantages.dim() == 1 else advantages[s, :t_max],
+                    mask=completion_mask[s, :t_max], num_sequences=num_seq, num_tokens=num_tok,
+                    max_completion_length=self.max_new_tokens, ref_logp=ref.get(k),
+                    segments=segments[s, :t_max] if segments is not None else None), settings)
                 loss.backward()
                 share = len(range(num_seq)[s]) / num_seq
                 stats["loss"] += float(loss.detach()) / cfg.updates_per_batch

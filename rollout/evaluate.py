@@ -46,7 +46,7 @@ def sampled_pass_at_k(engine, task: Task, examples: list[Example], encoder: Prom
     return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
 
 
-def list_metrics(engine, task, examples: list[Example], encoder: PromptEncoder,
+def list_metrics(engine, task, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int | None = None,
                  ks: list[int] | None = None) -> dict[str, float]:
     """Greedy Recall@k and NDCG@k for a ranked-list task (one item per line), k in ks (default 1..K by doubling,
     and K): Recall@k = ground-truth items found in the first k lines / |ground truth|; NDCG@k with binary relevance."""
@@ -54,7 +54,7 @@ def list_metrics(engine, task, examples: list[Example], encoder: PromptEncoder,
 
     k_max = task.list_length
     ks = ks or sorted({*[2**i for i in range(k_max.bit_length()) if 2**i <= k_max], k_max})
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens or task.max_new_tokens)
     groups = engine.generate(encoder.ids(examples), params)
     out = {f"recall@{k}": 0.0 for k in ks} | {f"ndcg@{k}": 0.0 for k in ks}
     for ex, group in zip(examples, groups, strict=True):

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from extrapolate.config import ExtrapolateConfig
-from learner.config import LearnerConfig, ModelConfig
+from learner.config import ALGORITHM_CONFIGS, GRPOConfig, LearnerConfig, ModelConfig
 from rollout.config import RolloutConfig
 
 
@@ -40,7 +40,7 @@ class JobConfig(BaseModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    learner: LearnerConfig = Field(default_factory=GRPOConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     extrapolate: ExtrapolateConfig | None = Field(None, description="Leaps during training; absent = plain RL.")
 
@@ -52,8 +52,12 @@ class ConfigError(ValueError):
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid job config {source}:"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "learner" and p in ALGORITHM_CONFIGS)]
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "union_tag_invalid":
+            lines.append(f"  {field}.algorithm: unknown algorithm {e['ctx']['tag']!r}; valid: "
+                         f"{', '.join(ALGORITHM_CONFIGS)}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown field; remove it (see `leapfrog config schema` for the valid fields)")
         else:
             lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
@@ -103,6 +107,8 @@ def config_reference() -> str:
     def type_of(prop: dict) -> str:
         if "$ref" in prop:
             return "section"
+        if "const" in prop:
+            return f"`{prop['const']}`"
         if "anyOf" in prop:
             return " or ".join(type_of(p) for p in prop["anyOf"])
         if "enum" in prop:
@@ -115,20 +121,34 @@ def config_reference() -> str:
             prop.get("type", ""), prop.get("type", "any"))
         return name + (f" ({', '.join(bounds)})" if bounds else "")
 
-    lines = []
-    for section, prop in schema["properties"].items():
-        ref = prop.get("$ref") or next(p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p)
-        model = defs[ref.rsplit("/", 1)[1]]
-        lines += [f"**`{section}`** — {model.get('description', '').strip()}", "",
-                  "| field | type | default | description |", "|---|---|---|---|"]
-        for name, field in model["properties"].items():
+    def rows(model: dict, only: set[str] | None = None) -> list[str]:
+        out = []
+        fields = sorted(model["properties"].items(), key=lambda item: item[0] != "algorithm")  # the chooser first
+        for name, field in fields:
+            if only is not None and name not in only:
+                continue
             if "$ref" in field:
                 nested = defs[field["$ref"].rsplit("/", 1)[1]]
                 for sub, subfield in nested["properties"].items():
-                    lines.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{json.dumps(subfield.get('default'))}` "
-                                 f"| {subfield.get('description', '')} |")
+                    out.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{json.dumps(subfield.get('default'))}` "
+                               f"| {subfield.get('description', '')} |")
                 continue
             default = json.dumps(field.get("default")) if "default" in field else "(computed)"
-            lines.append(f"| `{name}` | {type_of(field)} | `{default}` | {field.get('description', '')} |")
-        lines.append("")
+            out.append(f"| `{name}` | {type_of(field)} | `{default}` | {field.get('description', '')} |")
+        return out
+
+    header = ["| field | type | default | description |", "|---|---|---|---|"]
+    lines = []
+    for section, prop in schema["properties"].items():
+        refs = [p["$ref"] for p in prop.get("oneOf", [])] or [
+            prop.get("$ref") or next(p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p)]
+        first = defs[refs[0].rsplit("/", 1)[1]]
+        lines += [f"**`{section}`** — {' '.join(first.get('description', '').split())}", "", *header, *rows(first), ""]
+        for ref in refs[1:]:  # the other algorithms of a union section: the fields that differ from the first
+            model = defs[ref.rsplit("/", 1)[1]]
+            differ = {n for n, f in model["properties"].items() if first["properties"].get(n) != f}
+            lines += [f"**`{section}` with `algorithm: {model['properties']['algorithm']['default']}`** — "
+                      f"{' '.join(model.get('description', '').split())} The fields that differ from the table above (the "
+                      f"others are the same; {', '.join(f'`{n}`' for n in first['properties'] if n not in model['properties'])} "
+                      f"are refused):", "", *header, *rows(model, differ), ""]
     return "\n".join(lines)

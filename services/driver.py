@@ -7,6 +7,8 @@ becomes RUNNING, metrics / rank-1 / events go to its streams, and it ends SUCCEE
 It connects to Ray (RAY_ADDRESS, the address a Ray job is given, or a local instance when unset), starts one
 Learner and rollout.num_workers RolloutWorker actors, and runs the same driver loop as `leapfrog run`
 (`services.runner.drive`). Its last stdout line is the run summary as JSON.
+Started again with the same job and run directory (a driver that died, resubmitted or retried), it continues from
+the run's last checkpoint; the rows the dead attempt logged after it are set aside under rolled_back/.
 """
 
 from __future__ import annotations
@@ -36,18 +38,16 @@ def connect_ray(num_cpus: int | None = None):
 
 
 def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-               sink=None, requests=None):
-    from learner.checkpoint import list_checkpoints
+               sink=None, requests=None, restart: bool = False):
+    """The job on the Ray cluster. restart: this job may have run in run_dir before (a driver started again after it
+    died): it continues from its last checkpoint instead of refusing the run directory."""
     from rollout.tasks import load_task
-    from services.runner import drive, prepare_job
+    from services.runner import drive, max_new_tokens, prepare_job
     from services.runtime import RayRuntime
 
-    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False)
-    task = load_task(cfg.rollout.task)
-    runtime = RayRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
+    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False, restart=restart)
+    runtime = RayRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task)))
     try:
-        if resume_from is None and list_checkpoints(run_dir):
-            resume_from = list_checkpoints(run_dir)[-1][1]
         return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
                      stop_after=stop_after, sink=sink, requests=requests)
     finally:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         connect_ray()
         summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
-                             sink=sink, requests=requests)
+                             sink=sink, requests=requests, restart=True)
     except BaseException as err:
         if store is not None:
             finish(store, job_id, "FAILED", error=f"{type(err).__name__}: {err}"[:2000])

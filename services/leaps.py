@@ -18,11 +18,14 @@ Checkpoints of the losing branch move to rolled_back/<leap>-leap|-control/ (noth
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+from learner.checkpoint import checkpoint_dir, list_checkpoints
+from learner.run_dir import EVENTS, ROLLED_BACK, append_jsonl
 from rollout.evaluate import greedy_scores, paired_difference
 
 
@@ -47,41 +50,188 @@ def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:
     return max(0.0, sum((t - mean_t) * (a - mean_a) for t, a in points) / var) if var > 0 else 0.0
 
 
+class Phase(StrEnum):
+    IDLE = "idle"        # no leap pending; the next proposal waits for next_proposal_at (or a manual request)
+    LEAP = "leap"        # a leap was applied; its branch trains judge_after learner steps
+    CONTROL = "control"  # judge "control": the pre-leap checkpoint resumed, the control branch trains judge_after steps
+
+
+class LeapStateError(RuntimeError):
+    """A transition that the current phase does not allow (a bug in the caller)."""
+
+
+@dataclass
+class PendingLeap:
+    """The leap being judged."""
+
+    id: str
+    from_step: int
+    to_step: int
+    horizon: int
+    scale: float
+    method: str
+    pre_path: str  # the pre-leap checkpoint
+    pre_scores: list[float]  # the pre-leap policy's per-problem scores
+    at_learner_steps: int  # learner steps when the current branch started
+    leap_scores: list[float] | None = None  # the leap branch's scores after judge_after steps (judge "control")
+    branch_checkpoint: str | None = None  # the leap branch's checkpoint, set aside while the control runs
+
+    def kept_record(self) -> dict:
+        return {"id": self.id, "from_step": self.from_step, "to_step": self.to_step, "horizon": self.horizon,
+                "scale": self.scale, "method": self.method}
+
+
+@dataclass
+class Judgement:
+    paid: bool
+    diff: float
+    se: float
+
+
+@dataclass
+class LeapState:
+    """The leap protocol as a state machine, with no model and no files: IDLE -propose/evaluate-> (reject: IDLE) or
+    (apply: LEAP) -judge_after steps-> trend: judge -> IDLE; control: start_control -> CONTROL -judge_after steps->
+    judge -> IDLE. Each transition checks the phase it starts from."""
+
+    judge: str  # "control" | "trend"
+    judge_after: int
+    leap_every: int
+    accept_margin: float
+    judge_margin: float
+    phase: Phase = Phase.IDLE
+    pending: PendingLeap | None = None
+    next_proposal_at: int = 0  # in learner steps
+    requested: bool = False  # a manual request waits until a proposal serves it
+    kept: list[dict] = field(default_factory=list)
+    accounting: dict = field(default_factory=lambda: {
+        "proposals": 0, "applied": 0, "rejected": 0, "paid": 0, "rolled_back": 0, "steps_skipped": 0,
+        "steps_lost": 0, "extrapolation_s": 0.0, "evaluation_s": 0.0})
+
+    @classmethod
+    def from_config(cls, x) -> LeapState:
+        return cls(judge=x.judge, judge_after=x.judge_after, leap_every=x.leap_every, accept_margin=x.accept_margin,
+                   judge_margin=x.judge_margin)
+
+    def _require(self, *phases: Phase) -> None:
+        if self.phase not in phases:
+            raise LeapStateError(f"leap state is {self.phase.value}; this transition needs "
+                                 f"{' or '.join(p.value for p in phases)}")
+
+    def may_propose(self, learner_steps: int) -> bool:
+        return self.phase == Phase.IDLE and (learner_steps >= self.next_proposal_at or self.requested)
+
+    def proposed(self) -> None:
+        """A proposal was made (it serves a pending manual request)."""
+        self._require(Phase.IDLE)
+        self.accounting["proposals"] += 1
+        self.requested = False
+
+    def accepts(self, best_diff: float) -> bool:
+        """The best candidate is applied if it is at most accept_margin below the current policy."""
+        return best_diff >= -self.accept_margin
+
+    def reject(self, learner_steps: int) -> None:
+        self._require(Phase.IDLE)
+        self.accounting["rejected"] += 1
+        self.next_proposal_at = learner_steps + self.leap_every
+
+    def apply(self, leap: PendingLeap) -> None:
+        self._require(Phase.IDLE)
+        self.phase, self.pending = Phase.LEAP, leap
+        self.accounting["applied"] += 1
+
+    def judging_due(self, learner_steps: int) -> bool:
+        """The current branch has trained its judge_after learner steps."""
+        return self.pending is not None and learner_steps - self.pending.at_learner_steps >= self.judge_after
+
+    def start_control(self, leap_scores: list[float], learner_steps: int, branch_checkpoint: str) -> None:
+        """Judge "control": set the leap branch aside (its scores and checkpoint) and train the control branch."""
+        self._require(Phase.LEAP)
+        if self.judge != "control":
+            raise LeapStateError("start_control is for judge 'control'")
+        self.phase = Phase.CONTROL
+        self.pending.leap_scores, self.pending.branch_checkpoint = leap_scores, branch_checkpoint
+        self.pending.at_learner_steps = learner_steps
+
+    def judge_control(self, control_scores: list[float]) -> Judgement:
+        """The leap paid if leap - control >= -judge_margin on the same problems."""
+        self._require(Phase.CONTROL)
+        diff, se = paired_difference(self.pending.leap_scores, control_scores)
+        return Judgement(diff >= -self.judge_margin, diff, se)
+
+    def judge_trend(self, scores: list[float], expected_gain: float) -> Judgement:
+        """The leap paid if its gain since the leap >= the trend's expected gain - judge_margin."""
+        self._require(Phase.LEAP)
+        if self.judge != "trend":
+            raise LeapStateError("judge_trend is for judge 'trend'")
+        diff, se = paired_difference(scores, self.pending.pre_scores)
+        return Judgement(diff >= expected_gain - self.judge_margin, diff, se)
+
+    def close(self, paid: bool, learner_steps: int) -> PendingLeap:
+        """Keep the leap (it saved its horizon) or roll it back. The judge_after steps of the branch that does not
+        continue are lost: always with a control branch; with the trend judge only when the leap is rolled back."""
+        self._require(Phase.LEAP, Phase.CONTROL)
+        leap = self.pending
+        self.phase, self.pending = Phase.IDLE, None
+        self.next_proposal_at = learner_steps + self.leap_every
+        if self.judge == "control" or not paid:
+            self.accounting["steps_lost"] += self.judge_after
+        if paid:
+            self.accounting["paid"] += 1
+            self.accounting["steps_skipped"] += leap.horizon
+            self.kept.append(leap.kept_record())
+        else:
+            self.accounting["rolled_back"] += 1
+        return leap
+
+    def summary(self, learner_steps: int) -> dict:
+        a = dict(self.accounting)
+        a["learner_steps"] = learner_steps
+        a["net_steps_saved"] = a["steps_skipped"] - a["steps_lost"]
+        return a
+
+
 class LeapController:
-    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None, *, encoder):
+    """The leap protocol's side effects: the extrapolation service, paired evaluations, the learner's branches and
+    their checkpoints; every decision is LeapState's."""
+
+    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None, *, encoder, max_new_tokens: int):
         self.cfg, self.x = cfg, cfg.extrapolate
         self.runtime, self.run_dir, self.task = runtime, Path(run_dir), task
         self.emit = emit  # emit(kind, record): "rank1" rows and "event" records
         self.requests = requests  # () -> new manual leap requests (from the control plane), or None
-        self.requested = False  # a manual request waits until a proposal serves it
         self.examples = task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
         self.encoder = encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
-        self.pending: dict | None = None
-        self.next_proposal_at = 0  # in learner steps
-        self.kept: list[dict] = []
-        self.accounting = {"proposals": 0, "applied": 0, "rejected": 0, "paid": 0, "rolled_back": 0,
-                           "steps_skipped": 0, "steps_lost": 0, "extrapolation_s": 0.0, "evaluation_s": 0.0}
+        self.max_new_tokens = max_new_tokens
+        self.state = LeapState.from_config(self.x)
+
+    def _timed(self, key: str, fn, *args):
+        started = time.time()
+        try:
+            return fn(*args)
+        finally:
+            self.state.accounting[key] += time.time() - started
 
     def _scores(self, adapter_path: str | None = None) -> list[float]:
-        started = time.time()
         policy = self.runtime if adapter_path is None else CandidatePolicy(self.runtime, adapter_path)
-        scores = greedy_scores(policy, self.task, self.examples, self.encoder)
-        self.accounting["evaluation_s"] += time.time() - started
-        return scores
+        return self._timed("evaluation_s", greedy_scores, policy, self.task, self.examples, self.encoder,
+                           self.max_new_tokens)
 
     def checkpoint_meta(self) -> dict:
-        return {"leaps_kept": self.kept, "leap_under_judgement": self.pending["id"] if self.pending else None}
+        return {"leaps_kept": self.state.kept,
+                "leap_under_judgement": self.state.pending.id if self.state.pending else None}
 
-    def after_checkpoint(self, step: int, learner_steps: int) -> int | None:
+    def after_checkpoint(self, step: int, learner_steps: int, final: bool) -> int | None:
         """Rank-1 update, then maybe a leap; returns the new step when a leap was applied."""
-        started = time.time()
-        rank1 = self.runtime.service("on_checkpoint", step)
-        self.accounting["extrapolation_s"] += time.time() - started
-        self.emit("rank1", rank1)
+        if final:
+            return None
+        st = self.state
+        self.emit("rank1", self._timed("extrapolation_s", self.runtime.service, "on_checkpoint", step))
         if self.requests is not None and self.requests():
-            self.requested = True
-        forced = self.requested
-        if self.pending is not None or (learner_steps < self.next_proposal_at and not forced):
+            st.requested = True
+        forced = st.requested
+        if not st.may_propose(learner_steps):
             if forced:
                 self.emit("event", {"type": "no_leap", "step": step, "reason": "leap request deferred: a leap is "
                                     "being judged"})
@@ -91,48 +241,42 @@ class LeapController:
             self.emit("event", {"type": "no_leap", "step": step, "reason": f"too close to the end: a {status['horizon']}"
                                 f"-step leap and {self.x.judge_after} judging steps would pass run.steps"})
             return None
-        started = time.time()
-        proposal = self.runtime.service("propose", step, forced)
-        self.accounting["extrapolation_s"] += time.time() - started
+        proposal = self._timed("extrapolation_s", self.runtime.service, "propose", step, forced)
         if "reason" in proposal:
             self.emit("event", {"type": "no_leap", "step": step, **proposal})
             return None
-        self.accounting["proposals"] += 1
-        self.requested = False
+        st.proposed()
         current = self._scores()
         evaluated = []
         for cand in proposal["candidates"]:
             diff, se = paired_difference(self._scores(cand["path"]), current)
             evaluated.append({**cand, "diff": diff, "se": se})
         best = max(evaluated, key=lambda c: c["diff"])
-        record = {"step": step, "method": proposal["method"], "horizon": proposal["horizon"], "requested": forced,
-                  "backtest_cos": proposal["backtest_cos"], "current_acc": sum(current) / len(current),
-                  "candidates": evaluated, "leap_dir": proposal["leap_dir"],
-                  "predicted_s1": proposal.get("predicted_s1", {})}
-        self.emit("event", {"type": "proposal", **record})
-        if best["diff"] < -self.x.accept_margin:
-            self.accounting["rejected"] += 1
-            status = self.runtime.service("verdict", False)
-            self.next_proposal_at = learner_steps + self.x.leap_every
+        self.emit("event", {"type": "proposal", "step": step, "method": proposal["method"],
+                            "horizon": proposal["horizon"], "requested": forced,
+                            "backtest_cos": proposal["backtest_cos"], "current_acc": sum(current) / len(current),
+                            "candidates": evaluated, "leap_dir": proposal["leap_dir"],
+                            "predicted_s1": proposal.get("predicted_s1", {})})
+        if not st.accepts(best["diff"]):
+            st.reject(learner_steps)
             self.emit("event", {"type": "leap_rejected", "step": step, "best_diff": best["diff"], "se": best["se"],
-                                "policy": status})
+                                "policy": self.runtime.service("verdict", False)})
             return None
-        pre_path = self.run_dir / "checkpoints" / f"step-{step:06d}"
         new_step = self.runtime.leap(best["path"], proposal["horizon"], self.x.reset_optimizer)
         self.runtime.publish()
-        self.accounting["applied"] += 1
-        self.pending = {"id": Path(proposal["leap_dir"]).name, "from_step": step, "to_step": new_step,
-                        "horizon": proposal["horizon"], "scale": best["scale"], "method": proposal["method"],
-                        "pre_path": str(pre_path), "pre_scores": current, "at_learner_steps": learner_steps}
+        st.apply(PendingLeap(id=Path(proposal["leap_dir"]).name, from_step=step, to_step=new_step,
+                             horizon=proposal["horizon"], scale=best["scale"], method=proposal["method"],
+                             pre_path=str(checkpoint_dir(self.run_dir, step)), pre_scores=current,
+                             at_learner_steps=learner_steps))
         self.emit("event", {"type": "leap_applied", "step": step, "to_step": new_step, "scale": best["scale"],
                             "diff": best["diff"], "se": best["se"], "method": proposal["method"],
-                            "id": self.pending["id"]})
+                            "id": st.pending.id})
         return new_step
 
     def _move_checkpoints_after(self, step: int, to: Path) -> None:
-        """Move checkpoints/step-N with N > step to `to` (never deleted), and forget their rank-1 rows."""
-        for ckpt in sorted((self.run_dir / "checkpoints").glob("step-*")):
-            if ".tmp" not in ckpt.name and int(ckpt.name.split("-")[1]) > step:
+        """Move the checkpoints after `step` to `to` (never deleted), and forget their rank-1 rows."""
+        for s, ckpt in list_checkpoints(self.run_dir):
+            if s > step:
                 to.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(ckpt), to / ckpt.name)
         self.runtime.service("forget_after", step)
@@ -142,70 +286,94 @@ class LeapController:
             shutil.move(str(ckpt), self.run_dir / "checkpoints" / ckpt.name)
         source.rmdir()
 
-    def _verdict(self, p: dict, paid: bool, record: dict, learner_steps: int) -> None:
-        self.pending = None
-        self.next_proposal_at = learner_steps + self.x.leap_every
-        self.accounting["steps_lost"] += self.x.judge_after  # the losing branch's steps
-        if paid:
-            self.accounting["paid"] += 1
-            self.accounting["steps_skipped"] += p["horizon"]
-            self.kept.append({k: p[k] for k in ("id", "from_step", "to_step", "horizon", "scale", "method")})
-        else:
-            self.accounting["rolled_back"] += 1
-        record["policy"] = self.runtime.service("verdict", paid)
-        self.emit("event", record)
+    def _close(self, judgement: Judgement, learner_steps: int, step: int, **record) -> None:
+        leap = self.state.close(judgement.paid, learner_steps)
+        self.emit("event", {"id": leap.id, "from_step": leap.from_step, "horizon": leap.horizon, "method": leap.method,
+                            "type": "leap_paid" if judgement.paid else "leap_rolled_back",
+                            "step": step, "se": judgement.se, **record,
+                            "policy": self.runtime.service("verdict", judgement.paid)})
 
     def after_step(self, learner_steps: int, evals: list[dict], checkpoint) -> dict | None:
         """Judge a pending leap once judge_after learner steps have run (in the leap branch, then in the control
         branch). Returns the restored state when the run switches branch (the driver continues from it).
         `checkpoint()` writes a checkpoint of the current state and returns its path."""
-        p = self.pending
-        if p is None or learner_steps - p["at_learner_steps"] < self.x.judge_after:
+        st = self.state
+        if not st.judging_due(learner_steps):
             return None
-        base = {"id": p["id"], "from_step": p["from_step"], "horizon": p["horizon"], "method": p["method"]}
-        aside = self.run_dir / "rolled_back"
-        if p.get("phase") == "control":  # both branches have run judge_after steps: the better one continues
-            control = self._scores()
-            diff, se = paired_difference(p["leap_scores"], control)
-            paid = diff >= -self.x.judge_margin
-            record = {**base, "type": "leap_paid" if paid else "leap_rolled_back", "step": self.runtime.step_count,
-                      "leap_minus_control": diff, "se": se, "judge": "control"}
-            if not paid:
-                self._verdict(p, False, record, learner_steps)
-                return None  # the control branch is the run now; the leap branch stays under rolled_back/
-            self._move_checkpoints_after(p["from_step"], aside / f"{p['id']}-control")
-            self._restore_checkpoints(aside / f"{p['id']}-leap")
-            state = self.runtime.resume(self.run_dir / "checkpoints" / p["branch_checkpoint"])
-            self._verdict(p, True, record, learner_steps)
+        leap, aside, step = st.pending, self.run_dir / ROLLED_BACK, self.runtime.step_count
+        if st.phase == Phase.CONTROL:  # both branches have run judge_after steps: the better one continues
+            judgement = st.judge_control(self._scores())
+            if not judgement.paid:  # the control branch is the run now; the leap branch stays under rolled_back/
+                self._close(judgement, learner_steps, step, leap_minus_control=judgement.diff, judge="control")
+                return None
+            self._move_checkpoints_after(leap.from_step, aside / f"{leap.id}-control")
+            self._restore_checkpoints(aside / f"{leap.id}-leap")
+            state = self.runtime.resume(self.run_dir / "checkpoints" / leap.branch_checkpoint)
+            self._close(judgement, learner_steps, step, leap_minus_control=judgement.diff, judge="control")
             return state
         now = self._scores()
-        if self.x.judge == "control":
+        if st.judge == "control":
             branch = Path(checkpoint())
-            self._move_checkpoints_after(p["from_step"], aside / f"{p['id']}-leap")
-            p.update(phase="control", leap_scores=now, at_learner_steps=learner_steps, branch_checkpoint=branch.name)
-            self.emit("event", {**base, "type": "control_branch", "step": self.runtime.step_count,
+            self._move_checkpoints_after(leap.from_step, aside / f"{leap.id}-leap")
+            st.start_control(now, learner_steps, branch.name)
+            self.emit("event", {"id": leap.id, "from_step": leap.from_step, "horizon": leap.horizon,
+                                "method": leap.method, "type": "control_branch", "step": step,
                                 "leap_acc": sum(now) / len(now)})
-            return self.runtime.resume(Path(p["pre_path"]))
-        diff, se = paired_difference(now, p["pre_scores"])
-        expected_gain = trend_slope(evals, p["from_step"], self.x.trend_evals) * self.x.judge_after
-        paid = diff >= expected_gain - self.x.judge_margin
-        record = {**base, "type": "leap_paid" if paid else "leap_rolled_back", "step": self.runtime.step_count,
-                  "gain_since_leap": diff, "se": se, "trend_gain": expected_gain, "judge": "trend"}
-        if paid:
-            self._verdict(p, True, record, learner_steps)
-            return None
-        self._move_checkpoints_after(p["from_step"], aside / p["id"])
-        state = self.runtime.resume(Path(p["pre_path"]))
-        self._verdict(p, False, record, learner_steps)
+            return self.runtime.resume(Path(leap.pre_path))
+        expected_gain = trend_slope(evals, leap.from_step, self.x.trend_evals) * self.x.judge_after
+        judgement = st.judge_trend(now, expected_gain)
+        state = None
+        if not judgement.paid:
+            self._move_checkpoints_after(leap.from_step, aside / leap.id)
+            state = self.runtime.resume(Path(leap.pre_path))
+        self._close(judgement, learner_steps, step, gain_since_leap=judgement.diff, trend_gain=expected_gain, judge="trend")
         return state
 
     def summary(self, learner_steps: int) -> dict:
-        a = dict(self.accounting)
-        a["learner_steps"] = learner_steps
-        a["net_steps_saved"] = a["steps_skipped"] - a["steps_lost"]
-        return a
+        return self.state.summary(learner_steps)
 
 
-def write_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+class PlainRun:
+    """The null leap controller of a job without an `extrapolate:` section: it still streams the rank-1 picture of
+    each checkpoint to the dashboard, and answers manual leap requests with the reason there is none."""
+
+    def __init__(self, run_dir: Path, sink=None, requests=None):
+        self.run_dir, self.sink, self.requests = Path(run_dir), sink, requests
+
+    def checkpoint_meta(self) -> dict:
+        return {}
+
+    def after_step(self, learner_steps: int, evals: list[dict], checkpoint) -> dict | None:
+        return None
+
+    def after_checkpoint(self, step: int, learner_steps: int, final: bool) -> int | None:
+        if self.sink is None:
+            return None
+        from extrapolate.analyze import checkpoint_record
+
+        self.sink("rank1", checkpoint_record(self.run_dir, step))
+        if self.requests is not None and self.requests():
+            self.sink("events", {"type": "no_leap", "step": step, "time": time.time(),
+                                 "reason": "leap requested, but this job has no extrapolate: section"})
+        return None
+
+    def summary(self, learner_steps: int) -> None:
+        return None
+
+
+def leap_controller(cfg, runtime, run_dir: Path, task, encoder, max_new_tokens: int, console, sink=None,
+                    requests=None):
+    """The job's leap controller: LeapController with an `extrapolate:` section, else PlainRun."""
+    if cfg.extrapolate is None:
+        return PlainRun(run_dir, sink, requests)
+
+    def emit(kind: str, record: dict) -> None:
+        if kind == "event":
+            record = {**record, "time": time.time()}
+            append_jsonl(Path(run_dir) / EVENTS, record)
+            if record["type"] != "no_leap":
+                console.print(f"leap event: {record['type']} at step {record['step']}")
+        if sink is not None:
+            sink("events" if kind == "event" else "rank1", record)
+
+    return LeapController(cfg, runtime, run_dir, task, emit, requests, encoder=encoder, max_new_tokens=max_new_tokens)

@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from learner.algorithms import ALGORITHMS
 from learner.bootstrap import bootstrap, default_model_dir
-from learner.checkpoint import list_checkpoints
-from learner.learner import RolloutBatch
+from learner.checkpoint import checkpoint_dir, list_checkpoints
+from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
 from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
+from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
+from services.leaps import leap_controller
+from services.runtime import LearnerLost
 
 TRAIN_POOL_MAX = 50_000  # for tasks that do not set max_train_pool
 
@@ -74,7 +78,7 @@ def preflight(cfg: JobConfig, model_dir: Path, task, local: bool) -> None:
                              "learner.num_gpus (and rollout.worker_gpus for the rollout workers) or model.device: auto")
         encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
         examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
-        longest = max(len(ids) for ids in encoder.ids(examples)) + (cfg.rollout.max_new_tokens or task.max_new_tokens)
+        longest = max(len(ids) for ids in encoder.ids(examples)) + max_new_tokens(cfg, task)
     except (PromptError, ValueError) as err:
         raise ConfigError(str(err)) from None
     model_limit = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
@@ -91,12 +95,13 @@ def preflight(cfg: JobConfig, model_dir: Path, task, local: bool) -> None:
                           f"model {model_dir} supports ({model_limit} positions); shorten them")
 
 
-def prepare_job(cfg: JobConfig, run_dir: Path, resume: bool, progress: bool, local: bool) -> tuple[Path, Path | None]:
+def prepare_job(cfg: JobConfig, run_dir: Path, resume: bool, progress: bool, local: bool, restart: bool = False
+                ) -> tuple[Path, Path | None]:
     """(model directory, checkpoint to resume from): the model resolved and the job checked first, then the run
-    directory created (or checked for a resume)."""
+    directory created (or checked for a resume; see prepare_run_dir for `restart`)."""
     model_dir = resolve_model_dir(cfg, progress).resolve()
     preflight(cfg, model_dir, load_task(cfg.rollout.task), local)
-    return model_dir, prepare_run_dir(cfg, run_dir, resume)
+    return model_dir, prepare_run_dir(cfg, run_dir, resume, restart)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -121,64 +126,41 @@ def prompts_for_step(pool: list, seed: int, step: int, per_step: int) -> list:
     return out
 
 
-def rank_grpo_fields(cfg: JobConfig, task, tokenizer, examples: list, groups: list) -> tuple[list, list]:
-    """Rank-GRPO's per-token advantages and rank segments for a scored batch (learner/rank_grpo.py).
-    Ranks and parsed lines come from the same per-token decoding, so they cannot disagree."""
-    import torch
-
-    from learner.rank_grpo import parsed_items, rank_advantages, rank_rewards, rank_segments, token_advantages
-
-    k = task.list_length
-    relevance, segments, n_items, ended = [], [], [], []
-    for ex, group in zip(examples, groups, strict=True):
-        for c in group:
-            stop = c.finish_reason == "stop"
-            texts = [tokenizer.decode([t]) for t in (c.token_ids[:-1] if stop else c.token_ids)]
-            seg = rank_segments(texts, k)
-            if stop:  # the end token sits in the rank of the text before it
-                seg.append(min(sum(t.count("\n") for t in texts), k))
-            segments.append(seg)
-            relevance.append(task.relevance(ex, parsed_items(texts, k)))
-            n_items.append(sum(1 for line in "".join(texts).split("\n") if line.strip()))
-            ended.append(stop)
-    rewards = rank_rewards(torch.tensor(relevance), cfg.learner.rank_reward)
-    advantages = rank_advantages(rewards, cfg.rollout.group_size)
-    return token_advantages(advantages, segments, n_items, k, ended), segments
-
-
-def shape_rewards(cfg: JobConfig, completions: list, rewards: list[float]) -> tuple[list, list[float]]:
-    """Apply the learner's reward shaping (unlikeliness) and group filtering (drop all-equal groups)."""
-    import torch
-
-    from learner.rewards import informative_groups, unlikeliness_rewards
-
-    g = cfg.rollout.group_size
-    raw = torch.tensor(rewards, dtype=torch.float32)
-    shaped = raw
-    if cfg.learner.reward_shaping == "unlikeliness":
-        mean_logp = torch.tensor([c.mean_logprob for c in completions], dtype=torch.float32)
-        shaped = unlikeliness_rewards(raw, mean_logp, g, cfg.learner.unlikeliness_beta)
-    if cfg.learner.drop_uniform_groups:
-        keep = informative_groups(raw, g)
-        if bool(keep.any()):  # a batch with no signal at all is kept whole (its advantages are all zero)
-            rows = [i for i in range(len(completions)) if bool(keep[i // g])]
-            return [completions[i] for i in rows], [float(shaped[i]) for i in rows]
-    return completions, shaped.tolist()
-
-
-def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool) -> Path | None:
-    """Create the run dir (or check it for a resume); returns the checkpoint to resume from, if any."""
+def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool = False) -> Path | None:
+    """Create the run dir (or check it for a resume); returns the checkpoint to resume from, if any.
+    restart: the same job started again (a restarted Ray driver) continues from its last checkpoint, or starts over
+    when it had none; either way the log rows of the interrupted attempt after that point are set aside."""
     checkpoints = list_checkpoints(run_dir)
+    if restart and (run_dir / CONFIG).is_file() and (run_dir / CONFIG).read_text() == dump_config(cfg):
+        set_aside_log_after(run_dir, checkpoints[-1][0] if checkpoints else -1)
+        return checkpoints[-1][1] if checkpoints else None
     if resume:
         if not checkpoints:
             raise ConfigError(f"--resume {run_dir}: no complete checkpoint there to resume from")
+        set_aside_log_after(run_dir, checkpoints[-1][0])
         return checkpoints[-1][1]
-    if checkpoints or (run_dir / "metrics.jsonl").exists():
+    if checkpoints or (run_dir / METRICS).exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}, "
                           f"or choose another run.name / --run-dir (nothing was overwritten)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / CONFIG).write_text(dump_config(cfg))
     return None
+
+
+def set_aside_log_after(run_dir: Path, step: int) -> None:
+    """Move metrics.jsonl rows after `step` (written by an attempt that died after its last checkpoint) to
+    rolled_back/metrics-after-<step>.jsonl, so the resumed run logs each step once and nothing is lost."""
+    rows = read_jsonl(run_dir / METRICS)
+    after = [r for r in rows if r.get("step", r.get("at_step", 0)) > step]
+    if not after:
+        return
+    aside = run_dir / ROLLED_BACK / f"metrics-after-{max(step, 0)}.jsonl"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    for row in after:
+        append_jsonl(aside, row)
+    tmp = run_dir / f"{METRICS}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", r.get("at_step", 0)) <= step))
+    tmp.replace(run_dir / METRICS)
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
@@ -188,26 +170,105 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, p
 
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.runs_root) / cfg.run.name
     model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=True)
-    task = load_task(cfg.rollout.task)
-    runtime = LocalRuntime(cfg, model_dir, run_dir, cfg.rollout.max_new_tokens or task.max_new_tokens)
+    runtime = LocalRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task)))
     return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
                  stop_after=stop_after, sink=sink)
 
 
-class LearnerLost(RuntimeError):
-    """The learner process died; the runtime restarted it and the loop continues from the last checkpoint."""
+def max_new_tokens(cfg: JobConfig, task) -> int:
+    """The completion limit of the whole run (rollouts, evaluations, leap scoring): rollout.max_new_tokens, or the
+    task's own when unset."""
+    return cfg.rollout.max_new_tokens or task.max_new_tokens
 
 
-def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
-          progress: bool = True, console=None, stop_after: int | None = None, sink=None,
-          requests=None) -> RunSummary:
-    """The driver loop (the same for the local and the Ray runtime):
-    prompts -> runtime.generate (G completions each) -> verifier rewards -> runtime.train -> runtime.publish
-    -> every eval_every steps a greedy held-out evaluation, every checkpoint_every steps a checkpoint.
-    `sink(stream, record)` (the control plane's Redis streams: "metrics", "rank1", "events") also receives every
-    metrics row, a rank-1 record per checkpoint and every leap event; `requests()` returns the users' new manual
-    leap requests (served at the next checkpoint)."""
-    from rich.console import Console
+@dataclass
+class LoopState:
+    """What the loop carries between steps (and restores from a checkpoint)."""
+
+    evals: list[dict] = field(default_factory=list)
+    learner_steps: int = 0
+    started: float = field(default_factory=time.time)
+
+    def restore(self, saved: dict, runtime) -> None:
+        """Continue a resumed run: its evaluations and the learner steps it had spent."""
+        self.evals = saved.get("evals", [])
+        self.learner_steps = saved.get("learner_steps", runtime.step_count)
+
+
+class RunLog:
+    """metrics.jsonl, mirrored to the control plane's "metrics" stream when a sink is given."""
+
+    def __init__(self, run_dir: Path, sink=None):
+        self.path, self.sink = Path(run_dir) / METRICS, sink
+
+    def __call__(self, row: dict) -> None:
+        row = {**row, "time": time.time()}
+        append_jsonl(self.path, row)
+        if self.sink is not None:
+            self.sink("metrics", row)
+
+
+class Evaluator:
+    """The periodic held-out evaluation: greedy accuracy, list metrics for list tasks, sampled pass@k."""
+
+    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder, log: RunLog):
+        self.cfg, self.runtime, self.task, self.encoder, self.log = cfg, runtime, task, encoder, log
+        self.examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
+        self.max_new = max_new_tokens(cfg, task)
+
+    def __call__(self, step: int, state: LoopState) -> None:
+        r = self.cfg.rollout
+        acc = greedy_accuracy(self.runtime, self.task, self.examples, self.encoder, self.max_new)
+        record = {"step": step, "accuracy": acc, "learner_steps": state.learner_steps}
+        if isinstance(self.task, ListTask):
+            record.update(list_metrics(self.runtime, self.task, self.examples, self.encoder, self.max_new))
+        if r.eval_pass_n > 0:
+            passes = sampled_pass_at_k(self.runtime, self.task, self.examples[:r.eval_pass_size], self.encoder,
+                                       n=r.eval_pass_n, temperature=r.temperature, seed=r.eval_seed,
+                                       max_new_tokens=self.max_new)
+            record.update({f"pass@{k}": v for k, v in passes.items()})
+        state.evals.append(record)
+        self.log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
+
+
+class Rollouts:
+    """Each step's prompts and their sampled groups; with rollout.overlap the next step's generation starts before
+    this step trains (sampled by the policy one version behind, corrected by the learner's importance ratio)."""
+
+    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder):
+        self.cfg, self.runtime, self.encoder = cfg, runtime, encoder
+        pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
+        self.pool = task.examples("train", pool_size, seed=cfg.run.seed)
+        self.max_new = max_new_tokens(cfg, task)
+        self.pending = None  # (step it is for, handle, policy version that samples it)
+
+    def examples(self, step: int) -> list:
+        return prompts_for_step(self.pool, self.cfg.run.seed, step, self.cfg.rollout.prompts_per_step)
+
+    def sampling(self, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=self.max_new,
+                              seed=step_seed(self.cfg.run.seed, step))
+
+    def take(self, step: int, last: int) -> tuple[list, list, int]:
+        """(examples, groups, policy version that sampled them) of a step; starts the next step's when overlapping."""
+        examples = self.examples(step)
+        if self.pending is not None and self.pending[0] == step:
+            groups, version = self.runtime.collect(self.pending[1]), self.pending[2]
+        else:
+            groups, version = self.runtime.generate(self.encoder.ids(examples), self.sampling(step)), step
+        self.pending = None
+        if self.cfg.rollout.overlap and step + 1 < last:
+            handle = self.runtime.generate_async(self.encoder.ids(self.examples(step + 1)), self.sampling(step + 1))
+            self.pending = (step + 1, handle, step)
+        return examples, groups, version
+
+    def drop(self) -> None:
+        """Forget a generation started for the next step (the policy it samples is no longer the run's)."""
+        self.pending = None
+
+
+def progress_bar(cfg: JobConfig, console, enabled: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -217,163 +278,109 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
         TimeRemainingColumn,
     )
 
-    console = console or Console()
-    task = load_task(cfg.rollout.task)
-    max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
-    eval_set = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
-    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    tokenizer = None
-    if cfg.learner.algorithm == "rank_grpo":
-        if not hasattr(task, "relevance") or not hasattr(task, "list_length"):
-            raise ConfigError(f"learner.algorithm: rank_grpo needs a ranked-list task (with relevance() and "
-                              f"list_length, e.g. ranklist); {task.name!r} is not one")
-        tokenizer = encoder.tokenizer
-    pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
-    pool = task.examples("train", pool_size, seed=cfg.run.seed)
-    evals: list[dict] = []
-    started = time.time()
-    metrics_file = run_dir / "metrics.jsonl"
-
-    def log(row: dict) -> None:
-        row = {**row, "time": time.time()}
-        with metrics_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if sink is not None:
-            sink("metrics", row)
-
-    leaps = None
-    learner_steps = 0
-    if cfg.extrapolate is not None:
-        from services.leaps import LeapController, write_jsonl
-
-        def emit(kind: str, record: dict) -> None:
-            if kind == "event":
-                record = {**record, "time": time.time()}
-                write_jsonl(run_dir / "events.jsonl", record)
-                if record["type"] != "no_leap":
-                    console.print(f"leap event: {record['type']} at step {record['step']}")
-            if sink is not None:
-                sink("events" if kind == "event" else "rank1", record)
-
-        leaps = LeapController(cfg, runtime, run_dir, task, emit, requests, encoder=encoder)
-
-    def restore(path: Path | None) -> None:
-        nonlocal evals, learner_steps
-        if path is None:
-            return
-        state = runtime.resume(path)
-        evals = state.get("evals", [])
-        learner_steps = state.get("learner_steps", runtime.step_count)
-        console.print(f"resumed from {path} (step {runtime.step_count})")
-
-    def sampling(step: int) -> SamplingParams:
-        return SamplingParams(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=max_new, seed=step_seed(cfg.run.seed, step))
-
-    def evaluate(step: int) -> float:
-        acc = greedy_accuracy(runtime, task, eval_set, encoder, max_new)
-        record = {"step": step, "accuracy": acc, "learner_steps": learner_steps}
-        if hasattr(task, "list_length"):
-            record.update(list_metrics(runtime, task, eval_set, encoder))
-        if cfg.rollout.eval_pass_n > 0:
-            passes = sampled_pass_at_k(runtime, task, eval_set[:cfg.rollout.eval_pass_size], encoder,
-                                       n=cfg.rollout.eval_pass_n, temperature=cfg.rollout.temperature,
-                                       seed=cfg.rollout.eval_seed, max_new_tokens=max_new)
-            record.update({f"pass@{k}": v for k, v in passes.items()})
-        evals.append(record)
-        log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
-        return acc
-
-    def checkpoint(done: int, row: dict) -> Path:
-        """Checkpoint the current state (or return the existing checkpoint of this step)."""
-        existing = run_dir / "checkpoints" / f"step-{done:06d}"
-        if existing.exists():
-            return existing
-        meta = {"metrics": row, "evals": evals[-1:], "wall_time": time.time() - started, "base_model": str(model_dir),
-                **(leaps.checkpoint_meta() if leaps else {})}
-        return runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": evals,
-                                         "learner_steps": learner_steps})
-
-    restore(resume_from)
-    if runtime.step_count == 0:
-        evaluate(0)
-    last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("reward {task.fields[reward]:.3f}  held-out acc {task.fields[acc]:.3f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    pending = None  # overlapped generation: (step it is for, handle, policy version that samples it)
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count,
-                           reward=0.0, acc=evals[-1]["accuracy"] if evals else 0.0)
+    return Progress(*columns, console=console, disable=not enabled)
+
+
+def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, log: RunLog, console, step: int) -> None:
+    """The learner died: continue from the last checkpoint (or the start), evaluations after it forgotten."""
+    checkpoints = list_checkpoints(run_dir)
+    from_step, path = checkpoints[-1] if checkpoints else (0, None)
+    console.print(f"[yellow]learner lost ({err}); restarting from step {from_step}")
+    log({"event": "learner_restarted", "at_step": step, "from_step": from_step})
+    saved = runtime.resume(path)  # the learner steps spent since stay counted: they were computed
+    state.evals = [e for e in (saved.get("evals") or state.evals[:1]) if e["step"] <= from_step]
+
+
+def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
+          progress: bool = True, console=None, stop_after: int | None = None, sink=None,
+          requests=None) -> RunSummary:
+    """The driver loop, the same for the local and the Ray runtime (services/runtime.py): prompts -> generate ->
+    score -> the algorithm's learner batch -> train, publish -> log -> leap hooks -> evaluate / checkpoint.
+    `sink(stream, record)` (the control plane's Redis streams "metrics", "rank1", "events") receives every metrics
+    row, rank-1 record and leap event; `requests()` returns the users' new manual leap requests."""
+    from rich.console import Console
+
+    console, task = console or Console(), load_task(cfg.rollout.task)
+    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+    algorithm = load_algorithm(cfg, task)
+    log, state, rollouts = RunLog(run_dir, sink), LoopState(), Rollouts(cfg, runtime, task, encoder)
+    evaluate = Evaluator(cfg, runtime, task, encoder, log)
+    leaps = leap_controller(cfg, runtime, run_dir, task, encoder, evaluate.max_new, console, sink, requests)
+    checkpoint = partial(save_checkpoint, cfg, runtime, run_dir, model_dir, state, leaps)
+    if resume_from is not None:
+        state.restore(runtime.resume(resume_from), runtime)
+        console.print(f"resumed from {resume_from} (step {runtime.step_count})")
+    if runtime.step_count == 0:
+        evaluate(0, state)
+    last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
+    with progress_bar(cfg, console, progress) as bar:
+        job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count, reward=0.0,
+                           acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
         while runtime.step_count < last:
-            step = runtime.step_count
-            t0 = time.time()
-            examples = prompts_for_step(pool, cfg.run.seed, step, cfg.rollout.prompts_per_step)
-            if pending is not None and pending[0] == step:
-                groups, policy_version = runtime.collect(pending[1]), pending[2]
-            else:
-                groups, policy_version = runtime.generate(encoder.ids(examples), sampling(step)), step
-            pending = None
-            if cfg.rollout.overlap and step + 1 < last:
-                upcoming = prompts_for_step(pool, cfg.run.seed, step + 1, cfg.rollout.prompts_per_step)
-                pending = (step + 1, runtime.generate_async(encoder.ids(upcoming), sampling(step + 1)), step)
+            step, t0 = runtime.step_count, time.time()
+            examples, groups, policy_version = rollouts.take(step, last)
             t_gen = time.time() - t0
-            completions = [c for group in groups for c in group]
             rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]
-            token_adv = segments = None
-            if tokenizer is not None:
-                token_adv, segments = rank_grpo_fields(cfg, task, tokenizer, examples, groups)
-            else:
-                completions, rewards = shape_rewards(cfg, completions, rewards)
-            batch = RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
-                                 completion_ids=[c.token_ids for c in completions], rewards=rewards,
-                                 group_size=cfg.rollout.group_size,
-                                 sampling_logprobs=[c.logprobs for c in completions], policy_version=policy_version,
-                                 token_advantages=token_adv, segments=segments)
+            batch = algorithm.make_batch(task, encoder.tokenizer, examples, groups, rewards, cfg.rollout.group_size,
+                                         policy_version)
             try:
                 stats = runtime.train(batch)
-                version = runtime.publish()
-                learner_steps += 1
-                done = runtime.step_count
+                version, done = runtime.publish(), runtime.step_count
+                state.learner_steps += 1
                 row = {"step": done, **stats, "policy_version": policy_version, "learner_version": step,
                        "adapter_version": version, "gen_s": t_gen, "step_s": time.time() - t0,
-                       "learner_steps": learner_steps}
+                       "learner_steps": state.learner_steps}
                 log(row)
-                if leaps is not None:
-                    restored = leaps.after_step(learner_steps, evals, partial(checkpoint, done, row))
-                    if restored is not None:  # the run continues from another branch's checkpoint
-                        evals = restored.get("evals", evals)
-                        pending = None
-                        log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
-                        bar.update(job, completed=runtime.step_count)
-                        continue
+                restored = leaps.after_step(state.learner_steps, state.evals, partial(checkpoint, done, row))
+                if restored is not None:  # the run continues from another branch's checkpoint
+                    state.evals = restored.get("evals", state.evals)
+                    rollouts.drop()
+                    log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
+                    continue
                 if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
-                    evaluate(done)
+                    evaluate(done, state)
                 if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
                     checkpoint(done, row)
-                    if leaps is None and sink is not None:  # the dashboard's rank-1 picture for plain runs too
-                        from extrapolate.analyze import checkpoint_record
-
-                        sink("rank1", checkpoint_record(run_dir, done))
-                        if requests is not None and requests():
-                            sink("events", {"type": "no_leap", "step": done, "time": time.time(), "reason":
-                                            "leap requested, but this job has no extrapolate: section"})
-                    if leaps is not None and done < last and leaps.after_checkpoint(done, learner_steps) is not None:
-                        pending = None  # generation for the next step sampled the pre-leap policy
+                    if leaps.after_checkpoint(done, state.learner_steps, final=done >= last) is not None:
+                        rollouts.drop()  # generation for the next step sampled the pre-leap policy
                         log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})
             except LearnerLost as err:
-                checkpoints = list_checkpoints(run_dir)
-                from_step, path = checkpoints[-1] if checkpoints else (0, None)
-                console.print(f"[yellow]learner lost ({err}); restarting from step {from_step}")
-                log({"event": "learner_restarted", "at_step": step, "from_step": from_step})
-                pending = None
-                state = runtime.resume(path)
-                evals = [e for e in (state.get("evals") or evals[:1]) if e["step"] <= from_step]
+                recover_learner(err, runtime, run_dir, state, log, console, step)
+                rollouts.drop()
                 continue
-            bar.update(job, completed=done, reward=stats["reward_mean"], acc=evals[-1]["accuracy"])
+            bar.update(job, completed=done, reward=stats["reward_mean"], acc=state.evals[-1]["accuracy"])
+    return finish_run(run_dir, runtime, state, leaps)
+
+
+def load_algorithm(cfg: JobConfig, task):
+    """The job's algorithm object (learner/algorithms.py), checked against its task."""
+    algorithm = ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner)
+    try:
+        algorithm.check_task(task)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return algorithm
+
+
+def save_checkpoint(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, state: LoopState, leaps, done: int,
+                    row: dict) -> Path:
+    """Checkpoint the current state (or return the existing checkpoint of this step)."""
+    if checkpoint_dir(run_dir, done).exists():
+        return checkpoint_dir(run_dir, done)
+    meta = {"metrics": row, "evals": state.evals[-1:], "wall_time": time.time() - state.started,
+            "base_model": str(model_dir), **leaps.checkpoint_meta()}
+    return runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
+                                     "learner_steps": state.learner_steps})
+
+
+def finish_run(run_dir: Path, runtime, state: LoopState, leaps) -> RunSummary:
+    evals = state.evals
     summary = RunSummary(run_dir=str(run_dir), steps=runtime.step_count, acc_before=evals[0]["accuracy"],
                          acc_after=evals[-1]["accuracy"], best_acc=max(e["accuracy"] for e in evals),
-                         seconds=time.time() - started, evals=evals, learner_steps=learner_steps,
-                         leaps=leaps.summary(learner_steps) if leaps else None)
-    (run_dir / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
+                         seconds=time.time() - state.started, evals=evals, learner_steps=state.learner_steps,
+                         leaps=leaps.summary(state.learner_steps))
+    (Path(run_dir) / SUMMARY).write_text(json.dumps(summary.as_dict(), indent=2))
     return summary

@@ -1,24 +1,70 @@
-"""Where the loop's pieces run: in this process (`LocalRuntime`) or as Ray actors (`RayRuntime`).
-
-Both offer the same few calls, so `services.runner.drive` is one loop for both:
-    generate(prompt_ids, params) -> completions grouped per prompt  (rollout workers; prompts as token ids)
-    train(batch) -> metrics                                          (learner)
-    publish() -> version        make the learner's current weights the rollout policy
-    checkpoint(meta, extra) / resume(path) / close()
-and, for leaps (services/leaps.py):
-    generate_with(adapter_path, prompt_ids, params)  sample a candidate adapter without making it the policy
-    leap(adapter_path, horizon, reset_optimizer)   the learner continues from a leap
-    service(method, *args)                          call the ExtrapolationService (in process, or a Ray actor)
-"""
+"""Where the loop's pieces run: in this process (`LocalRuntime`) or as Ray actors (`RayRuntime`). Both implement
+the `Runtime` protocol, so `services.runner.drive` is one loop for both."""
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from learner.learner import Learner, RolloutBatch
 from rollout.engines.base import Completion, SamplingParams
+
+
+class LearnerLost(RuntimeError):
+    """The learner process died; the runtime restarted it and the loop continues from the last checkpoint."""
+
+
+class Runtime(Protocol):
+    """What the driver loop and the leap controller (services/leaps.py) call."""
+
+    @property
+    def step_count(self) -> int:
+        """The learner's step (leaps advance it by their horizon)."""
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """Completions of the current policy, grouped per prompt (prompts as token ids)."""
+
+    def generate_async(self, prompt_ids: list[list[int]], params: SamplingParams) -> Any:
+        """Start a generation; `collect(handle)` returns what `generate` would have."""
+
+    def collect(self, handle: Any) -> list[list[Completion]]: ...
+
+    def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams
+                      ) -> list[list[Completion]]:
+        """Sample a candidate adapter without making it the policy."""
+
+    def train(self, batch: RolloutBatch) -> dict:
+        """One learner step; its metrics. Raises LearnerLost when the learner died."""
+
+    def publish(self) -> str:
+        """Make the learner's current weights the rollout policy; returns its version."""
+
+    def checkpoint(self, meta: dict, extra: dict) -> Path: ...
+
+    def resume(self, path: Path | None) -> dict:
+        """Continue from a checkpoint (None: from the start); returns its saved state."""
+
+    def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
+        """The learner continues from a leap's adapter, its step advanced by the horizon; returns the new step."""
+
+    def service(self, method: str, *args) -> Any:
+        """Call the ExtrapolationService (extrapolate/service.py)."""
+
+    def close(self) -> None: ...
+
+
+@contextmanager
+def learner_errors():
+    """The one place Ray actor failures of the learner become LearnerLost for the driver loop."""
+    import ray
+
+    try:
+        yield
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+        raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
 
 
 class LocalRuntime:
@@ -220,29 +266,24 @@ class RayRuntime:
         retry_for > 0 waits that long for a restarting learner to come back."""
         import ray
 
-        from services.runner import LearnerLost
-
         deadline = time.time() + retry_for
         while True:
             try:
-                return ray.get(getattr(self.learner, method).remote(*args))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                with learner_errors():
+                    return ray.get(getattr(self.learner, method).remote(*args))
+            except LearnerLost:
                 if time.time() >= deadline:
-                    raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
+                    raise
                 time.sleep(0.5)
 
     def train(self, batch: RolloutBatch) -> dict:
         """One learner step; the adapter it produces is written in the same round trip (collected by publish)."""
         import ray
 
-        from services.runner import LearnerLost
-
         step = self.learner.step.remote(batch)
         self._published = self.learner.publish_adapter.remote(str(self.adapters_dir))
-        try:
+        with learner_errors():
             stats = ray.get(step)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-            raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
         self._step_count += 1
         return stats
 
@@ -252,15 +293,13 @@ class RayRuntime:
         import ray
 
         from rollout.worker import write_adapter_pointer
-        from services.runner import LearnerLost
 
         try:
             if self._published is not None:
-                path, version = ray.get(self._published)
+                with learner_errors():
+                    path, version = ray.get(self._published)
             else:
                 path, version = self._learner("publish_adapter", str(self.adapters_dir))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-            raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
         finally:
             self._published = None
         write_adapter_pointer(self.pointer, path, version)

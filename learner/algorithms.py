@@ -1,0 +1,157 @@
+"""RL algorithms as small objects: each turns a step's scored groups into the learner's batch (driver side) and
+owns its loss (learner side: advantages and the policy-loss settings). `ALGORITHMS.get(cfg.algorithm)(cfg)`.
+
+    GRPO        one advantage per sequence from the group's rewards (optionally unlikeliness-shaped, uniform
+                groups dropped); the loss's ratio per token or per sequence (GSPO).
+    Rank-GRPO   per-rank advantages from each line's relevance, the ratio per rank (docs/methods.md#rank-grpo).
+
+A new algorithm: a subclass with `make_batch`, `advantages` and `loss_settings`, registered under the name its
+config class (learner/config.py) gives `algorithm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from learner.losses import ADVANTAGES, LossSettings
+from learner.rank_grpo import parsed_items, rank_advantages, rank_rewards, rank_segments, token_advantages
+from learner.rewards import informative_groups, unlikeliness_rewards
+from rollout.registry import Registry
+
+
+@dataclass
+class RolloutBatch:
+    """Scored rollouts of one step: num_prompts x group_size completions, grouped consecutively."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    rewards: list[float]
+    group_size: int
+    sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
+    token_advantages: list[list[float]] | None = None  # per-token advantages (Rank-GRPO); else from rewards
+    segments: list[list[int]] | None = None  # per-token segment ids for segment-level ratios (Rank-GRPO ranks)
+    policy_version: int | None = None  # learner step whose weights sampled this batch
+
+
+def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
+    """[len(rows), width] tensor, each row left-aligned and zero-padded."""
+    out = torch.zeros((len(rows), width), dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
+def batch_of(completions: list, rewards: list[float], group_size: int, policy_version: int, **fields) -> RolloutBatch:
+    return RolloutBatch(prompt_ids=[c.prompt_ids for c in completions], completion_ids=[c.token_ids for c in completions],
+                        rewards=rewards, group_size=group_size, sampling_logprobs=[c.logprobs for c in completions],
+                        policy_version=policy_version, **fields)
+
+
+class Algorithm:
+    """Base: `make_batch` on the driver, `advantages` and `loss_settings` in the learner."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def check_task(self, task) -> None:
+        """Raise ValueError when the algorithm cannot train on this task."""
+
+    def make_batch(self, task, tokenizer, examples: list, groups: list, rewards: list[float], group_size: int,
+                   policy_version: int) -> RolloutBatch:
+        raise NotImplementedError
+
+    def advantages(self, batch: RolloutBatch, width: int) -> torch.Tensor:
+        """[B] per-sequence or [B, width] per-token advantages."""
+        raise NotImplementedError
+
+    def segments(self, batch: RolloutBatch, width: int) -> torch.Tensor | None:
+        return None
+
+    @property
+    def loss_settings(self) -> LossSettings:
+        c = self.cfg
+        return LossSettings(loss_type=c.loss_type, eps_low=c.epsilon, eps_high=c.epsilon_high or c.epsilon, beta=c.beta,
+                            kl_ratio_correction=c.use_bias_correction_kl, ratio_level=self.ratio_level,
+                            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg)
+
+    @property
+    def ratio_level(self) -> str:
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+
+@ALGORITHMS.register("grpo")
+class GRPO(Algorithm):
+    """GRPO (arXiv 2402.03300) with the reward shaping of "Rewarding the Unlikely" (arXiv 2506.02355) and DAPO's
+    dynamic sampling (arXiv 2503.14476) as options."""
+
+    def make_batch(self, task, tokenizer, examples, groups, rewards, group_size, policy_version):
+        completions = [c for group in groups for c in group]
+        raw = torch.tensor(rewards, dtype=torch.float32)
+        shaped = raw
+        if self.cfg.reward_shaping == "unlikeliness":
+            mean_logp = torch.tensor([c.mean_logprob for c in completions], dtype=torch.float32)
+            shaped = unlikeliness_rewards(raw, mean_logp, group_size, self.cfg.unlikeliness_beta)
+        rows = range(len(completions))
+        if self.cfg.drop_uniform_groups:
+            keep = informative_groups(raw, group_size)
+            if bool(keep.any()):  # a batch with no signal at all is kept whole (its advantages are all zero)
+                rows = [i for i in rows if bool(keep[i // group_size])]
+        return batch_of([completions[i] for i in rows], [float(shaped[i]) for i in rows], group_size, policy_version)
+
+    def advantages(self, batch, width):
+        if batch.token_advantages is not None:
+            return pad_rows(batch.token_advantages, width, torch.float32)
+        return ADVANTAGES.get(self.cfg.scale_rewards)(torch.tensor(batch.rewards, dtype=torch.float32),
+                                                      batch.group_size)
+
+    @property
+    def ratio_level(self) -> str:
+        return self.cfg.importance_sampling_level
+
+
+@ALGORITHMS.register("rank_grpo")
+class RankGRPO(Algorithm):
+    """Rank-GRPO (ConvRec-R1, arXiv 2510.20150): ranks and parsed lines come from the same per-token decoding, so
+    they cannot disagree."""
+
+    def check_task(self, task) -> None:
+        from rollout.tasks.base import ListTask
+
+        if not isinstance(task, ListTask):
+            raise ValueError(f"learner.algorithm: rank_grpo needs a ranked-list task (a rollout.tasks.base.ListTask "
+                             f"with relevance() and list_length, e.g. ranklist); {task.name!r} is not one")
+
+    def make_batch(self, task, tokenizer, examples, groups, rewards, group_size, policy_version):
+        k = task.list_length
+        relevance, segments, n_items, ended = [], [], [], []
+        for ex, group in zip(examples, groups, strict=True):
+            for c in group:
+                stop = c.finish_reason == "stop"
+                texts = [tokenizer.decode([t]) for t in (c.token_ids[:-1] if stop else c.token_ids)]
+                seg = rank_segments(texts, k)
+                if stop:  # the end token sits in the rank of the text before it
+                    seg.append(min(sum(t.count("\n") for t in texts), k))
+                segments.append(seg)
+                relevance.append(task.relevance(ex, parsed_items(texts, k)))
+                n_items.append(sum(1 for line in "".join(texts).split("\n") if line.strip()))
+                ended.append(stop)
+        advantages = rank_advantages(rank_rewards(torch.tensor(relevance), self.cfg.rank_reward), group_size)
+        return batch_of([c for group in groups for c in group], rewards, group_size, policy_version,
+                        token_advantages=token_advantages(advantages, segments, n_items, k, ended), segments=segments)
+
+    def advantages(self, batch, width):
+        if batch.token_advantages is None:
+            raise ValueError("a Rank-GRPO batch needs per-token advantages (built by RankGRPO.make_batch)")
+        return pad_rows(batch.token_advantages, width, torch.float32)
+
+    def segments(self, batch, width):
+        return pad_rows(batch.segments, width, torch.long)
+
+    @property
+    def ratio_level(self) -> str:
+        return "segment"
