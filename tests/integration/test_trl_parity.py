@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from learner.config import LoraConfig, ModelConfig
-from learner.losses import grpo_loss
+from learner.losses import LossInputs, LossSettings, policy_loss
 from learner.policy import completion_logprobs, load_policy
-from tests.integration.trl_batch import scored_batch
+from tests.integration.trl_batch import scored_batch, trl_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +47,7 @@ def trl_loss(batch, tmp_path, loss_type, mu, beta, kl_correction) -> float:
     trainer = GRPOTrainer(model=policy, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
                           args=args, train_dataset=Dataset.from_dict({"prompt": ["12+34="] * n}),
                           processing_class=batch["tok"])
-    flat, mask = batch["flat"], batch["mask"]
-    completion_ids = torch.full(mask.shape, batch["tok"].pad_token_id, dtype=torch.long)
-    for i, c in enumerate(flat):
-        completion_ids[i, :len(c.token_ids)] = torch.tensor(c.token_ids)
-    inputs = {
-        "prompt_ids": torch.tensor([c.prompt_ids for c in flat]),
-        "prompt_mask": torch.ones((n, len(flat[0].prompt_ids)), dtype=torch.long),
-        "completion_ids": completion_ids,
-        "completion_mask": mask.long(),
-        "advantages": batch["advantages"],
-        "old_per_token_logps": batch["old"] if mu > 1 else None,
-        "ref_per_token_logps": batch["ref"] if beta > 0 else None,
-        "num_items_in_batch": mask.sum(),
-    }
+    inputs = trl_inputs(batch, old=mu > 1, ref=beta > 0)
     trainer.model.eval()  # one batch, no gradient accumulation: TRL's normalisers are then those of the batch
     with torch.no_grad():
         return float(trainer._compute_loss(trainer.model, inputs))
@@ -76,10 +63,12 @@ def test_loss_matches_trl(batch, tmp_path, loss_type, mu, beta, kl_correction):
     model.eval()
     with torch.no_grad():
         logp = completion_logprobs(model, batch["ids"], batch["att"], batch["plen"], batch["mask"].shape[1])
-        ours, stats = grpo_loss(logp, batch["old"] if mu > 1 else logp, batch["advantages"], batch["mask"],
-                                loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=beta,
-                                ref_logp=batch["ref"], kl_ratio_correction=kl_correction,
-                                max_completion_length=MAX_NEW)
+        mask = batch["mask"]
+        inputs = LossInputs(logp, batch["old"] if mu > 1 else logp, batch["advantages"], mask,
+                            num_sequences=mask.shape[0], num_tokens=int(mask.sum()), max_completion_length=MAX_NEW,
+                            ref_logp=batch["ref"])
+        ours, stats = policy_loss(inputs, LossSettings(loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH,
+                                                       beta=beta, kl_ratio_correction=kl_correction))
     theirs = trl_loss(batch, tmp_path, loss_type, mu, beta, kl_correction)
     assert abs(float(ours) - theirs) < 1e-5, (loss_type, mu, beta, float(ours), theirs)
     assert float(ours) != 0.0
