@@ -10,6 +10,7 @@ import torch
 
 from extrapolate.extrapolators import LINEAR_METHODS, extrapolate_run
 from extrapolate.leap import LeapError
+from learner.checkpoint import checkpoint_dir
 from learner.config import LoraConfig, ModelConfig
 from learner.policy import load_policy
 
@@ -28,7 +29,7 @@ def linear_run(tiny_model_dir, tmp_path_factory):
             for n, p in model.named_parameters():
                 if n in base_b:
                     p.copy_(base_b[n] * step / 10)
-        model.save_pretrained(run / "checkpoints" / f"step-{step:06d}")
+        model.save_pretrained(checkpoint_dir(run, step))
     return run
 
 
