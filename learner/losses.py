@@ -36,14 +36,7 @@ from rollout.registry import Registry
 RATIO_LEVELS = ("token", "sequence", "segment")
 
 
-class _IndexableRegistry(Registry):
-    """A Registry that also answers `table[name]` (what learner.py's step still uses; goes with `grpo_loss`)."""
-
-    def __getitem__(self, name: str):
-        return self.get(name)
-
-
-ADVANTAGES: Registry[Callable[..., torch.Tensor]] = _IndexableRegistry("advantage scaling")
+ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("advantage scaling")
 
 
 @dataclass(frozen=True)
@@ -290,7 +283,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
               segments: torch.Tensor | None = None, num_sequences: int | None = None,
               num_tokens: int | None = None, max_completion_length: int | None = None
               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`policy_loss` with keyword arguments (the learner's older entry point). num_sequences / num_tokens default
+    """`policy_loss` with keyword arguments (the older entry point, kept for its remaining callers). num_sequences / num_tokens default
     to this micro-batch's own, max_completion_length to T; `segments` selects the segment-level ratio."""
     mask = mask.to(logp.dtype)
     inputs = LossInputs(logp, old_logp, advantages, mask, num_sequences or logp.shape[0],

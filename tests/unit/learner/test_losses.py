@@ -10,11 +10,13 @@ import torch
 from learner.losses import (
     ADVANTAGES,
     LossInputs,
+    LossSettings,
     clipped_surrogate,
     constant_normalizer,
     grpo_loss,
     k3_kl,
     local_token_mean,
+    policy_loss,
     sequence_mean,
     token_mean,
 )
@@ -59,20 +61,29 @@ def test_aggregations_by_hand():
     assert local_token_mean(per_token[1:], second_half).item() == pytest.approx(4.0 / 1 * (1 / 2))  # its own tokens
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "sapo", "cispo"])
-def test_micro_batches_add_up_to_the_full_batch(loss_type):
+def test_micro_batches_add_up_to_the_full_batch(loss_type, level):
     torch.manual_seed(0)
     logp, old, ref = torch.randn(6, 5) * 0.1 - 1, torch.randn(6, 5) * 0.1 - 1, torch.randn(6, 5) * 0.1 - 1
     mask = (torch.rand(6, 5) > 0.3).float()
     mask[:, 0] = 1
     adv = torch.randn(6)
-    kw = dict(loss_type=loss_type, beta=0.1, ref_logp=None, max_completion_length=5)
-    full, _ = grpo_loss(logp, old, adv, mask, **{**kw, "ref_logp": ref})
-    parts = sum(grpo_loss(logp[s], old[s], adv[s], mask[s], num_sequences=6, num_tokens=int(mask.sum()),
-                          **{**kw, "ref_logp": ref[s]})[0] for s in (slice(0, 2), slice(2, 6)))
+    settings = LossSettings(loss_type=loss_type, beta=0.1, ratio_level=level,
+                            eps_high=1.1 if loss_type == "cispo" else 0.2)
+
+    def loss(s: slice) -> torch.Tensor:  # normalised by the whole batch's sequences and tokens
+        return policy_loss(LossInputs(logp[s], old[s], adv[s], mask[s], num_sequences=6, num_tokens=int(mask.sum()),
+                                      max_completion_length=5, ref_logp=ref[s]), settings)[0]
+
+    full = loss(slice(0, 6))
+    parts = sum(loss(s) for s in (slice(0, 2), slice(2, 6)))
     assert parts.item() == pytest.approx(full.item(), abs=1e-6)
 
 
 def test_beta_without_reference_is_an_error():
     with pytest.raises(ValueError, match="ref_logp"):
+        policy_loss(LossInputs(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), num_sequences=1,
+                               num_tokens=2, max_completion_length=2), LossSettings(beta=0.1))
+    with pytest.raises(ValueError, match="ref_logp"):  # the older entry point, until the learner's last use goes
         grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), beta=0.1)
