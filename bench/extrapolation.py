@@ -32,7 +32,6 @@ METHODS = ("rl_extra", "alpharl", "relex", "growth", "next")
 
 
 def main() -> None:
-    import extrapolate.next  # noqa: F401  (registers "next")
     from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
     from extrapolate.extrapolators import EXTRAPOLATORS
     from extrapolate.leap import write_leap_adapter
@@ -75,7 +74,7 @@ def main() -> None:
         actual = {t: scores(paths[t]) for t in targets}
         table: dict = {}
         for method in args.methods:
-            extrapolator = EXTRAPOLATORS[method]().fit(window)
+            extrapolator = EXTRAPOLATORS.get(method)().fit(window)
             table[method] = {}
             for target in targets:
                 try:

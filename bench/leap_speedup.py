@@ -25,13 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from learner.run_dir import read_jsonl  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
 
 
 def reach(run_dir: Path, summary, target: float) -> dict:
     """Learner steps and wall seconds at the first evaluation on the final trajectory with accuracy >= target."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     start = rows[0]["time"]
     times = {(r["step"], r.get("learner_steps")): r["time"] - start for r in rows if "eval_accuracy" in r}
     for e in summary.evals:

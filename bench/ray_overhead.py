@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def seconds_per_step(run_dir: Path, warmup: int = 1) -> float:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from learner.run_dir import read_jsonl
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]
     times = [r["time"] for r in steps]
     gen = sum(r["gen_s"] for r in steps[warmup:]) / (len(steps) - warmup)

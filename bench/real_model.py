@@ -32,6 +32,8 @@ JOB = Path(__file__).resolve().parents[1] / "deploy" / "jobs" / "smollm2.yaml"
 
 
 def run_seed(seed: int, args, tmp: Path) -> dict:
+    from learner.checkpoint import checkpoint_dir
+    from learner.run_dir import read_jsonl
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_scores, paired_difference
     from rollout.prompts import PromptEncoder
@@ -52,11 +54,11 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
     encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
-    final = run_dir / "checkpoints" / f"step-{cfg.run.steps:06d}"
+    final = checkpoint_dir(run_dir, cfg.run.steps)
     before = greedy_scores(HFEngine(model_dir), task, examples, encoder, max_new)
     after = greedy_scores(HFEngine(model_dir, adapter_path=final), task, examples, encoder, max_new)
     gain, stderr = paired_difference(after, before)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {"seed": seed, "acc_before": sum(before) / len(before), "acc_after": sum(after) / len(after),
            "gain": gain, "stderr": stderr, "gain_over_stderr": gain / stderr if stderr > 0 else float("inf"),

@@ -28,6 +28,7 @@ METHODS = {"grpo": {},
 
 def main() -> None:
     from learner.bootstrap import bootstrap
+    from learner.checkpoint import checkpoint_dir
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import sampled_pass_at_k
     from rollout.prompts import PromptEncoder
@@ -64,7 +65,7 @@ def main() -> None:
                             "seed": seed}})
                 run_dir = Path(tmp) / f"{method}-{seed}"
                 run_job(cfg, run_dir=run_dir, progress=False)
-                engine = HFEngine(model_dir, adapter_path=run_dir / "checkpoints" / f"step-{args.steps:06d}")
+                engine = HFEngine(model_dir, adapter_path=checkpoint_dir(run_dir, args.steps))
                 results[method].append(pass_at(engine))
                 print(f"{method:18s} seed {seed}: pass@1 {results[method][-1][1]:.3f}  "
                       f"pass@{args.n} {results[method][-1][args.n]:.3f}", flush=True)

@@ -59,7 +59,7 @@ def list_metrics(engine, task, examples: list[Example], encoder: PromptEncoder, 
     out = {f"recall@{k}": 0.0 for k in ks} | {f"ndcg@{k}": 0.0 for k in ks}
     for ex, group in zip(examples, groups, strict=True):
         rel = task.relevance(ex, task.parse(group[0].text))
-        n_truth = len(ex.answer["truth"])
+        n_truth = task.n_relevant(ex)
         for k in ks:
             out[f"recall@{k}"] += recall_at_k(rel, n_truth, k) / len(examples)
             out[f"ndcg@{k}"] += ndcg_at_k(rel, n_truth, k) / len(examples)

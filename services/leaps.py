@@ -339,6 +339,7 @@ class PlainRun:
 
     def __init__(self, run_dir: Path, sink=None, requests=None):
         self.run_dir, self.sink, self.requests = Path(run_dir), sink, requests
+        self.analysis = None  # extrapolate.analyze.RunAnalysis, created at the first checkpoint (incremental)
 
     def checkpoint_meta(self) -> dict:
         return {}
@@ -349,9 +350,10 @@ class PlainRun:
     def after_checkpoint(self, step: int, learner_steps: int, final: bool) -> int | None:
         if self.sink is None:
             return None
-        from extrapolate.analyze import checkpoint_record
+        from extrapolate.analyze import RunAnalysis
 
-        self.sink("rank1", checkpoint_record(self.run_dir, step))
+        self.analysis = self.analysis or RunAnalysis(self.run_dir)
+        self.sink("rank1", self.analysis.record(step))
         if self.requests is not None and self.requests():
             self.sink("events", {"type": "no_leap", "step": step, "time": time.time(),
                                  "reason": "leap requested, but this job has no extrapolate: section"})

@@ -228,11 +228,11 @@ class RayRuntime:
                 futures.append((bounds[i], w.generate.remote(shard, shard_params, self._adapter)))
         return futures
 
-    def collect(self, futures) -> list[list[Completion]]:
+    def collect(self, handle) -> list[list[Completion]]:
         import ray
 
         groups: list[list[Completion]] = []
-        for offset, f in futures:
+        for offset, f in handle:  # (offset of the shard, its future) per worker
             for group in ray.get(f):
                 for c in group:
                     c.prompt_index += offset
