@@ -1,11 +1,13 @@
-"""The learner: one GRPO step on a batch of scored rollouts, written to read like docs/methods.md#grpo.
+"""The learner: one step of the job's algorithm (learner/algorithms.py) on a batch of scored rollouts
+(docs/methods.md#grpo):
 
-    rewards R (G per prompt) -> advantages A_i (group-normalised, or Dr. GRPO's centred)
+    advantages A = algorithm.advantages(batch)   (per sequence for GRPO, per token for Rank-GRPO)
     for mu optimizer steps:
         logp = log pi_theta(o_t | q, o_<t)   (LoRA policy, tokens of the completions)
-        old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates)
+        old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates, or the
+                             rollout engine's when an overlapped batch was sampled by the previous policy)
         ref  = log pi_ref   (adapter disabled; only when beta > 0)
-        loss = aggregate(-min(rho A, clip(rho) A) + beta k3(ref, logp))
+        loss = policy_loss(logp, old, A, ref; algorithm.loss_settings)   (learner/losses.py POLICY_LOSSES)
         AdamW step with gradient clipping and the LR schedule
 """
 

@@ -275,21 +275,3 @@ def policy_loss(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tenso
         kl = k3_kl(inputs.logp.detach(), inputs.ref_logp)
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
     return loss, stats
-
-
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-              loss_type: str = "grpo", eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-              ref_logp: torch.Tensor | None = None, kl_ratio_correction: bool = False,
-              segments: torch.Tensor | None = None, num_sequences: int | None = None,
-              num_tokens: int | None = None, max_completion_length: int | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`policy_loss` with keyword arguments (the older entry point, kept for its remaining callers). num_sequences / num_tokens default
-    to this micro-batch's own, max_completion_length to T; `segments` selects the segment-level ratio."""
-    mask = mask.to(logp.dtype)
-    inputs = LossInputs(logp, old_logp, advantages, mask, num_sequences or logp.shape[0],
-                        num_tokens if num_tokens is not None else int(mask.sum()),
-                        max_completion_length or logp.shape[1], ref_logp=ref_logp, segments=segments)
-    settings = LossSettings(loss_type=loss_type, eps_low=eps_low, eps_high=eps_high, beta=beta,
-                            kl_ratio_correction=kl_ratio_correction,
-                            ratio_level="segment" if segments is not None else "token")
-    return policy_loss(inputs, settings)

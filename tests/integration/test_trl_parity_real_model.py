@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from learner.config import LoraConfig, ModelConfig
-from learner.losses import grpo_loss
+from learner.losses import LossInputs, LossSettings, policy_loss
 from learner.policy import completion_logprobs, load_policy
 from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
@@ -79,9 +79,10 @@ def test_loss_and_lora_gradients_match_trl_on_smollm2(batch, tmp_path, loss_type
     model.eval()
     model.zero_grad(set_to_none=True)
     logp = completion_logprobs(model, batch["ids"], batch["att"], batch["plen"], batch["mask"].shape[1])
-    ours, stats = grpo_loss(logp, batch["old"], batch["advantages"], batch["mask"], loss_type=loss_type,
-                            eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=BETA, ref_logp=batch["ref"],
-                            max_completion_length=MAX_NEW)
+    mask = batch["mask"].to(logp.dtype)
+    inputs = LossInputs(logp, batch["old"], batch["advantages"], mask, num_sequences=logp.shape[0],
+                        num_tokens=int(mask.sum()), max_completion_length=MAX_NEW, ref_logp=batch["ref"])
+    ours, stats = policy_loss(inputs, LossSettings(loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH, beta=BETA))
     ours.backward()
     our_grads = lora_grads(model)
     theirs, their_grads = trl_loss_and_grads(batch, tmp_path, loss_type)

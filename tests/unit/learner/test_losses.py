@@ -13,7 +13,6 @@ from learner.losses import (
     LossSettings,
     clipped_surrogate,
     constant_normalizer,
-    grpo_loss,
     k3_kl,
     local_token_mean,
     policy_loss,
@@ -85,5 +84,3 @@ def test_beta_without_reference_is_an_error():
     with pytest.raises(ValueError, match="ref_logp"):
         policy_loss(LossInputs(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), num_sequences=1,
                                num_tokens=2, max_completion_length=2), LossSettings(beta=0.1))
-    with pytest.raises(ValueError, match="ref_logp"):  # the older entry point, until the learner's last use goes
-        grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), beta=0.1)

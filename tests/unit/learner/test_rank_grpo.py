@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.losses import grpo_loss
+from learner.losses import LossInputs, LossSettings, policy_loss
 from learner.rank_grpo import (
     parsed_items,
     rank_advantages,
@@ -81,7 +81,8 @@ def test_rank_level_clipping_in_the_loss():
     adv = torch.tensor([[1.0, 1.0, 1.0]])
     mask = torch.ones(1, 3)
     segments = torch.tensor([[0, 0, 1]])
-    loss, stats = grpo_loss(logp, old, adv, mask, loss_type="dapo", eps_low=0.06, eps_high=0.08, segments=segments)
+    inputs = LossInputs(logp, old, adv, mask, num_sequences=1, num_tokens=3, max_completion_length=3, segments=segments)
+    loss, stats = policy_loss(inputs, LossSettings(loss_type="dapo", eps_low=0.06, eps_high=0.08, ratio_level="segment"))
     assert loss.item() == pytest.approx(-(1.08 + 1.08 + 1.0) / 3)  # rank 1's ratio 1.2 clipped to 1.08
     assert stats["clip_ratio"] == pytest.approx(2 / 3)
 
