@@ -29,13 +29,13 @@ warnings.filterwarnings("ignore")
 
 
 def ours(model_dir, task, examples, args) -> float:
-    from learner.config import LearnerConfig, LoraConfig, ModelConfig
+    from learner.config import GRPOConfig, LoraConfig, ModelConfig
     from learner.learner import Learner, RolloutBatch
     from rollout.engines.base import SamplingParams
     from rollout.engines.hf import HFEngine
     from rollout.prompts import PromptEncoder, stop_token_ids
 
-    cfg = LearnerConfig(lr=args.lr, loss_type="dapo", lora=LoraConfig(r=8, alpha=16))
+    cfg = GRPOConfig(lr=args.lr, loss_type="dapo", lora=LoraConfig(r=8, alpha=16))
     learner = Learner(model_dir, ModelConfig(device="cpu"), cfg, seed=0, total_steps=args.warmup + args.steps,
                       max_new_tokens=task.max_new_tokens)
     engine = HFEngine(model=learner.model, tokenizer=learner.tokenizer, stop_ids=stop_token_ids(learner.tokenizer,

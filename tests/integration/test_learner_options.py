@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.config import LearnerConfig, LoraConfig, ModelConfig
+from learner.config import GRPOConfig, LoraConfig, ModelConfig
 from learner.learner import Learner, RolloutBatch
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def one_step(model_dir, **options):
-    cfg = LearnerConfig(lr=1e-2, lora=LoraConfig(r=4, alpha=8), **options)
+    cfg = GRPOConfig(lr=1e-2, lora=LoraConfig(r=4, alpha=8), **options)
     learner = Learner(model_dir, ModelConfig(device="cpu"), cfg, seed=0, total_steps=1, max_new_tokens=6)
     tok = learner.tokenizer
     prompts = [tok(p)["input_ids"] for p in ("12+34=", "987+6=", "5+55=")]
