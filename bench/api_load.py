@@ -1,28 +1,36 @@
-"""Control plane under load on loopback: paced REST clients and SSE listeners against a real Redis.
+"""Control plane under load on loopback, measured against the machine's own ceiling.
 
-Starts the API (uvicorn, its own process) over an embedded Redis with one job holding --rows metrics rows. Two
-phases, side by side in one run:
+One load generator (this process: asyncio on uvloop, raw HTTP/1.1 keep-alive connections, so the generator costs
+little per request) and three phases in one run:
 
-1. **paced** — --clients clients each send --rate requests/s (list / get / metrics page in turn; a dashboard polling
-   a job) for --seconds, while --listeners clients hold the job's SSE event stream open and an event is appended
-   every 0.2 s. Latency counts from the request's scheduled time, so a stalled server cannot hide its queue
-   (no coordinated omission). A listener that loses its connection reconnects with Last-Event-ID, as a browser's
-   EventSource does; after the producer stops every listener must hold every event: `sse_events_lost` counts the
-   (listener, event) pairs missing after a 15 s grace.
-2. **saturation** — the same clients unpaced for --seconds / 2: the throughput ceiling (`max_rps`).
+1. **bare** — a bare uvicorn endpoint (a raw ASGI app, same uvicorn settings, one process) that returns a fixed
+   JSON document the size of the job record, driven to saturation by --connections closed-loop connections for
+   --saturate-seconds: `bare_max_rps`, what this machine and this generator can do at all.
+2. **saturation** — our `GET /v1/jobs/{id}` (`leapfrog serve --workers N` over an embedded Redis), driven the same
+   way: `max_rps`; `throughput_ratio` = max_rps / bare_max_rps.
+3. **paced** — --clients clients, each on its own connection, together sending half of bare_max_rps
+   (`offered_rps`) of `GET /v1/jobs/{id}` for --seconds, while --listeners clients hold the job's SSE event stream
+   open, an event is appended every 0.2 s and a job is submitted every --submit-every s. Latency counts from the
+   request's scheduled time, so a stalled server cannot hide its queue (no coordinated omission). A listener that
+   loses its connection reconnects with Last-Event-ID, as a browser's EventSource does; after the producer stops
+   every listener must hold every event: `sse_events_lost` counts the (listener, event) pairs missing after a 15 s
+   grace.
 
-Ray is not running: the Jobs API address is a closed port, so the reconcile a running job's read does (at most
-every 2 s per job) fails fast, as in a Ray outage.
+Ray is not running: the Jobs API address is a closed port, so a submission is validated, recorded and answered 503
+("recorded but not started", counted apart, not an error), and the reconcile a running job's read does (at most
+every 2 s per job and worker) fails fast, as in a Ray outage.
 
-    .venv/bin/python bench/api_load.py [--clients 50] [--rate 4] [--listeners 50] [--seconds 20]
-Last line: JSON {"requests", "errors", "p50_ms", "p99_ms", "rps", "max_rps", "sse_clients", "sse_events",
-"sse_events_lost", ...}.
+    .venv/bin/python bench/api_load.py [--clients 200] [--listeners 50] [--seconds 20] [--workers 2]
+Last line: JSON {"bare_max_rps", "max_rps", "throughput_ratio", "offered_rps", "requests", "errors", "p50_ms",
+"p99_ms", "rps", "sse_clients", "sse_events", "sse_events_lost", "submissions", ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,165 +38,324 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.store import EmbeddedRedis, connect, free_port  # noqa: E402
 
+BARE_APP = """
+import sys
+import uvicorn
+DOC = open(sys.argv[2], "rb").read()
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(DOC)).encode())]
 
-def start_server(redis_url: str, tmp: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    script = (
-        "import uvicorn\n"
-        "from pathlib import Path\n"
-        "from services.api import Settings, create_app\n"
-        "from services.jobs import RayJobs\n"
-        "from services.store import connect\n"
-        f"url = {redis_url!r}\n"
-        f"app = create_app(connect(url), RayJobs('http://127.0.0.1:{free_port()}', url),\n"
-        f"                 Settings(runs_root=Path({tmp!r}) / 'runs', allowed_roots=[Path({tmp!r})]))\n"
-        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', timeout_graceful_shutdown=1)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": DOC})
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+JOB_YAML = "run:\n  name: loadsub\n  steps: 2\n"
+
+
+def wait_up(proc: subprocess.Popen, port: int, path: str, timeout: float = 120) -> None:
+    """Until the server on `port` answers `path` (any status)."""
+    import socket
+
+    deadline = time.time() + timeout
     while True:
         try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            return proc, base
-        except httpx.HTTPError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.terminate()
-                raise RuntimeError("the API server did not start") from None
-            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(12).startswith(b"HTTP/1.1"):
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the server on port {port} did not start (exit code {proc.poll()})")
+        time.sleep(0.2)
 
 
-def run_clients(base: str, paths: list[str], clients: int, seconds: float, rate: float | None):
-    """`clients` threads for `seconds`; paced at `rate` req/s each (latency from the scheduled send) or unpaced."""
+def stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own process group (the group: uvicorn's workers with it)."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection; responses must carry Content-Length (ours and the bare app's do)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: str = "") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        extra = f"Content-Length: {len(body)}\r\n" if body else ""
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: bench\r\n{headers}{extra}\r\n".encode() + body)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lower = head.lower()
+            at = lower.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise ConnectionError("response without Content-Length")
+            length = int(lower[at + 17:lower.index(b"\r\n", at + 2)])
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            self.close()
+            raise
+        return int(head[9:12]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def fetch(port: int, path: str) -> bytes:
+    conn = Connection(port)
+    try:
+        status, body = await conn.request("GET", path)
+    finally:
+        conn.close()
+    if status != 200:
+        raise RuntimeError(f"GET {path} answered {status}: {body[:300]!r}")
+    return body
+
+
+async def saturate(port: int, path: str, connections: int, seconds: float) -> tuple[float, list[str]]:
+    """Closed loop: `connections` connections, each sending its next request as soon as the last one is
+    answered, for `seconds` (after a 1 s warm-up); returns (requests per second, errors)."""
+    errors: list[str] = []
+    counts = [0] * connections
+    start = time.perf_counter()
+    warm, stop_at = start + 1.0, start + 1.0 + seconds
+
+    async def loop(i: int) -> None:
+        conn = Connection(port)
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    status, _ = await conn.request("GET", path)
+                    if status != 200:
+                        errors.append(str(status))
+                except (OSError, asyncio.IncompleteReadError) as err:
+                    errors.append(type(err).__name__)
+                if now >= warm:
+                    counts[i] += 1
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(loop(i) for i in range(connections)))
+    return sum(counts) / seconds, errors
+
+
+async def paced(port: int, path: str, clients: int, total_rps: float, seconds: float):
+    """`clients` connections together offering `total_rps` (each total_rps / clients, staggered); latency from each
+    request's scheduled time. Returns (sorted latencies in s, errors, elapsed s)."""
     latencies: list[float] = []
     errors: list[str] = []
-    stop = time.perf_counter() + seconds
+    period = clients / total_rps
+    start = time.perf_counter()
+    stop_at = start + seconds
 
-    def client(i: int) -> None:
-        with httpx.Client(base_url=base, timeout=30) as c:
-            k, due = i, time.perf_counter() + (i / clients) / rate if rate else 0.0
-            while True:
-                if rate:
-                    time.sleep(max(0.0, due - time.perf_counter()))
-                start = due if rate else time.perf_counter()
-                if start >= stop:
-                    return
+    async def client(i: int) -> None:
+        conn = Connection(port)
+        due = start + period * i / clients
+        try:
+            while due < stop_at:
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 try:
-                    r = c.get(paths[k % len(paths)])
-                    if r.status_code != 200:
-                        errors.append(str(r.status_code))
-                except httpx.HTTPError as err:
+                    status, _ = await conn.request("GET", path)
+                    if status != 200:
+                        errors.append(str(status))
+                except (OSError, asyncio.IncompleteReadError) as err:
                     errors.append(type(err).__name__)
-                latencies.append(time.perf_counter() - start)
-                k += 1
-                due += 1 / rate if rate else 0.0
+                latencies.append(time.perf_counter() - due)
+                due += period
+        finally:
+            conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sorted(latencies), errors, time.perf_counter() - started
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return sorted(latencies), errors, time.perf_counter() - start
 
 
-def listen(url: str, produced: list[str], done: threading.Event, got: set[str], errors: list[str]) -> None:
-    """An EventSource: read `events`, reconnect with Last-Event-ID on error, until it holds all of `produced`."""
+async def listen(port: int, path: str, produced: list[str], done: asyncio.Event, got: set[str],
+                 reconnects: list[str]) -> None:
+    """An EventSource on the job's events: reads the chunked SSE body, reconnects with Last-Event-ID on error, until
+    it holds every produced event (or 15 s after the producer stopped)."""
     last = None
     deadline = None
-    while True:
-        if done.is_set():
-            deadline = deadline or time.time() + 15
-            if got.issuperset(produced) or time.time() > deadline:
-                return
-        headers = {"Last-Event-ID": last} if last else {}
+
+    def finished() -> bool:
+        nonlocal deadline
+        if not done.is_set():
+            return False
+        deadline = deadline or time.time() + 15
+        return got.issuperset(produced) or time.time() > deadline
+
+    while not finished():
+        writer = None
         try:
-            with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(5, read=30)) as res:
-                fields: dict[str, str] = {}
-                for line in res.iter_lines():
-                    if line.strip():
-                        name, _, value = line.partition(":")
-                        fields[name] = value.strip()
-                        continue
-                    if fields.get("event") == "events" and "id" in fields:  # a blank line ends an SSE event
-                        last = fields["id"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            resume = f"Last-Event-ID: {last}\r\n" if last else ""
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n{resume}\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+            buffer = b""
+            while not finished():
+                try:
+                    size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 1.0)
+                except TimeoutError:
+                    continue
+                size = int(size_line.strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break  # the server ended the stream
+                buffer += chunk[:-2]
+                *messages, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+                for message in messages:
+                    fields = dict(line.split(b": ", 1) for line in message.split(b"\n") if b": " in line)
+                    if fields.get(b"event") == b"events" and b"id" in fields:
+                        last = fields[b"id"].decode()
                         got.add(last)
-                    fields = {}
-                    if done.is_set():
-                        deadline = deadline or time.time() + 15
-                        if got.issuperset(produced) or time.time() > deadline:
-                            return
-        except httpx.HTTPError as err:
-            errors.append(f"sse {type(err).__name__}")
+        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+            reconnects.append(type(err).__name__)
+            await asyncio.sleep(0.2)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+async def submit_jobs(port: int, every: float, done: asyncio.Event, statuses: dict[str, int]) -> None:
+    """POST a job config every `every` s until `done` (201, or 503 "recorded but not started" without Ray)."""
+    conn = Connection(port)
+    try:
+        while not done.is_set():
+            try:
+                status, _ = await conn.request("POST", "/v1/jobs", JOB_YAML.encode(),
+                                               "Content-Type: application/yaml\r\n")
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            except (OSError, asyncio.IncompleteReadError) as err:
+                statuses[type(err).__name__] = statuses.get(type(err).__name__, 0) + 1
+            try:
+                await asyncio.wait_for(done.wait(), every)
+            except TimeoutError:
+                pass
+    finally:
+        conn.close()
+
+
+async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port), str(doc_path)], cwd=ROOT,
+                            start_new_session=True)
+    try:
+        wait_up(bare, bare_port, "/")
+        bare_max_rps, bare_errors = await saturate(bare_port, "/", args.connections, args.saturate_seconds)
+    finally:
+        stop(bare)
+    path = f"/v1/jobs/{job_id}"
+    max_rps, sat_errors = await saturate(port, path, args.connections, args.saturate_seconds)
+    offered = bare_max_rps / 2
+
+    produced: list[str] = []
+    done = asyncio.Event()
+    produced_done = threading.Event()
+    reconnects: list[str] = []
+    received = [set() for _ in range(args.listeners)]
+    listeners = [asyncio.create_task(listen(port, f"{path}/events", produced, done, got, reconnects))
+                 for got in received]
+
+    def producer() -> None:  # a driver appending events (its own thread and Redis connection)
+        while not produced_done.is_set():
+            produced.append(store.append(job_id, "events", {"type": "no_leap", "step": 0}))
             time.sleep(0.2)
+
+    feeder = threading.Thread(target=producer)
+    statuses: dict[str, int] = {}
+    await asyncio.sleep(1.0)  # the listeners connect
+    feeder.start()
+    submitter = asyncio.create_task(submit_jobs(port, args.submit_every, done, statuses))
+    latencies, errors, elapsed = await paced(port, path, args.clients, offered, args.seconds)
+    produced_done.set()
+    await asyncio.to_thread(feeder.join)
+    done.set()
+    await submitter
+    await asyncio.gather(*listeners)
+    lost = sum(len(set(produced) - got) for got in received)
+    bad_submits = {k: v for k, v in statuses.items() if k not in ("201", "503")}
+    pick = lambda xs, q: round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
+    all_errors = bare_errors + sat_errors + errors + [f"submit {k}" for k in bad_submits]
+    return {"workers": args.workers, "connections": args.connections, "bare_max_rps": round(bare_max_rps, 1),
+            "max_rps": round(max_rps, 1), "throughput_ratio": round(max_rps / bare_max_rps, 3),
+            "clients": args.clients, "offered_rps": round(offered, 1), "seconds": args.seconds,
+            "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
+            "p50_ms": pick(latencies, 0.5), "p99_ms": pick(latencies, 0.99), "max_ms": pick(latencies, 1.0),
+            "errors": len(all_errors), "error_kinds": sorted(set(all_errors)),
+            "sse_clients": args.listeners, "sse_events": len(produced), "sse_events_lost": lost,
+            "sse_reconnects": len(reconnects), "submissions": sum(statuses.values()), "submit_statuses": statuses}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=4.0, help="requests per second per client (paced phase)")
-    parser.add_argument("--listeners", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--rows", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=200, help="paced clients (one connection each)")
+    parser.add_argument("--listeners", type=int, default=50, help="SSE clients on the job's event stream")
+    parser.add_argument("--seconds", type=float, default=20, help="length of the paced phase")
+    parser.add_argument("--saturate-seconds", type=float, default=5, help="length of each saturation phase")
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop connections when saturating")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of `leapfrog serve`")
+    parser.add_argument("--submit-every", type=float, default=0.5, help="seconds between job submissions")
+    parser.add_argument("--rows", type=int, default=500, help="metrics rows in the job's stream")
     args = parser.parse_args()
+    import uvloop
+
     with tempfile.TemporaryDirectory(prefix="leapfrog-load-") as tmp:
         redis = EmbeddedRedis(Path(tmp) / "redis")
         proc = None
         try:
             store = connect(redis.url)
-            job = store.create("load", "{}", "")
+            job = store.create("load", (ROOT / "deploy" / "jobs" / "arith.yaml").read_text(), "")
             store.transition(job["id"], "RUNNING")
             for i in range(args.rows):
                 store.append(job["id"], "metrics", {"step": i, "loss": 0.1, "reward_mean": 0.5})
-            proc, base = start_server(redis.url, tmp)
-            paths = ["/v1/jobs", f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/metrics?limit=100"]
-
-            produced: list[str] = []
-            done = threading.Event()
-            sse_errors: list[str] = []
-            received = [set() for _ in range(args.listeners)]
-            listeners = [threading.Thread(target=listen, args=(f"{base}/v1/jobs/{job['id']}/events", produced, done,
-                                                               got, sse_errors)) for got in received]
-            for t in listeners:
-                t.start()
-
-            def producer() -> None:
-                while not done.is_set():
-                    produced.append(store.append(job["id"], "events", {"type": "no_leap", "step": 0}))
-                    time.sleep(0.2)
-
-            feeder = threading.Thread(target=producer)
-            feeder.start()
-            latencies, errors, elapsed = run_clients(base, paths, args.clients, args.seconds, args.rate)
-            done.set()
-            feeder.join()
-            for t in listeners:
-                t.join()
-            lost = sum(len(set(produced) - got) for got in received)
-            saturated, sat_errors, sat_elapsed = run_clients(base, paths, args.clients, args.seconds / 2, None)
+            port = free_port()
+            env = {**os.environ, "REDIS_URL": redis.url, "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",
+                   "LEAPFROG_RUNS_ROOT": str(Path(tmp) / "runs"), "LEAPFROG_ALLOWED_ROOTS": tmp}
+            env.pop("LEAPFROG_API_TOKEN", None)
+            command = [sys.executable, "-m", "services.cli", "serve", "--port", str(port)]
+            if args.workers != 1:
+                command += ["--workers", str(args.workers)]
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+            wait_up(proc, port, "/healthz")
+            doc_path = Path(tmp) / "job.json"
+            doc_path.write_bytes(asyncio.run(fetch(port, f"/v1/jobs/{job['id']}")))
+            result = uvloop.run(measure(args, store, job["id"], port, doc_path))
+            result["doc_bytes"] = doc_path.stat().st_size
         finally:
             if proc is not None:
-                proc.terminate()
-                proc.wait(30)
+                stop(proc)
             redis.stop()
-    pick = lambda xs, q: round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1)  # noqa: E731
-    result = {"clients": args.clients, "rate_per_client": args.rate, "seconds": args.seconds,
-              "requests": len(latencies), "errors": len(errors) + len(sat_errors),
-              "error_kinds": sorted(set(errors + sat_errors)), "p50_ms": pick(latencies, 0.5),
-              "p99_ms": pick(latencies, 0.99), "rps": round(len(latencies) / elapsed, 1),
-              "max_rps": round(len(saturated) / sat_elapsed, 1), "saturated_p99_ms": pick(saturated, 0.99),
-              "sse_clients": args.listeners, "sse_events": len(produced), "sse_events_lost": lost,
-              "sse_reconnects": len(sse_errors)}
-    print(f"paced: {result['requests']} reads at {result['rps']} req/s, p50 {result['p50_ms']} ms, "
-          f"p99 {result['p99_ms']} ms; saturated: {result['max_rps']} req/s (p99 {result['saturated_p99_ms']} ms); "
-          f"{result['errors']} errors; {args.listeners} SSE clients, {len(produced)} events, {lost} lost, "
-          f"{len(sse_errors)} reconnects")
+    print(f"bare endpoint {result['bare_max_rps']} req/s, ours {result['max_rps']} req/s "
+          f"({args.workers} workers; ratio {result['throughput_ratio']}); paced {args.clients} clients at "
+          f"{result['offered_rps']} req/s: {result['requests']} reads, p50 {result['p50_ms']} ms, p99 "
+          f"{result['p99_ms']} ms; {result['errors']} errors; {args.listeners} SSE clients, {result['sse_events']} "
+          f"events, {result['sse_events_lost']} lost, {result['sse_reconnects']} reconnects; "
+          f"{result['submissions']} submissions {result['submit_statuses']}")
     print(json.dumps(result))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from learner.run_dir import read_jsonl
@@ -53,17 +54,30 @@ def leap_events(events: list[dict], limit: int = 500) -> list[dict]:
     return sorted(keep + last_reason, key=lambda e: e.get("time", 0))
 
 
-def page(title: str, boot_js: str, inline: bool) -> str:
-    """The job page: Plotly and dashboard.js inlined (a self-contained report) or linked from /static."""
+JOB_SLOT = "__JOB_ID__"  # the job id's slot in services/static/job.html (the body's data-job-id, the title)
+
+
+def page(title: str, boot_js: str, inline: bool, live: bool = False, job_id: str = "") -> str:
+    """The job page from services/static/job.html: Plotly and dashboard.js inlined (a self-contained report) or
+    linked from /static; `live` adds live.js (the SSE feed); `job_id` fills the body's data-job-id."""
     if inline:
         plotly = f"<script>{plotly_js_path().read_text()}</script>"
         dashboard = f"<script>{(STATIC / 'dashboard.js').read_text()}</script>"
     else:
         plotly = '<script src="/static/plotly.min.js"></script>'
         dashboard = '<script src="/static/dashboard.js"></script>'
-    template = (STATIC / "job.html").read_text()
-    return (template.replace("__TITLE__", html.escape(title)).replace("__PLOTLY__", plotly)
-            .replace("__DASHBOARD__", dashboard).replace("__BOOT__", f"<script>{boot_js}</script>"))
+    slots = {"__TITLE__": html.escape(title), "__PLOTLY__": plotly, "__DASHBOARD__": dashboard,
+             "__LIVE__": '<script src="/static/live.js"></script>' if live else "", JOB_SLOT: html.escape(job_id),
+             "__BOOT__": f"<script>{boot_js}</script>"}
+    template = (STATIC / "job.html").read_text()  # one pass: text filled into a slot is never scanned again
+    return re.sub("|".join(slots), lambda m: slots[m.group(0)], template)
+
+
+def live_page_template() -> str:
+    """The control plane's live job page with JOB_SLOT left in for the job id (the server fills it per request):
+    live.js starts from the body's data-job-id."""
+    return page(f"job {JOB_SLOT}", "LF.bindSlider(); LFLive.start(document.body.dataset.jobId);", inline=False,
+                live=True, job_id=JOB_SLOT)
 
 
 def write_report(run_dir: Path, out: Path) -> Path:

