@@ -1,4 +1,4 @@
-"""The leap protocol's state machine (services/leaps.LeapState), every transition, with no model: propose ->
+"""The leap protocol's state machine (`LeapState` in services/leaps.py), every transition, with no model: propose ->
 evaluate -> apply -> (control branch) -> judge -> keep / roll back, the accounting of steps saved and lost, and the
 transitions each phase refuses."""
 
