@@ -1,4 +1,4 @@
-"""The control plane's REST API (FastAPI) and the dashboard it serves.
+"""The control plane's REST API (FastAPI) and the dashboard it serves (docs/architecture.md#rest-api).
 
     POST /v1/jobs                       submit a job config (JSON, or YAML with Content-Type application/yaml)
     GET  /v1/jobs?state=&offset=&limit= list jobs, newest first

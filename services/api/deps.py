@@ -76,7 +76,7 @@ class BodyLimit:
 class CachedJobReads:
     """ASGI middleware: `GET /v1/jobs/{id}` answered from this worker's documents cache (plane.JobDocuments)
     without entering the router, whose per-request dependency solving costs more than the whole read. The same
-    bytes and headers as the router's `read_job`; misses, and reads due a reconcile with Ray, go on to it."""
+    bytes and headers as the router's `read_job`; misses go on to it."""
 
     prefix = "/v1/jobs/"
 
@@ -87,8 +87,9 @@ class CachedJobReads:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(self.prefix):
             job_id = scope["path"][len(self.prefix):]
             hit = self.plane.documents.get(job_id) if "/" not in job_id else None
-            if hit is not None and not self.plane.claim_reconcile(job_id, hit[1]):
-                body = hit[0]
+            if hit is not None:
+                body, state = hit
+                self.plane.reconcile_later(job_id, state)
                 await send({"type": "http.response.start", "status": 200, "headers": [
                     (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
                 await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+from fastapi.concurrency import run_in_threadpool
+
 from services.api.models import Settings, job_json
 from services.jobs import RAY_TO_JOB_STATE, RayUnavailable
 from services.store import TERMINAL, TransitionError
@@ -18,33 +20,39 @@ log = logging.getLogger("leapfrog.api")
 class JobDocuments:
     """This worker's cache of `GET /v1/jobs/{id}` bodies, kept coherent with Redis: every write to a job hash
     (services/store.py) publishes the job id on the store's change channel in the same transaction, and `follow()`
-    drops that job's entry when the message arrives. Entries are only kept while the subscription is up (`live`);
-    a fetch that raced with an invalidation is not cached (`epoch`). So a read shows every write whose message this
-    worker has received: on loopback that is before the writer's own reply could reach a client and come back.
-    get / put / invalidate run on the event loop (never from a worker thread), so they need no lock."""
+    drops that job's entry when the message arrives. Entries are kept only while the subscription is up (`live`),
+    and a fetch that overlapped an invalidation of its job is not kept (`stamp`). Redis sends the message before
+    the writer's own reply, so a read that follows a write (the writer got its answer, then someone asks) finds the
+    entry gone. Every method runs on the event loop (never in a worker thread), so none needs a lock."""
 
     def __init__(self):
         self.entries: dict[str, tuple[bytes, str]] = {}  # job id -> (JSON body, state)
-        self.epoch = 0  # bumped by every invalidation
+        self.versions: dict[str, int] = {}  # job id -> invalidations seen
+        self.generation = 0  # bumped when the whole cache is dropped
         self.live = False
 
     def get(self, job_id: str) -> tuple[bytes, str] | None:
         return self.entries.get(job_id) if self.live else None
 
-    def put(self, job_id: str, body: bytes, state: str, epoch: int) -> None:
-        if self.live and epoch == self.epoch:
+    def stamp(self, job_id: str) -> tuple[int, int]:
+        """Taken before a fetch from Redis; `put` keeps the result only if the stamp is unchanged."""
+        return self.generation, self.versions.get(job_id, 0)
+
+    def put(self, job_id: str, body: bytes, state: str, stamp: tuple[int, int]) -> None:
+        if self.live and stamp == self.stamp(job_id):
             self.entries[job_id] = (body, state)
 
     def invalidate(self, job_id: str | None = None) -> None:
-        self.epoch += 1
         if job_id is None:
+            self.generation += 1
             self.entries.clear()
         else:
+            self.versions[job_id] = self.versions.get(job_id, 0) + 1
             self.entries.pop(job_id, None)
 
     async def follow(self, store) -> None:
-        """Run for the app's lifetime: subscribe to the change channel, drop entries as messages come; on a lost
-        connection stop caching, resubscribe and start from an empty cache."""
+        """Run for the app's lifetime: subscribe to the change channel and drop entries as messages come; on a lost
+        connection stop caching at once, resubscribe, start again from an empty cache."""
         while True:
             client = store.async_client()
             try:
@@ -56,15 +64,14 @@ class JobDocuments:
                             self.live = True
                         elif message["type"] == "message":
                             self.invalidate(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
             except Exception as err:  # Redis went away: serve from Redis until the subscription is back
-                log.warning("job cache off until Redis answers again: %s", err)
-                await asyncio.sleep(0.5)
+                self.live = False
+                log.warning("job documents cache off until Redis answers again: %s", err)
             finally:
                 self.live = False
                 self.invalidate()
                 await client.aclose()
+            await asyncio.sleep(0.5)
 
 
 class Plane:
@@ -76,6 +83,7 @@ class Plane:
         self.runs_root = Path(settings.runs_root).resolve()
         self.documents = JobDocuments()
         self.asked_ray: dict[str, float] = {}  # job id -> when its Ray job was last asked
+        self.background: set[asyncio.Task] = set()  # reconciles under way (held so they are not collected)
 
     def under_roots(self, path: Path) -> bool:
         resolved = path.expanduser().resolve()
@@ -118,11 +126,34 @@ class Plane:
         """Every job in line with Ray now (a control plane starting up after a pause)."""
         return [self.reconcile(j) for j in self.store.list(offset=0, limit=10_000)[0]]
 
-    def fetch_document(self, job_id: str, ask_ray: bool | None = None) -> tuple[bytes, str]:
-        """(`GET /v1/jobs/{id}` body, state) from Redis, reconciled with Ray when `ask_ray` (None: when due).
-        Blocking: call it from a worker thread. JobNotFound when there is no such job."""
+    def fetch_document(self, job_id: str) -> tuple[bytes, str]:
+        """(`GET /v1/jobs/{id}` body, state) from Redis. Blocking: call it from a worker thread. JobNotFound when
+        there is no such job."""
         record = self.store.get(job_id)
-        if ask_ray or (ask_ray is None and self.claim_reconcile(job_id, record["state"])):
-            record = self.reconcile(record)
         return job_json(record), record["state"]
 
+    async def document(self, job_id: str) -> bytes:
+        """`GET /v1/jobs/{id}`'s body: from the cache, else from Redis (in the threadpool, then cached); a running
+        job's Ray job is asked in the background when due, so a read never waits for Ray."""
+        hit = self.documents.get(job_id)
+        if hit is None:
+            stamp = self.documents.stamp(job_id)
+            body, state = await run_in_threadpool(self.fetch_document, job_id)
+            self.documents.put(job_id, body, state, stamp)
+            hit = body, state
+        self.reconcile_later(job_id, hit[1])
+        return hit[0]
+
+    def reconcile_later(self, job_id: str, state: str) -> None:
+        """On the event loop: when this job is due (`claim_reconcile`), reconcile it in a worker thread in the
+        background; its writes reach the cache through the change channel."""
+        if self.claim_reconcile(job_id, state):
+            task = asyncio.get_running_loop().create_task(self._reconcile(job_id))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    async def _reconcile(self, job_id: str) -> None:
+        try:
+            await run_in_threadpool(lambda: self.reconcile(self.store.get(job_id)))
+        except Exception as err:  # a background task: log, the next due read tries again
+            log.warning("reconciling job %s with Ray failed: %s", job_id, err)

@@ -22,20 +22,13 @@ router = APIRouter(tags=["jobs"])
 
 @router.get("/v1/jobs/{job_id}", response_model=Job)
 async def read_job(job_id: str, plane: PlaneDep):
-    """One job, its state reconciled with Ray when not terminal (at most every `reconcile_every` s). The hot read
-    of every dashboard: served from this worker's documents cache when nothing changed, else from Redis in the
-    threadpool."""
-    documents = plane.documents
-    hit = documents.get(job_id)
-    if hit is not None and not plane.claim_reconcile(job_id, hit[1]):
-        return Response(hit[0], media_type="application/json")
-    epoch = documents.epoch
+    """One job; a running job's state is reconciled with Ray at most every `reconcile_every` s (in the background).
+    The hot read of every dashboard: cache hits are answered by deps.CachedJobReads before the router, the rest
+    here."""
     try:
-        body, state = await run_in_threadpool(plane.fetch_document, job_id, True if hit is not None else None)
+        return Response(await plane.document(job_id), media_type="application/json")
     except JobNotFound:
         raise HTTPException(404, f"no job {job_id!r}") from None
-    documents.put(job_id, body, state, epoch)
-    return Response(body, media_type="application/json")
 
 
 def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
@@ -104,11 +97,12 @@ def list_jobs(plane: PlaneDep, state: str | None = Query(None, pattern="^(" + "|
     return JobPage(items=[job_model(r) for r in items], total=total, offset=offset, limit=limit)
 
 
-@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, dependencies=[Depends(require_token)],
-             responses={409: {"description": "the job already ended"}})
-def cancel_job(job_id: str, record: JobDep, plane: PlaneDep) -> Job:
+def cancel(plane: Plane, job_id: str) -> Job:
+    """Blocking (Redis, the Ray Jobs API): runs in the threadpool."""
     try:
         record = plane.store.transition(job_id, "CANCELLED")
+    except JobNotFound:
+        raise HTTPException(404, f"no job {job_id!r}") from None
     except TransitionError as err:
         raise HTTPException(409, str(err)) from None
     if record.get("ray_job_id"):
@@ -117,6 +111,15 @@ def cancel_job(job_id: str, record: JobDep, plane: PlaneDep) -> Job:
         except RayUnavailable as err:
             plane.store.update(job_id, error=f"cancelled; stopping the Ray job failed: {err}")
     return job_model(plane.store.get(job_id))
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, dependencies=[Depends(require_token)],
+             responses={409: {"description": "the job already ended"}})
+async def cancel_job(job_id: str, plane: PlaneDep) -> Job:
+    try:
+        return await run_in_threadpool(cancel, plane, job_id)
+    finally:  # this worker's next read shows the cancel at once, before the change message arrives
+        plane.documents.invalidate(job_id)
 
 
 def page(plane: Plane, job_id: str, stream: str, after: str, limit: int, since_step: int | None) -> StreamPage:
