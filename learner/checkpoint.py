@@ -5,7 +5,8 @@
     state.pt                                         optimizer, scheduler, RNG and data position
     meta.json                                        step, metrics, wall time, tokens
 A checkpoint directory exists under its final name only once complete; `*.tmp*` directories are partial
-writes and are never read. Existing checkpoints are never overwritten.
+writes and are never read. Existing checkpoints are never overwritten. `prune_checkpoints` (run.keep_checkpoints)
+deletes old ones, each step recorded in checkpoints/pruned.jsonl.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from learner.run_dir import CHECKPOINTS, parse_step_name, step_name
+from learner.run_dir import CHECKPOINTS, append_jsonl, parse_step_name, step_name
 
+PRUNED = "pruned.jsonl"  # in checkpoints/: one {"step", "time"} row per checkpoint deleted by prune_checkpoints
+PRUNING = ".tmp-pruned"  # the suffix a checkpoint gets while it is deleted (a partial name: never read)
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", "state.pt", "meta.json")
 
 
@@ -57,6 +61,26 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run (<run_dir>/checkpoints/step-NNNNNN), by step; partial `.tmp` writes never
     match the layout. extrapolate/checkpoints.py lists other frameworks' layouts with the same list_step_dirs."""
     return list_step_dirs(run_dir)
+
+
+def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset()) -> list[int]:
+    """Delete the complete checkpoints of run_dir/checkpoints older than its `keep` newest (the newest always stays),
+    except the steps in `protect`; returns the deleted steps. Each is first renamed to a partial-write name, so no
+    reader ever sees it half deleted, and its step is recorded in checkpoints/pruned.jsonl. Checkpoints elsewhere in
+    the run directory (rolled_back/) are not looked at."""
+    root = Path(run_dir) / CHECKPOINTS
+    for leftover in root.glob(f"*{PRUNING}"):  # a deletion interrupted by a crash
+        shutil.rmtree(leftover)
+    deleted = []
+    for step, path in list_checkpoints(run_dir)[:-max(keep, 1)]:
+        if step in protect:
+            continue
+        doomed = path.with_name(path.name + PRUNING)
+        os.rename(path, doomed)
+        shutil.rmtree(doomed)
+        append_jsonl(root / PRUNED, {"step": step, "time": time.time()})
+        deleted.append(step)
+    return deleted
 
 
 def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict) -> Path:

@@ -4,6 +4,7 @@
     leapfrog models list | pull NAME_OR_GGUF          registered and cached models / convert one into a model dir
     leapfrog run CONFIG [--resume RUN_DIR]            a single-process RL run with a progress bar
     leapfrog eval CHECKPOINT --task T [--n N]         greedy accuracy and pass@k of a checkpoint or model dir
+    leapfrog export CHECKPOINT --out DIR [--merge]    the LoRA adapter, or the merged full model, to serve
     leapfrog config schema | show CONFIG              the job config's JSON schema / the resolved config
     leapfrog demo                                     the reference job through the control plane, with a summary
     leapfrog serve [--host H] [--port P]              the control plane: REST API + dashboard, with Redis and Ray
@@ -269,21 +270,8 @@ def cmd_status(args) -> int:
     return 0
 
 
-def adapter_base_dir(adapter: Path, base: str | None) -> Path:
-    """The base model of a PEFT adapter: `--base` when given (it overrides), else the one the adapter records."""
-    if base is not None:
-        if not (Path(base) / "config.json").is_file():
-            raise ValueError(f"--base {base}: not an HF model directory (no config.json); give the directory of the "
-                             f"model the adapter {adapter} was trained on")
-        return Path(base)
-    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not recorded or not Path(recorded).is_dir():
-        raise ValueError(f"{adapter}: its recorded base model {recorded!r} is not a local directory; pass "
-                         f"--base DIR (the model the adapter was trained on)")
-    return Path(recorded)
-
-
 def cmd_eval(args) -> int:
+    from learner.export import adapter_base_dir
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
     from rollout.prompts import PromptEncoder
@@ -309,6 +297,15 @@ def cmd_eval(args) -> int:
         result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, encoder, n=args.n,
                                                 temperature=args.temperature, seed=args.seed)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from learner.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, merge=args.merge, base=args.base)
+    kind = "merged model (transformers, vLLM)" if args.merge else "LoRA adapter (PEFT, vLLM --lora-modules)"
+    print(f"{kind}: {out}")
     return 0
 
 
@@ -381,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=12345)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="a checkpoint's LoRA adapter, or the merged full model, in a directory to serve")
+    p.add_argument("checkpoint", help="a checkpoint directory (RUN_DIR/checkpoints/step-NNNNNN) or PEFT adapter dir")
+    p.add_argument("--out", required=True, help="the directory to write (new or empty)")
+    p.add_argument("--merge", action="store_true", help="fold the adapter into its base: a full HF model directory "
+                                                        "with the base's tokenizer, chat template and generation config")
+    p.add_argument("--base", help="base model dir (default: the adapter's recorded base_model_name_or_path)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="job config tools")
     p.add_argument("action", choices=["schema", "show", "reference"],
