@@ -28,11 +28,12 @@ class ExtrapolateConfig(BaseModel):
         "window of checkpoints)."))
     accept_margin: float = Field(0.01, ge=0, le=1, description=(
         "Apply the best candidate if its held-out accuracy is at most this below the current policy's (paired)."))
-    judge: Literal["control", "trend"] = Field("control", description=(
+    judge: Literal["control", "trend", "none"] = Field("control", description=(
         "How a leap is judged after judge_after more learner steps. control: the same number of plain steps from the "
         "pre-leap checkpoint (a short control branch, same data) and a paired comparison; the better branch "
         "continues. trend: compare with the pre-leap accuracy plus the slope of the last trend_evals evaluations "
-        "(cheaper, but a concave learning curve makes it strict)."))
+        "(cheaper, but a concave learning curve makes it strict). none: no judging (zero cost): a leap the paired "
+        "evaluation accepts is kept."))
     judge_after: int = Field(5, ge=1, description="Learner steps after a leap (and in its control branch) before "
                                                    "it is judged.")
     judge_margin: float = Field(0.0, ge=0, le=1, description=(

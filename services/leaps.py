@@ -94,7 +94,7 @@ class LeapState:
     (apply: LEAP) -judge_after steps-> trend: judge -> IDLE; control: start_control -> CONTROL -judge_after steps->
     judge -> IDLE. Each transition checks the phase it starts from."""
 
-    judge: str  # "control" | "trend"
+    judge: str  # "control" | "trend" | "none" (kept once applied)
     judge_after: int
     leap_every: int
     accept_margin: float
@@ -271,6 +271,8 @@ class LeapController:
         self.emit("event", {"type": "leap_applied", "step": step, "to_step": new_step, "scale": best["scale"],
                             "diff": best["diff"], "se": best["se"], "method": proposal["method"],
                             "id": st.pending.id})
+        if st.judge == "none":  # accepted by the paired evaluation alone: kept, no judging steps spent
+            self._close(Judgement(True, best["diff"], best["se"]), learner_steps, new_step, judge="none")
         return new_step
 
     def _move_checkpoints_after(self, step: int, to: Path) -> None:

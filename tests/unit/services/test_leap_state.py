@@ -99,3 +99,18 @@ def test_each_phase_refuses_the_wrong_transitions():
     st.start_control([1.0, 0.0, 1.0, 0.0], 14, "step-000034")
     with pytest.raises(LeapStateError):
         st.start_control([1.0, 0.0, 1.0, 0.0], 14, "step-000034")
+
+
+def test_zero_judging_cost_keeps_an_accepted_leap_at_once():
+    st = state("none")
+    st.proposed()
+    assert not st.accepts(-0.05)  # rejected by the paired score alone
+    st.reject(learner_steps=10)
+    st.requested = True
+    st.proposed()
+    assert st.accepts(0.0)
+    st.apply(leap(at=10))
+    st.close(True, learner_steps=10)  # what the controller does right after applying under judge "none"
+    a = st.summary(10)
+    assert (a["applied"], a["paid"], a["rejected"], a["steps_skipped"], a["steps_lost"]) == (1, 1, 1, 20, 0)
+    assert a["net_steps_saved"] == 20 and st.phase == Phase.IDLE and st.next_proposal_at == 20
