@@ -72,13 +72,16 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
         self.step_count = 0
 
-    def _logprobs(self, rows, t_max: int) -> torch.Tensor:
+    def _logprobs(self, rows, t_max: int, with_entropy: bool = False):
         input_ids, attention, prompt_lengths = rows
         return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
-                                   self.cfg.logprob_chunk_tokens)
+                                   self.cfg.logprob_chunk_tokens, with_entropy)
 
     def step(self, batch: RolloutBatch) -> dict[str, float]:
-        """One learner step (mu optimizer updates) on a scored batch; returns its metrics."""
+        """One learner step (mu optimizer updates) on a scored batch; returns its metrics: loss, clip_ratio, kl
+        (0 when beta = 0), grad_norm (before clipping), entropy (the policy's mean per-token entropy over the
+        completion tokens, of softmax(logits / temperature), averaged over the mu updates), lr, reward_mean,
+        reward_std, completion_tokens (and gpu_peak_mb on a GPU)."""
         cfg = self.cfg
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)
         input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
@@ -116,11 +119,11 @@ class Learner:
                 if cfg.beta > 0:
                     with self.model.disable_adapter():
                         ref[k] = self._logprobs(r, t_max)
-        stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0, "entropy": 0.0}
         for _ in range(cfg.updates_per_batch):
             for k, s in enumerate(micro):
                 r, t_max = rows(s)
-                logp = self._logprobs(r, t_max)
+                logp, entropy = self._logprobs(r, t_max, with_entropy=True)
                 old_logp = sampler_logp[s, :t_max] if stale else old[k] if need_old else logp.detach()
                 loss, st = policy_loss(LossInputs(
                     logp=logp, old_logp=old_logp,
@@ -133,6 +136,7 @@ class Learner:
                 stats["loss"] += float(loss.detach()) / cfg.updates_per_batch
                 stats["clip_ratio"] += st["clip_ratio"] * share / cfg.updates_per_batch
                 stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
+                stats["entropy"] += float((entropy * completion_mask[s, :t_max]).sum()) / num_tok / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
             stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch

@@ -60,25 +60,36 @@ def completion_positions(prompt_lengths: list[int], t_max: int, width: int) -> t
 
 
 def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+                          temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False):
     """log softmax(lm_head(h) / temperature)[target] for hidden states h [N, H] and targets [N] -> [N], computed
     chunk_tokens rows at a time. Each chunk runs under activation checkpointing when gradients are on, so neither
     the forward nor the backward pass holds more than one chunk's [chunk, V] logits: peak memory no longer grows
     with sequence length x vocabulary. Equal to the dense log_softmax(logits).gather (a test pins it to 1e-5).
-    The logsumexp is in float32 at least (float64 for a float64 model)."""
+    The logsumexp is in float32 at least (float64 for a float64 model).
+
+    with_entropy: also return the entropy [N] of each row's distribution, H = -sum_v p_v log p_v with
+    p = softmax(lm_head(h) / temperature) (the distribution the tokens are sampled from), computed from the same
+    chunk's logits under no_grad (a metric: no gradient, no extra [N, V] tensor)."""
     from torch.utils.checkpoint import checkpoint
 
-    def chunk_logp(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def chunk_logp(h: torch.Tensor, t: torch.Tensor):
         logits = lm_head(h)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
-        return logits.gather(-1, t[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+        if not with_entropy:
+            return logp
+        with torch.no_grad():  # after the log-prob's ops: a checkpoint's recompute stops before this
+            return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
     out = []
     for i in range(0, hidden.shape[0], chunk_tokens):
         h, t = hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens]
         out.append(checkpoint(chunk_logp, h, t, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad
                    else chunk_logp(h, t))
-    return torch.cat(out)
+    if not with_entropy:
+        return torch.cat(out)
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
 def _decoder_and_head(model):
@@ -95,10 +106,11 @@ def _decoder_and_head(model):
 
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
-                        t_max: int, temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
+                        t_max: int, temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False):
     """log softmax(logits / temperature) of each completion token: [B, T] (zeros past a completion's end are not
     guaranteed: mask them). Only the hidden states of the completion positions reach the output head, through the
-    chunked selective log-softmax; the full [B, L, V] logits are never formed."""
+    chunked selective log-softmax; the full [B, L, V] logits are never formed. with_entropy: (log-probs, entropy
+    [B, T]), the entropy of the policy's distribution at each completion position (see selective_log_softmax)."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     width = input_ids.shape[1]
@@ -106,18 +118,22 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     targets = input_ids.gather(1, (positions + 1).clamp(max=width - 1))
     parts = _decoder_and_head(model)
     if parts is None:
-        return dense_completion_logprobs(model, input_ids, attention_mask, prompt_lengths, t_max, temperature)
+        return dense_completion_logprobs(model, input_ids, attention_mask, prompt_lengths, t_max, temperature,
+                                         with_entropy)
     body, head = parts
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
     flat = selective_log_softmax(picked.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1), temperature,
-                                 chunk_tokens)
-    return flat.view(targets.shape)
+                                 chunk_tokens, with_entropy)
+    if not with_entropy:
+        return flat.view(targets.shape)
+    return flat[0].view(targets.shape), flat[1].view(targets.shape)
 
 
 def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
-                              t_max: int, temperature: float = 1.0) -> torch.Tensor:
-    """The reference: full logits of every position, then log_softmax and gather ([B, L, V] in memory)."""
+                              t_max: int, temperature: float = 1.0, with_entropy: bool = False):
+    """The reference: full logits of every position, then log_softmax and gather ([B, L, V] in memory);
+    with_entropy: (log-probs, entropy) as completion_logprobs."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     width = input_ids.shape[1]
@@ -126,4 +142,9 @@ def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: to
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
     picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
-    return torch.log_softmax(picked / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp_all = torch.log_softmax(picked / temperature, dim=-1)
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        return logp, -(logp_all.exp() * logp_all).sum(-1)

@@ -3,12 +3,18 @@
     <run_dir>/config.yaml            the job, as validated
     <run_dir>/metrics.jsonl          one row per learner step, evaluation and loop event
     <run_dir>/events.jsonl           leap events (proposal, applied, judged, ...)
+    <run_dir>/samples.jsonl          at each evaluation, the first rollout.eval_samples greedy completions
+                                     (step, prompt, completion, answer, rewards per function, reward)
     <run_dir>/summary.json           the final RunSummary
     <run_dir>/checkpoints/step-NNNNNN/   complete checkpoints (learner/checkpoint.py)
     <run_dir>/adapters/v<NNNNNN>/    adapters published to the rollout workers; adapters/current.json points at one
     <run_dir>/rank1/                 the rank-1 analysis (extrapolate/analyze.py)
     <run_dir>/leaps/                 leap candidates (extrapolate/service.py)
     <run_dir>/rolled_back/           checkpoints of losing branches (moved, never deleted)
+    <run_dir>/samples.jsonl          completions sampled at each evaluation, with their prompts and rewards
+    <run_dir>/tensorboard/           TensorBoard event files (run.report_to, services/trackers.py)
+    <run_dir>/wandb/                 the wandb run (offline unless configured)
+    <run_dir>/mlruns/                the MLflow file store
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ from pathlib import Path
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
+SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 ADAPTERS = "adapters"
 RANK1 = "rank1"
 LEAPS = "leaps"
 ROLLED_BACK = "rolled_back"
+SAMPLES = "samples.jsonl"
+TENSORBOARD = "tensorboard"
+WANDB = "wandb"
+MLRUNS = "mlruns"
 
 
 def step_name(step: int) -> str:
