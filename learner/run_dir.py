@@ -11,7 +11,6 @@
     <run_dir>/rank1/                 the rank-1 analysis (extrapolate/analyze.py)
     <run_dir>/leaps/                 leap candidates (extrapolate/service.py)
     <run_dir>/rolled_back/           checkpoints of losing branches (moved, never deleted)
-    <run_dir>/samples.jsonl          completions sampled at each evaluation, with their prompts and rewards
     <run_dir>/tensorboard/           TensorBoard event files (run.report_to, services/trackers.py)
     <run_dir>/wandb/                 the wandb run (offline unless configured)
     <run_dir>/mlruns/                the MLflow file store
@@ -32,7 +31,6 @@ ADAPTERS = "adapters"
 RANK1 = "rank1"
 LEAPS = "leaps"
 ROLLED_BACK = "rolled_back"
-SAMPLES = "samples.jsonl"
 TENSORBOARD = "tensorboard"
 WANDB = "wandb"
 MLRUNS = "mlruns"
