@@ -39,6 +39,7 @@ def main() -> None:
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_scores, paired_difference
     from rollout.prompts import PromptEncoder
+    from rollout.rewards import Scorer
     from rollout.tasks import load_task
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +69,8 @@ def main() -> None:
         encoder = PromptEncoder.from_model_dir(base_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
 
         def scores(adapter) -> list[float]:
-            return greedy_scores(HFEngine(base_dir, adapter_path=adapter), task, examples, encoder)
+            return greedy_scores(HFEngine(base_dir, adapter_path=adapter), Scorer.for_job([], task, task.max_new_tokens),
+                                 examples, encoder, task.max_new_tokens)
 
         keep = scores(paths[args.window_end])
         actual = {t: scores(paths[t]) for t in targets}

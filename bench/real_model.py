@@ -39,7 +39,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import load_config
-    from services.runner import resolve_model_dir, run_job
+    from services.runner import job_scorer, resolve_model_dir, run_job
 
     cfg = load_config(args.job)
     cfg.run.seed = seed
@@ -50,13 +50,14 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     summary = run_job(cfg, run_dir=run_dir, progress=sys.stderr.isatty())
     seconds = time.time() - started
     model_dir = resolve_model_dir(cfg, progress=False)
-    task = load_task(cfg.rollout.task)
+    task = load_task(cfg.rollout.task, cfg.data)
     examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
     encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     final = checkpoint_dir(run_dir, cfg.run.steps)
-    before = greedy_scores(HFEngine(model_dir), task, examples, encoder, max_new)
-    after = greedy_scores(HFEngine(model_dir, adapter_path=final), task, examples, encoder, max_new)
+    scorer = job_scorer(cfg, task)
+    before = greedy_scores(HFEngine(model_dir), scorer, examples, encoder, max_new)
+    after = greedy_scores(HFEngine(model_dir, adapter_path=final), scorer, examples, encoder, max_new)
     gain, stderr = paired_difference(after, before)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     step_s = [r["step_s"] for r in rows if "step_s" in r]

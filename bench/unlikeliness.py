@@ -32,6 +32,7 @@ def main() -> None:
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import sampled_pass_at_k
     from rollout.prompts import PromptEncoder
+    from rollout.rewards import Scorer
     from rollout.tasks import load_task
     from services.config import parse_config
     from services.runner import run_job
@@ -50,7 +51,8 @@ def main() -> None:
     encoder = PromptEncoder.from_model_dir(model_dir)
 
     def pass_at(engine) -> dict[int, float]:
-        return sampled_pass_at_k(engine, task, problems, encoder, n=args.n, temperature=1.0, seed=99)
+        return sampled_pass_at_k(engine, Scorer.for_job([], task, task.max_new_tokens), problems, encoder, n=args.n,
+                                 max_new_tokens=task.max_new_tokens, temperature=1.0, seed=99)
 
     results = {"base": [pass_at(HFEngine(model_dir))]}
     with tempfile.TemporaryDirectory(prefix="leapfrog-unlikely-") as tmp:

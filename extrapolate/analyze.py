@@ -341,6 +341,7 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy
     from rollout.prompts import PromptEncoder
+    from rollout.rewards import Scorer
     from rollout.tasks import load_task
 
     checkpoints = dict(find_adapter_checkpoints(run_dir))
@@ -358,11 +359,12 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
     task = load_task(task_name)
     examples = task.examples("test", eval_size, seed=12345)
     encoder = PromptEncoder.from_model_dir(base_dir)
+    scorer, limit = Scorer.for_job([], task, task.max_new_tokens), task.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         adapter = write_leap_adapter(Path(tmp) / "rank1", path, rank1, {}, report={"rank1_of": str(path)})
-        acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), task, examples, encoder)
-    acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), task, examples, encoder)
-    acc_base = greedy_accuracy(HFEngine(base_dir), task, examples, encoder)
+        acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), scorer, examples, encoder, limit)
+    acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), scorer, examples, encoder, limit)
+    acc_base = greedy_accuracy(HFEngine(base_dir), scorer, examples, encoder, limit)
     gain = acc_full - acc_base
     return {"step": step, "acc_base": acc_base, "acc_full": acc_full, "acc_rank1": acc_rank1,
             "recovery": (acc_rank1 - acc_base) / gain if gain != 0 else float("nan"), "eval_size": eval_size}

@@ -30,6 +30,7 @@ from learner.models import BOOTSTRAP_RECORD, models_home
 from rollout.engines.hf import HFEngine
 from rollout.evaluate import greedy_accuracy
 from rollout.prompts import PromptEncoder
+from rollout.rewards import Scorer
 from rollout.tasks import Task, load_task
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
@@ -178,6 +179,7 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, betas=(0.9, 0.99), weight_decay=0.0)
     engine = HFEngine(model=model, tokenizer=tokenizer)
     encoder = PromptEncoder(tokenizer, chat_template="never")
+    scorer = Scorer.for_job([], task, task.max_new_tokens)
     started, accuracy, step = time.time(), 0.0, 0
     history = []
     with Progress(TextColumn("bootstrap {task.fields[name]}"), BarColumn(), TextColumn("step {task.completed:.0f}"),
@@ -194,7 +196,7 @@ def bootstrap(task_name: str = "arith", seed: int = 0, out_dir: Path | None = No
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % spec.eval_every == 0 or step == spec.sft_steps:
-                accuracy = greedy_accuracy(engine, task, test, encoder)
+                accuracy = greedy_accuracy(engine, scorer, test, encoder, task.max_new_tokens)
                 history.append({"step": step, "loss": float(loss.detach()), "accuracy": accuracy})
                 bar.update(job, completed=step, acc=accuracy)
             else:

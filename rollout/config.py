@@ -1,10 +1,11 @@
-"""Config section owned by the rollout package: `rollout` (sampling, task, engine, evaluation)."""
+"""Config sections owned by the rollout package: `rollout` (sampling, task, engine, evaluation), `data` (the
+dataset of `rollout.task: dataset`) and `rewards` (reward functions in TRL's signature)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class VLLMSettings(BaseModel):
@@ -31,8 +32,8 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    task: str = Field("arith", min_length=1, description="Task name (arith, digitsum, ranklist, sums) or a user task "
-                                                              "'module:Class'.")
+    task: str = Field("arith", min_length=1, description="Task name (arith, digitsum, ranklist, sums), dataset (the "
+                                                              "data: section) or a user task 'module:Class'.")
     engine: Literal["auto", "hf", "vllm"] = Field("auto", description="Rollout engine: vLLM on GPU and HF on CPU "
                                                                       "when auto.")
     chat_template: Literal["auto", "always", "never"] = Field(
@@ -57,4 +58,104 @@ class RolloutConfig(BaseModel):
                                                             "each evaluation; 0 = greedy accuracy only.")
     eval_pass_size: int = Field(200, ge=1, description="Held-out problems used for pass@k (a subset of the eval set).")
     eval_seed: int = Field(12345, ge=0, description="Seed of the held-out evaluation set (fixed across runs).")
+    eval_samples: int = Field(8, ge=0, le=1000, description="Greedy completions of the first eval problems written to "
+                                                             "samples.jsonl (prompt, completion, answer, rewards) at "
+                                                             "each evaluation; 0 = none.")
+    accuracy_reward: str | None = Field(None, description="The reward (its name in rewards:) whose greedy value is the "
+                                                          "held-out accuracy, pass@k (>= 1 counts as solved) and leap "
+                                                          "score; unset = the first reward (or the task's verifier).")
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+
+class DataConfig(BaseModel):
+    """The dataset of `rollout.task: dataset`, read with the `datasets` library offline. Every column besides the
+    prompt's goes to the reward functions (the answer column also as `answer`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    path: str = Field(min_length=1, description="A JSONL, JSON, parquet or CSV file (one split, 'train'), a "
+                                                "directory written by datasets' save_to_disk, or a directory of data "
+                                                "files named by split (train-*.parquet, test.jsonl, ...).")
+    train_split: str = Field("train", min_length=1, description="The dataset's split to train on.")
+    test_split: str | None = Field(None, min_length=1, description="The dataset's held-out split; unset = hold out "
+                                                                   "test_fraction of the train split.")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the train split held out (seeded by "
+                                                               "split_seed) when test_split is unset.")
+    split_seed: int = Field(0, ge=0, description="Seed of the held-out rows when test_split is unset.")
+    prompt_key: str | None = Field(None, min_length=1, description="Column of text prompts (or set messages_key).")
+    messages_key: str | None = Field(None, min_length=1, description="Column of chat-message prompts: lists of "
+                                                                     "{role, content} (or set prompt_key).")
+    answer_key: str = Field("answer", min_length=1, description="Column of the reference answers (passed to the "
+                                                                "reward functions as `answer`).")
+    system_prompt: str | None = Field(None, description="System message put first in every prompt (a text prompt "
+                                                        "becomes one user message after it).")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Prompts longer than this many tokens (as "
+                                                                  "encoded for the model) are dropped, and counted "
+                                                                  "in the log; unset = keep all.")
+
+    @model_validator(mode="after")
+    def _one_prompt_column(self) -> DataConfig:
+        if (self.prompt_key is None) == (self.messages_key is None):
+            raise ValueError("set exactly one of data.prompt_key (a column of text prompts) and data.messages_key "
+                             "(a column of chat messages)")
+        return self
+
+
+REWARD_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class RewardConfig(BaseModel):
+    """One reward function of `rewards:`: `fn(prompts, completions, **columns) -> list[float | None]` (TRL's
+    signature), a built-in name or 'module:function'; the step's reward is the weighted sum over functions."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    fn: str = Field(min_length=1, description="A built-in reward (math_accuracy, format, overlong, length) or a user "
+                                              "function 'module:function' (sync or async def).")
+    weight: float = Field(1.0, description="Weight of this function in the total reward (TRL's reward_weights).")
+    name: str | None = Field(None, pattern=REWARD_NAME, description="Name in the metrics (rewards/<name>/mean); "
+                                                                    "unset = the built-in's or the function's name.")
+    args: dict[str, Any] = Field(default_factory=dict, description="A built-in's parameters (format: pattern); for "
+                                                                   "a user function, keyword arguments bound to it.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest one call may take; past it the batch gets no "
+                                                              "reward from this function (counted as errors).")
+    max_error_rate: float = Field(0.1, ge=0, le=1, description="The run fails once more than this share of the "
+                                                               "completions scored since the run started got an "
+                                                               "error or a timeout from this function.")
+
+    @property
+    def metric_name(self) -> str:
+        """The function's name in the metrics: `name`, else the built-in's name or the function's attribute name."""
+        return self.name or self.fn.rpartition(":")[2]
+
+
+def check_rewards_section(task: str, data: DataConfig | None, rewards: list[RewardConfig],
+                          accuracy_reward: str | None, load_builtin) -> None:
+    """The job-level rules of data: and rewards: (raises ValueError naming the field): a dataset task has a data:
+    section and rewards, data: belongs to a dataset task, reward names are unique, built-in rewards exist and take
+    their args (`load_builtin(name, args)` builds one, rollout.rewards.load_reward; user functions are not imported
+    here) and rollout.accuracy_reward names one of the rewards."""
+    if task == "dataset" and data is None:
+        raise ValueError("rollout.task is 'dataset' but the job has no data: section; add data: with path, "
+                         "prompt_key (or messages_key) and answer_key")
+    if task != "dataset" and data is not None:
+        raise ValueError(f"data: is read only by rollout.task: dataset, but rollout.task is {task!r}; set "
+                         f"rollout.task: dataset or remove data:")
+    if task == "dataset" and not rewards:
+        raise ValueError("rollout.task is 'dataset', which has no verifier of its own: list its reward functions "
+                         "in rewards: (e.g. - fn: math_accuracy)")
+    names = [r.metric_name for r in rewards]
+    for i, r in enumerate(rewards):
+        if ":" not in r.fn:
+            try:
+                load_builtin(r.fn, r.args)
+            except ValueError as err:
+                raise ValueError(f"rewards[{i}].fn: {err}") from None
+        if ":" in r.fn and not all(part.strip() for part in r.fn.split(":", 1)):
+            raise ValueError(f"rewards[{i}].fn: {r.fn!r} is not 'module:function'")
+        if names.count(names[i]) > 1:
+            raise ValueError(f"rewards[{i}]: the name {names[i]!r} is used by more than one reward; give each a "
+                             f"distinct name: (it keys rewards/<name>/mean in the metrics)")
+    if accuracy_reward is not None and accuracy_reward not in (names or [task]):
+        raise ValueError(f"rollout.accuracy_reward: {accuracy_reward!r} is not one of the rewards "
+                         f"({', '.join(names or [task])})")

@@ -1,5 +1,7 @@
 """Held-out evaluation: greedy accuracy and pass@k (unbiased estimator) through a rollout engine, the prompts
-encoded by the run's PromptEncoder (the same token ids the policy trains on)."""
+encoded by the run's PromptEncoder (the same token ids the policy trains on) and the completions scored by the run's
+Scorer (rollout/rewards/scorer.py): "accuracy" is the accuracy reward's value (rollout.accuracy_reward, by default
+the first reward function or the task's verifier)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from math import comb
 
 from rollout.engines.base import SamplingParams
 from rollout.prompts import PromptEncoder
-from rollout.tasks.base import Example, Task
+from rollout.rewards import Scorer
+from rollout.tasks.base import Example
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -19,46 +22,50 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def greedy_scores(engine, task: Task, examples: list[Example], encoder: PromptEncoder,
-                  max_new_tokens: int | None = None) -> list[float]:
-    """The verifier's score of each example's greedy (temperature 0) completion (for paired comparisons)."""
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens or task.max_new_tokens)
-    groups = engine.generate(encoder.ids(examples), params)
-    return [task.score(ex, group[0].text) for ex, group in zip(examples, groups, strict=True)]
+def greedy_completions(engine, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int) -> list:
+    """Each example's greedy (temperature 0) completion."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    return [group[0] for group in engine.generate(encoder.ids(examples), params)]
 
 
-def greedy_accuracy(engine, task: Task, examples: list[Example], encoder: PromptEncoder,
-                    max_new_tokens: int | None = None) -> float:
-    """Share of examples whose greedy (temperature 0) completion the verifier scores 1."""
-    scores = greedy_scores(engine, task, examples, encoder, max_new_tokens)
+def greedy_scores(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int,
+                  step: int = 0) -> list[float]:
+    """The accuracy reward of each example's greedy completion (0 where it gives none), for paired comparisons."""
+    completions = greedy_completions(engine, examples, encoder, max_new_tokens)
+    return scorer.accuracy_values(scorer.score(examples, [[c] for c in completions], step))
+
+
+def greedy_accuracy(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int,
+                    step: int = 0) -> float:
+    """Mean accuracy reward of the examples' greedy completions (the share solved, for a 0/1 reward)."""
+    scores = greedy_scores(engine, scorer, examples, encoder, max_new_tokens, step)
     return sum(scores) / len(scores)
 
 
-def sampled_pass_at_k(engine, task: Task, examples: list[Example], encoder: PromptEncoder, n: int,
-                      temperature: float = 1.0, seed: int = 0, ks: list[int] | None = None,
-                      max_new_tokens: int | None = None) -> dict[int, float]:
-    """Mean pass@k over examples for k in ks (default 1, 2, 4, ..., n) from n samples per problem."""
+def sampled_pass_at_k(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, n: int,
+                      max_new_tokens: int, temperature: float = 1.0, seed: int = 0, ks: list[int] | None = None,
+                      step: int = 0) -> dict[int, float]:
+    """Mean pass@k over examples for k in ks (default 1, 2, 4, ..., n) from n samples per problem; a sample solves
+    its problem when its accuracy reward is >= 1."""
     ks = ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
-    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens or task.max_new_tokens,
-                            seed=seed)
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     groups = engine.generate(encoder.ids(examples), params)
-    correct = [sum(task.score(ex, c.text) >= 1.0 for c in group) for ex, group in zip(examples, groups, strict=True)]
+    solved = [v >= 1.0 for v in scorer.accuracy_values(scorer.score(examples, groups, step))]
+    correct = [sum(solved[i * n:(i + 1) * n]) for i in range(len(examples))]
     return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
 
 
-def list_metrics(engine, task, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int | None = None,
-                 ks: list[int] | None = None) -> dict[str, float]:
-    """Greedy Recall@k and NDCG@k for a ranked-list task (one item per line), k in ks (default 1..K by doubling,
-    and K): Recall@k = ground-truth items found in the first k lines / |ground truth|; NDCG@k with binary relevance."""
+def list_metrics(task, examples: list[Example], texts: list[str], ks: list[int] | None = None) -> dict[str, float]:
+    """Recall@k and NDCG@k of a ranked-list task's completions (one item per line; `texts[i]` answers
+    `examples[i]`), k in ks (default 1..K by doubling, and K): Recall@k = ground-truth items found in the first k
+    lines / |ground truth|; NDCG@k with binary relevance."""
     from rollout.list_metrics import ndcg_at_k, recall_at_k
 
     k_max = task.list_length
     ks = ks or sorted({*[2**i for i in range(k_max.bit_length()) if 2**i <= k_max], k_max})
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens or task.max_new_tokens)
-    groups = engine.generate(encoder.ids(examples), params)
     out = {f"recall@{k}": 0.0 for k in ks} | {f"ndcg@{k}": 0.0 for k in ks}
-    for ex, group in zip(examples, groups, strict=True):
-        rel = task.relevance(ex, task.parse(group[0].text))
+    for ex, text in zip(examples, texts, strict=True):
+        rel = task.relevance(ex, task.parse(text))
         n_truth = task.n_relevant(ex)
         for k in ks:
             out[f"recall@{k}"] += recall_at_k(rel, n_truth, k) / len(examples)

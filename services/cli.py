@@ -273,8 +273,9 @@ def cmd_status(args) -> int:
 def cmd_eval(args) -> int:
     from learner.export import adapter_base_dir
     from rollout.engines.hf import HFEngine
-    from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
+    from rollout.evaluate import greedy_accuracy, greedy_completions, list_metrics, sampled_pass_at_k
     from rollout.prompts import PromptEncoder
+    from rollout.rewards import Scorer
     from rollout.tasks import ListTask, load_task
 
     path = Path(args.checkpoint)
@@ -288,14 +289,17 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{path} is neither a PEFT adapter (adapter_config.json) nor an HF model dir (config.json)")
     encoder = PromptEncoder.from_model_dir(base_dir)
     task = load_task(args.task)
+    scorer = Scorer.for_job([], task, task.max_new_tokens)
     examples = task.examples("test", args.size, seed=args.eval_seed)
     result = {"checkpoint": str(path), "task": task.name, "problems": len(examples),
-              "greedy_accuracy": greedy_accuracy(engine, task, examples, encoder)}
+              "greedy_accuracy": greedy_accuracy(engine, scorer, examples, encoder, task.max_new_tokens)}
     if isinstance(task, ListTask):
-        result.update(list_metrics(engine, task, examples, encoder))
+        texts = [c.text for c in greedy_completions(engine, examples, encoder, task.max_new_tokens)]
+        result.update(list_metrics(task, examples, texts))
     if args.n > 1:
-        result["pass_at_k"] = sampled_pass_at_k(engine, task, examples, encoder, n=args.n,
-                                                temperature=args.temperature, seed=args.seed)
+        result["pass_at_k"] = sampled_pass_at_k(engine, scorer, examples, encoder, n=args.n,
+                                                max_new_tokens=task.max_new_tokens, temperature=args.temperature,
+                                                seed=args.seed)
     print(json.dumps(result, indent=2))
     return 0
 

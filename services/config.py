@@ -5,6 +5,8 @@
     learner:   learner.config.LearnerConfig   GRPO loss, optimizer, LoRA
     run:       RunConfig                      steps, seed, checkpoints, where the run lives
     extrapolate: extrapolate.config.ExtrapolateConfig   leaps during training (absent: plain RL)
+    data:      rollout.config.DataConfig      the dataset of rollout.task: dataset
+    rewards:   [rollout.config.RewardConfig]  reward functions (absent: the task's own verifier)
 Unknown fields are errors; `leapfrog config schema` prints the JSON schema.
 """
 
@@ -13,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from extrapolate.config import ExtrapolateConfig
 from learner.config import ALGORITHM_CONFIGS, GRPOConfig, LearnerConfig, ModelConfig
-from rollout.config import RolloutConfig
+from rollout.config import DataConfig, RewardConfig, RolloutConfig, check_rewards_section
 
 
 class RunConfig(BaseModel):
@@ -43,6 +45,21 @@ class JobConfig(BaseModel):
     learner: LearnerConfig = Field(default_factory=GRPOConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     extrapolate: ExtrapolateConfig | None = Field(None, description="Leaps during training; absent = plain RL.")
+    data: DataConfig | None = Field(None, description="The dataset of rollout.task: dataset.")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="Reward functions in TRL's signature, "
+                                        "summed with their weights; empty = the task's own verifier.")
+
+    @model_validator(mode="after")
+    def _data_and_rewards(self) -> JobConfig:
+        from rollout.rewards import load_reward
+
+        check_rewards_section(self.rollout.task, self.data, self.rewards, self.rollout.accuracy_reward, load_reward)
+        if self.rollout.task == "dataset" and self.model.path is None:
+            raise ValueError("rollout.task: dataset has no bootstrapped default model; set model.path (an HF model "
+                             "directory or a registered name such as smollm2-135m-instruct)")
+        if self.data is not None and self.data.system_prompt is not None and self.rollout.system_prompt is not None:
+            raise ValueError("data.system_prompt and rollout.system_prompt are both set; keep one")
+        return self
 
 
 class ConfigError(ValueError):
@@ -57,6 +74,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "union_tag_invalid":
             lines.append(f"  {field}.algorithm: unknown algorithm {e['ctx']['tag']!r}; valid: "
                          f"{', '.join(ALGORITHM_CONFIGS)}")
+        elif e["type"] == "value_error" and not loc:  # a rule across sections: its message names the fields
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown field; remove it (see `leapfrog config schema` for the valid fields)")
         else:
@@ -141,9 +160,12 @@ def config_reference() -> str:
     lines = []
     for section, prop in schema["properties"].items():
         refs = [p["$ref"] for p in prop.get("oneOf", [])] or [
-            prop.get("$ref") or next(p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p)]
+            prop.get("$ref") or prop.get("items", {}).get("$ref")
+            or next(p["$ref"] for p in prop.get("anyOf", []) if "$ref" in p)]
         first = defs[refs[0].rsplit("/", 1)[1]]
-        lines += [f"**`{section}`** — {' '.join(first.get('description', '').split())}", "", *header, *rows(first), ""]
+        kind = " (a list; each entry)" if prop.get("type") == "array" else ""
+        lines += [f"**`{section}`**{kind} — {' '.join(first.get('description', '').split())}", "", *header,
+                  *rows(first), ""]
         for ref in refs[1:]:  # the other algorithms of a union section: the fields that differ from the first
             model = defs[ref.rsplit("/", 1)[1]]
             differ = {n for n, f in model["properties"].items() if first["properties"].get(n) != f}

@@ -46,7 +46,7 @@ def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, 
     from services.runtime import RayRuntime
 
     model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False, restart=restart)
-    runtime = RayRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task)))
+    runtime = RayRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task, cfg.data)))
     try:
         return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
                      stop_after=stop_after, sink=sink, requests=requests)

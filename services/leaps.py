@@ -27,6 +27,7 @@ from pathlib import Path
 from learner.checkpoint import checkpoint_dir, list_checkpoints
 from learner.run_dir import EVENTS, ROLLED_BACK, append_jsonl
 from rollout.evaluate import greedy_scores, paired_difference
+from rollout.rewards import Scorer
 
 
 class CandidatePolicy:
@@ -204,6 +205,7 @@ class LeapController:
         self.examples = task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
         self.encoder = encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
         self.max_new_tokens = max_new_tokens
+        self.scorer = Scorer.for_job(cfg.rewards, task, max_new_tokens, cfg.run.steps, cfg.rollout.accuracy_reward)
         self.state = LeapState.from_config(self.x)
 
     def _timed(self, key: str, fn, *args):
@@ -215,7 +217,7 @@ class LeapController:
 
     def _scores(self, adapter_path: str | None = None) -> list[float]:
         policy = self.runtime if adapter_path is None else CandidatePolicy(self.runtime, adapter_path)
-        return self._timed("evaluation_s", greedy_scores, policy, self.task, self.examples, self.encoder,
+        return self._timed("evaluation_s", greedy_scores, policy, self.scorer, self.examples, self.encoder,
                            self.max_new_tokens)
 
     def checkpoint_meta(self) -> dict:

@@ -17,10 +17,11 @@ from pathlib import Path
 from learner.algorithms import ALGORITHMS
 from learner.bootstrap import bootstrap, default_model_dir
 from learner.checkpoint import checkpoint_dir, list_checkpoints
-from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SUMMARY, append_jsonl, read_jsonl
+from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
-from rollout.evaluate import greedy_accuracy, list_metrics, sampled_pass_at_k
+from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
 from rollout.prompts import PromptEncoder
+from rollout.rewards import Scorer, Scores
 from rollout.tasks import load_task
 from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
@@ -64,9 +65,10 @@ def resolve_model_dir(cfg: JobConfig, progress: bool = True) -> Path:
     return bootstrap(task, cfg.model.bootstrap_seed, out_dir=path, progress=progress)
 
 
-def preflight(cfg: JobConfig, model_dir: Path, task, local: bool) -> None:
-    """Every check that can fail before any work, so a bad job writes nothing: the device, the chat template, and
-    prompt + completion lengths against the model's and vLLM's limits (on the evaluation set's prompts)."""
+def preflight(cfg: JobConfig, model_dir: Path, local: bool) -> None:
+    """Every check that can fail before any work, so a bad job writes nothing: the device, the chat template, the
+    dataset (every row, and the prompts left under data.max_prompt_tokens), the reward functions (imported and
+    built), and prompt + completion lengths against the model's and vLLM's limits (on the evaluation set's prompts)."""
     from rollout.engines import resolve_engine_name
     from rollout.prompts import PromptEncoder, PromptError
 
@@ -77,6 +79,8 @@ def preflight(cfg: JobConfig, model_dir: Path, task, local: bool) -> None:
             raise ValueError("model.device is 'cuda' but learner.num_gpus is 0, so Ray gives the learner no GPU; set "
                              "learner.num_gpus (and rollout.worker_gpus for the rollout workers) or model.device: auto")
         encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+        task = load_task(cfg.rollout.task, cfg.data, encoder)
+        job_scorer(cfg, task)
         examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
         longest = max(len(ids) for ids in encoder.ids(examples)) + max_new_tokens(cfg, task)
     except (PromptError, ValueError) as err:
@@ -100,7 +104,7 @@ def prepare_job(cfg: JobConfig, run_dir: Path, resume: bool, progress: bool, loc
     """(model directory, checkpoint to resume from): the model resolved and the job checked first, then the run
     directory created (or checked for a resume; see prepare_run_dir for `restart`)."""
     model_dir = resolve_model_dir(cfg, progress).resolve()
-    preflight(cfg, model_dir, load_task(cfg.rollout.task), local)
+    preflight(cfg, model_dir, local)
     return model_dir, prepare_run_dir(cfg, run_dir, resume, restart)
 
 
@@ -170,7 +174,7 @@ def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, p
 
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.runs_root) / cfg.run.name
     model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=True)
-    runtime = LocalRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task)))
+    runtime = LocalRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task, cfg.data)))
     return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
                  stop_after=stop_after, sink=sink)
 
@@ -179,6 +183,26 @@ def max_new_tokens(cfg: JobConfig, task) -> int:
     """The completion limit of the whole run (rollouts, evaluations, leap scoring): rollout.max_new_tokens, or the
     task's own when unset."""
     return cfg.rollout.max_new_tokens or task.max_new_tokens
+
+
+def job_scorer(cfg: JobConfig, task, console=None) -> Scorer:
+    """The run's one scoring path (rollout/rewards/scorer.py): the functions of rewards:, or the task's verifier;
+    its warnings go to the console. A reward that cannot be imported or built is a ConfigError."""
+    warn = print if console is None else (lambda message: console.print(message, markup=False, highlight=False))
+    try:
+        return Scorer.for_job(cfg.rewards, task, max_new_tokens(cfg, task), cfg.run.steps, cfg.rollout.accuracy_reward,
+                              warn)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def note_dropped_prompts(cfg: JobConfig, task, log, console) -> None:
+    """Report the prompts a dataset task dropped for being longer than data.max_prompt_tokens (an event row)."""
+    dropped = getattr(task, "dropped", None)
+    if dropped and any(dropped.values()):
+        console.print(f"data: dropped {dropped['train']} train and {dropped['test']} test prompts longer than "
+                      f"data.max_prompt_tokens = {cfg.data.max_prompt_tokens}")
+        log({"event": "prompts_dropped", "max_prompt_tokens": cfg.data.max_prompt_tokens, **dropped})
 
 
 @dataclass
@@ -208,27 +232,57 @@ class RunLog:
             self.sink("metrics", row)
 
 
-class Evaluator:
-    """The periodic held-out evaluation: greedy accuracy, list metrics for list tasks, sampled pass@k."""
+class SampleLog:
+    """What the model wrote: samples.jsonl, mirrored to the control plane's "samples" stream when a sink is given."""
 
-    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder, log: RunLog):
+    def __init__(self, run_dir: Path, sink=None):
+        self.path, self.sink = Path(run_dir) / SAMPLES, sink
+
+    def __call__(self, record: dict) -> None:
+        append_jsonl(self.path, record)
+        if self.sink is not None:
+            self.sink("samples", record)
+
+
+class Evaluator:
+    """The periodic held-out evaluation of the greedy policy, scored by the run's scorer: accuracy (the accuracy
+    reward's mean), each reward's mean, list metrics for list tasks, sampled pass@k, and the first
+    rollout.eval_samples completions with their prompts, answers and rewards (SampleLog)."""
+
+    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder, log: RunLog, scorer: Scorer,
+                 samples: SampleLog | None = None):
         self.cfg, self.runtime, self.task, self.encoder, self.log = cfg, runtime, task, encoder, log
+        self.scorer, self.samples = scorer, samples
         self.examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
         self.max_new = max_new_tokens(cfg, task)
 
     def __call__(self, step: int, state: LoopState) -> None:
         r = self.cfg.rollout
-        acc = greedy_accuracy(self.runtime, self.task, self.examples, self.encoder, self.max_new)
+        completions = greedy_completions(self.runtime, self.examples, self.encoder, self.max_new)
+        scores = self.scorer.score(self.examples, [[c] for c in completions], step)
+        solved = self.scorer.accuracy_values(scores)
+        acc = sum(solved) / len(solved)
         record = {"step": step, "accuracy": acc, "learner_steps": state.learner_steps}
         if isinstance(self.task, ListTask):
-            record.update(list_metrics(self.runtime, self.task, self.examples, self.encoder, self.max_new))
+            record.update(list_metrics(self.task, self.examples, [c.text for c in completions]))
         if r.eval_pass_n > 0:
-            passes = sampled_pass_at_k(self.runtime, self.task, self.examples[:r.eval_pass_size], self.encoder,
-                                       n=r.eval_pass_n, temperature=r.temperature, seed=r.eval_seed,
-                                       max_new_tokens=self.max_new)
+            passes = sampled_pass_at_k(self.runtime, self.scorer, self.examples[:r.eval_pass_size], self.encoder,
+                                       n=r.eval_pass_n, max_new_tokens=self.max_new, temperature=r.temperature,
+                                       seed=r.eval_seed, step=step)
             record.update({f"pass@{k}": v for k, v in passes.items()})
         state.evals.append(record)
-        self.log({"step": step, "eval_accuracy": acc, **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
+        self.write_samples(step, completions, scores)
+        self.log({"step": step, "eval_accuracy": acc, **{f"eval_{k}": v for k, v in scores.metrics().items()},
+                  **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
+
+    def write_samples(self, step: int, completions: list, scores: Scores) -> None:
+        """The first rollout.eval_samples problems: rendered prompt, greedy completion, answer, rewards."""
+        if self.samples is None:
+            return
+        for i, (ex, c) in enumerate(zip(self.examples[:self.cfg.rollout.eval_samples], completions, strict=False)):
+            self.samples({"step": step, "prompt": self.encoder.text(c.prompt_ids), "completion": c.text,
+                          "answer": ex.answer, "rewards": {name: v[i] for name, v in scores.values.items()},
+                          "reward": scores.totals[i]})
 
 
 class Rollouts:
@@ -303,11 +357,13 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
     row, rank-1 record and leap event; `requests()` returns the users' new manual leap requests."""
     from rich.console import Console
 
-    console, task = console or Console(), load_task(cfg.rollout.task)
+    console = console or Console()
     encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    algorithm = load_algorithm(cfg, task)
+    task = load_task(cfg.rollout.task, cfg.data, encoder)
+    algorithm, scorer = load_algorithm(cfg, task), job_scorer(cfg, task, console)
     log, state, rollouts = RunLog(run_dir, sink), LoopState(), Rollouts(cfg, runtime, task, encoder)
-    evaluate = Evaluator(cfg, runtime, task, encoder, log)
+    evaluate = Evaluator(cfg, runtime, task, encoder, log, scorer, SampleLog(run_dir, sink))
+    note_dropped_prompts(cfg, task, log, console)
     leaps = leap_controller(cfg, runtime, run_dir, task, encoder, evaluate.max_new, console, sink, requests)
     checkpoint = partial(save_checkpoint, cfg, runtime, run_dir, model_dir, state, leaps)
     if resume_from is not None:
@@ -323,16 +379,17 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
             step, t0 = runtime.step_count, time.time()
             examples, groups, policy_version = rollouts.take(step, last)
             t_gen = time.time() - t0
-            rewards = [task.score(ex, c.text) for ex, group in zip(examples, groups, strict=True) for c in group]
+            scores = scorer.score(examples, groups, step)
+            rewards = scores.training_rewards(cfg.rollout.group_size)
             batch = algorithm.make_batch(task, encoder.tokenizer, examples, groups, rewards, cfg.rollout.group_size,
                                          policy_version)
             try:
                 stats = runtime.train(batch)
                 version, done = runtime.publish(), runtime.step_count
                 state.learner_steps += 1
-                row = {"step": done, **stats, "policy_version": policy_version, "learner_version": step,
-                       "adapter_version": version, "gen_s": t_gen, "step_s": time.time() - t0,
-                       "learner_steps": state.learner_steps}
+                row = {"step": done, **stats, **scores.metrics(), "policy_version": policy_version,
+                       "learner_version": step, "adapter_version": version, "gen_s": t_gen,
+                       "step_s": time.time() - t0, "learner_steps": state.learner_steps}
                 log(row)
                 restored = leaps.after_step(state.learner_steps, state.evals, partial(checkpoint, done, row))
                 if restored is not None:  # the run continues from another branch's checkpoint

@@ -19,13 +19,20 @@ def register_task(name: str):
     return TASKS.register(name)
 
 
-def load_task(spec: str) -> Task:
-    """A task instance from a registered name ("arith") or a module path ("my_pkg.my_task:MyTask")."""
+def load_task(spec: str, data=None, encoder=None) -> Task:
+    """A task instance from a registered name ("arith") or a module path ("my_pkg.my_task:MyTask"). The `dataset`
+    task reads the job's data: section (`data`, a rollout.config.DataConfig); given the run's PromptEncoder it drops
+    the prompts longer than data.max_prompt_tokens."""
     if ":" in spec:
         return _load_user_task(spec)
     if spec not in TASKS:
         raise ValueError(f"unknown task {spec!r}; built-in tasks: {', '.join(TASKS.names())}; "
                          f"or give a user task as 'module:Class'")
+    if spec == "dataset":
+        if data is None:
+            raise ValueError("rollout.task: dataset reads the job's data: section, and there is none; add data: "
+                             "with path, prompt_key (or messages_key) and answer_key")
+        return TASKS.get(spec)(data, encoder)
     return TASKS.get(spec)()
 
 

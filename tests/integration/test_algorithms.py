@@ -68,7 +68,7 @@ def test_one_completion_limit_everywhere(tmp_path):
     from rollout.tasks import load_task
     from services.config import parse_config
     from services.leaps import LeapController
-    from services.runner import Evaluator, LoopState, RunLog
+    from services.runner import Evaluator, LoopState, RunLog, job_scorer
     from services.runtime import LocalRuntime
 
     model_dir = bootstrap("ranklist", 0, progress=False)
@@ -80,8 +80,9 @@ def test_one_completion_limit_everywhere(tmp_path):
                         "run": {"steps": 4}, "extrapolate": {"eval_size": 20}})
     runtime = RecordingRuntime(LocalRuntime(cfg, model_dir, tmp_path, limit))
     encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    Evaluator(cfg, runtime, task, encoder, RunLog(tmp_path))(0, LoopState())  # greedy, list metrics, pass@k
+    Evaluator(cfg, runtime, task, encoder, RunLog(tmp_path), job_scorer(cfg, task))(0, LoopState())  # greedy (list
+    # metrics on the same completions), pass@k
     leaps = LeapController(cfg, runtime, tmp_path, task, lambda kind, record: None, encoder=encoder,
                            max_new_tokens=limit)
     leaps._scores()
-    assert len(runtime.limits) == 4 and set(runtime.limits) == {limit}
+    assert len(runtime.limits) == 3 and set(runtime.limits) == {limit}
