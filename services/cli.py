@@ -143,15 +143,18 @@ def print_summary(summary, console) -> None:
 def cmd_run(args) -> int:
     from rich.console import Console
 
+    from services.checks import require_valid
     from services.config import load_config
     from services.runner import run_job
 
     console = Console()
     if args.resume:
         cfg = load_config(Path(args.resume) / "config.yaml")
+        require_valid(cfg, str(Path(args.resume) / "config.yaml"))
         summary = run_job(cfg, run_dir=Path(args.resume), resume=True, console=console, stop_after=args.stop_after)
     else:
         cfg = read_job(args.config, args.set)
+        require_valid(cfg, args.config)
         summary = run_job(cfg, run_dir=Path(args.run_dir) if args.run_dir else None, console=console,
                           stop_after=args.stop_after)
     print_summary(summary, console)
