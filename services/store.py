@@ -6,6 +6,7 @@
     <prefix>job:<id>:metrics     stream of step and evaluation rows        (capped with MAXLEN ~)
     <prefix>job:<id>:rank1       stream of per-checkpoint rank-1 records   (capped)
     <prefix>job:<id>:events      stream of leap and lifecycle events       (capped)
+    <prefix>job:<id>:samples     stream of sampled completions (prompt, completion, rewards) at evaluations (capped)
     <prefix>changes              pub/sub channel: the id of every job whose hash was written (same transaction)
 
 State changes go through one Lua script, so they are atomic and validated on the server: a driver finishing
@@ -32,7 +33,7 @@ STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 ALLOWED_FROM = {"RUNNING": ("PENDING",), "SUCCEEDED": ("RUNNING",), "FAILED": ("PENDING", "RUNNING"),
                 "CANCELLED": ("PENDING", "RUNNING")}
-STREAMS = ("metrics", "rank1", "events")
+STREAMS = ("metrics", "rank1", "events", "samples")
 
 # KEYS[1] = job hash; ARGV[1] = target state, ARGV[2] = allowed current states (comma-separated),
 # ARGV[3] = updated timestamp, ARGV[4] = changes channel, ARGV[5] = job id, ARGV[6..] = field, value pairs.

@@ -4,9 +4,9 @@
     GET  /v1/jobs?state=&offset=&limit= list jobs, newest first
     GET  /v1/jobs/{id}                  one job (its state reconciled with Ray when not terminal)
     POST /v1/jobs/{id}/cancel           stop the Ray job; state CANCELLED
-    GET  /v1/jobs/{id}/metrics|rank1    stream history, paged (?after=<cursor>&limit=&since_step=)
+    GET  /v1/jobs/{id}/metrics|rank1|samples   stream history, paged (?after=<cursor>&limit=&since_step=)
     GET  /v1/jobs/{id}/events           leap and lifecycle events as Server-Sent Events (Last-Event-ID resumes)
-    GET  /v1/jobs/{id}/stream           metrics, rank-1 and events together as SSE (the dashboard's feed)
+    GET  /v1/jobs/{id}/stream           metrics, rank-1, events and samples together as SSE (the dashboard's feed)
     GET  /v1/jobs/{id}/checkpoints      checkpoints of the run;  GET /v1/jobs/{id}/leaps  its leap candidates
     POST /v1/jobs/{id}/leaps            ask the run for a leap (an event the driver's leap controller sees)
     GET  /healthz   Redis and Ray reachable;   GET /metrics   Prometheus text

@@ -1,4 +1,4 @@
-"""Jobs: submit, list, read, cancel; their metrics and rank-1 history (paged) and checkpoints."""
+"""Jobs: submit, list, read, cancel; their metrics, rank-1 and samples history (paged) and checkpoints."""
 
 from __future__ import annotations
 
@@ -143,6 +143,13 @@ def job_metrics(job_id: str, record: JobDep, plane: PlaneDep, after: str = curso
 def job_rank1(job_id: str, record: JobDep, plane: PlaneDep, after: str = cursor_query,
               limit: int = Query(100, ge=1, le=1000), since_step: int | None = Query(None, ge=0)) -> StreamPage:
     return page(plane, job_id, "rank1", after, limit, since_step)
+
+
+@router.get("/v1/jobs/{job_id}/samples", response_model=StreamPage)
+def job_samples(job_id: str, record: JobDep, plane: PlaneDep, after: str = cursor_query,
+                limit: int = Query(200, ge=1, le=2000), since_step: int | None = Query(None, ge=0)) -> StreamPage:
+    """Completions sampled at the evaluations: {step, prompt, completion, answer, rewards: {name: value}, reward}."""
+    return page(plane, job_id, "samples", after, limit, since_step)
 
 
 @router.get("/v1/jobs/{job_id}/checkpoints", response_model=list[CheckpointInfo])

@@ -1,5 +1,5 @@
-"""A job's streams as Server-Sent Events: `events` (leap and lifecycle events) and `stream` (metrics, rank-1 and
-events together: the dashboard's feed). Every Redis read here is awaited (redis.asyncio), so a stream never holds
+"""A job's streams as Server-Sent Events: `events` (leap and lifecycle events) and `stream` (metrics, rank-1, events
+and samples together: the dashboard's feed). Every Redis read here is awaited (redis.asyncio), so a stream never holds
 the event loop."""
 
 from __future__ import annotations
@@ -69,5 +69,5 @@ async def job_events(request: Request, job_id: str, plane: PlaneDep,
 
 @router.get("/v1/jobs/{job_id}/stream", response_class=JSONResponse, responses=responses)
 async def job_stream(request: Request, job_id: str, plane: PlaneDep,
-                     after: str | None = Query(None, pattern=r"^\d+-\d+(\|\d+-\d+){2}$")):
-    return await sse(request, plane, job_id, ("metrics", "rank1", "events"), after)
+                     after: str | None = Query(None, pattern=r"^\d+-\d+(\|\d+-\d+){3}$")):
+    return await sse(request, plane, job_id, ("metrics", "rank1", "events", "samples"), after)
