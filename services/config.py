@@ -13,9 +13,10 @@ Unknown fields are errors; `leapfrog config schema` prints the JSON schema.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from extrapolate.config import ExtrapolateConfig
 from learner.config import ALGORITHM_CONFIGS, GRPOConfig, LearnerConfig, ModelConfig
@@ -33,6 +34,19 @@ class RunConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
     eval_every: int = Field(10, ge=1, description="Greedy held-out evaluation every this many steps (and at 0 and the end).")
     runs_root: str = Field("runs", min_length=1, description="Directory holding run directories (<runs_root>/<name>).")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        [], description="Experiment trackers that receive the metrics rows and the config "
+        "(services/trackers.py): TensorBoard event files in <run_dir>/tensorboard, wandb in <run_dir>/wandb (offline "
+        "unless WANDB_MODE is set), an MLflow file store in <run_dir>/mlruns (unless MLFLOW_TRACKING_URI is set).")
+    tracker_project: str = Field("leapfrog", min_length=1, description="The wandb project and the MLflow experiment "
+                                 "of run.report_to (the run is named run.name).")
+
+    @field_validator("report_to")
+    @classmethod
+    def _distinct_trackers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each tracker at most once (got {value})")
+        return value
 
 
 class JobConfig(BaseModel):

@@ -20,6 +20,7 @@ from learner.checkpoint import checkpoint_dir, list_checkpoints
 from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
+from rollout.metrics import completion_metrics
 from rollout.prompts import PromptEncoder
 from rollout.rewards import Scorer, Scores
 from rollout.tasks import load_task
@@ -27,6 +28,7 @@ from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
 from services.leaps import leap_controller
 from services.runtime import LearnerLost
+from services.trackers import Trackers
 
 TRAIN_POOL_MAX = 50_000  # for tasks that do not set max_train_pool
 
@@ -220,16 +222,25 @@ class LoopState:
 
 
 class RunLog:
-    """metrics.jsonl, mirrored to the control plane's "metrics" stream when a sink is given."""
+    """metrics.jsonl, mirrored to the control plane's "metrics" stream when a sink is given and, while `tracking`
+    is open, to the experiment trackers of run.report_to (services/trackers.py)."""
 
     def __init__(self, run_dir: Path, sink=None):
-        self.path, self.sink = Path(run_dir) / METRICS, sink
+        self.run_dir, self.path, self.sink = Path(run_dir), Path(run_dir) / METRICS, sink
+        self.trackers = Trackers()
+
+    def tracking(self, cfg: JobConfig, start_step: int) -> Trackers:
+        """Open the trackers for a run starting (or continuing) at start_step: `with log.tracking(...)` closes them
+        when the loop ends, marked failed when it raises."""
+        self.trackers = Trackers.start(cfg, self.run_dir, start_step)
+        return self.trackers
 
     def __call__(self, row: dict) -> None:
         row = {**row, "time": time.time()}
         append_jsonl(self.path, row)
         if self.sink is not None:
             self.sink("metrics", row)
+        self.trackers.log(row)
 
 
 class SampleLog:
@@ -369,10 +380,10 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
     if resume_from is not None:
         state.restore(runtime.resume(resume_from), runtime)
         console.print(f"resumed from {resume_from} (step {runtime.step_count})")
-    if runtime.step_count == 0:
-        evaluate(0, state)
     last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
-    with progress_bar(cfg, console, progress) as bar:
+    with log.tracking(cfg, runtime.step_count), progress_bar(cfg, console, progress) as bar:
+        if runtime.step_count == 0:
+            evaluate(0, state)
         job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count, reward=0.0,
                            acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
         while runtime.step_count < last:
@@ -387,7 +398,8 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                 stats = runtime.train(batch)
                 version, done = runtime.publish(), runtime.step_count
                 state.learner_steps += 1
-                row = {"step": done, **stats, **scores.metrics(), "policy_version": policy_version,
+                row = {"step": done, **stats, **scores.metrics(),
+                       **completion_metrics(groups, rewards, time.time() - t0), "policy_version": policy_version,
                        "learner_version": step, "adapter_version": version, "gen_s": t_gen,
                        "step_s": time.time() - t0, "learner_steps": state.learner_steps}
                 log(row)

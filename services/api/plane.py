@@ -52,7 +52,8 @@ class JobDocuments:
 
     async def follow(self, store) -> None:
         """Run for the app's lifetime: subscribe to the change channel and drop entries as messages come; on a lost
-        connection stop caching at once, resubscribe, start again from an empty cache."""
+        connection stop caching at once, resubscribe, start again from an empty cache (said once, not per retry)."""
+        was_live = True
         while True:
             client = store.async_client()
             try:
@@ -61,12 +62,14 @@ class JobDocuments:
                     async for message in pubsub.listen():
                         if message["type"] == "subscribe":
                             self.invalidate()
-                            self.live = True
+                            self.live = was_live = True
                         elif message["type"] == "message":
                             self.invalidate(message["data"].decode())
             except Exception as err:  # Redis went away: serve from Redis until the subscription is back
                 self.live = False
-                log.warning("job documents cache off until Redis answers again: %s", err)
+                if was_live:
+                    log.warning("job documents cache off until Redis answers again: %s", err)
+                was_live = False
             finally:
                 self.live = False
                 self.invalidate()
