@@ -10,9 +10,10 @@ import json
 import re
 from pathlib import Path
 
-from learner.run_dir import read_jsonl
+from learner.run_dir import SAMPLES, read_jsonl
 
 STATIC = Path(__file__).parent / "static"
+MAX_SAMPLES = 500  # the newest sampled completions a page holds
 
 
 def plotly_js_path() -> Path:
@@ -44,7 +45,8 @@ def run_view(run_dir: Path) -> dict:
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     return {"job": {"name": run_dir.name}, "config": config, "metrics": [r for r in metrics if "loss" in r],
             "evals": sorted(evals.values(), key=lambda e: e["step"]), "rank1": rank1_records(run_dir),
-            "events": leap_events(read_jsonl(run_dir / "events.jsonl"))}
+            "events": leap_events(read_jsonl(run_dir / "events.jsonl")),
+            "samples": read_jsonl(run_dir / SAMPLES)[-MAX_SAMPLES:]}
 
 
 def leap_events(events: list[dict], limit: int = 500) -> list[dict]:

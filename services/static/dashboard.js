@@ -2,9 +2,11 @@
 // wheel, no CDN). The same code renders the live job page (fed by the control plane's SSE stream) and the
 // static report of `leapfrog analyze RUN_DIR --html` (fed by an embedded JSON document).
 //
-// A view is {job, metrics: [{step, reward_mean, ...}], evals: [{step, accuracy}], rank1: [{step, rows: [{module,
-// layer, type, e1?, energy1, s1, stability_u?, stability_v?}], backtest: {method: {cos}}, linear_r2: {median},
-// by_type: {type: {growth_p}}}], events: [{type, step, ...}]}.
+// A view is {job, metrics: [{step, reward_mean, "rewards/<name>/mean", ...}], evals: [{step, accuracy}], rank1:
+// [{step, rows: [{module, layer, type, e1?, energy1, s1, stability_u?, stability_v?}], backtest: {method: {cos}},
+// linear_r2: {median}, by_type: {type: {growth_p}}}], events: [{type, step, ...}], samples: [{step, prompt,
+// completion, answer, rewards: {name: value}, reward}]}. Text from the run (prompts, completions) is only ever set
+// as textContent, never parsed as HTML.
 "use strict";
 
 const LF = (() => {
@@ -55,6 +57,98 @@ const LF = (() => {
       yaxis2: {title: {text: "held-out accuracy (fraction)"}, overlaying: "y", side: "right", rangemode: "tozero"},
       legend: {orientation: "h", y: -0.32}, margin: {t: 60, r: 70},
     }, PLOT_CONFIG);
+  }
+
+  function num(x) { return typeof x === "number" && isFinite(x) ? x : null; }
+
+  function rewardNames(metrics) {
+    const names = new Set();
+    for (const m of metrics) {
+      for (const key of Object.keys(m)) {
+        const match = /^rewards\/(.+)\/mean$/.exec(key);
+        if (match) names.add(match[1]);
+      }
+    }
+    return [...names].sort();
+  }
+
+  function drawRewards(view) {
+    const metrics = byStep(view.metrics);
+    const names = rewardNames(metrics);
+    const target = document.getElementById("chart-rewards");
+    if (!names.length) {
+      target.textContent = "per-reward curves (rewards/<name>/mean) appear with the first step";
+      return;
+    }
+    if (!target.data) target.textContent = "";
+    const steps = metrics.map((m) => m.step);
+    const traces = names.map((n) => ({x: steps, y: metrics.map((m) => num(m[`rewards/${n}/mean`])),
+      name: n + " (mean ± std)", mode: "lines+markers",
+      error_y: {type: "data", array: metrics.map((m) => num(m[`rewards/${n}/std`]) || 0), visible: true,
+                thickness: 1}}));
+    for (const n of names.filter((n) => metrics.some((m) => num(m[`reward_errors/${n}`])))) {
+      traces.push({x: steps, y: metrics.map((m) => num(m[`reward_errors/${n}`])), name: "errors " + n,
+                   mode: "lines", yaxis: "y2", line: {dash: "dot"}});
+    }
+    Plotly.react("chart-rewards", traces, {
+      title: {text: "Rewards per function (train, mean ± std over the step's completions)"},
+      ...leapShapes(view.events), xaxis: {title: {text: "trajectory step"}}, yaxis: {title: {text: "reward"}},
+      yaxis2: {title: {text: "reward errors"}, overlaying: "y", side: "right", rangemode: "tozero"},
+      legend: {orientation: "h", y: -0.32}, margin: {t: 60, r: 70},
+    }, PLOT_CONFIG);
+  }
+
+  function drawCompletions(view) {
+    const metrics = byStep(view.metrics.filter((m) => typeof m["completions/mean_length"] === "number"));
+    const steps = metrics.map((m) => m.step);
+    const line = (key, name, axis) => ({x: steps, y: metrics.map((m) => num(m[key])), name, mode: "lines",
+                                        yaxis: axis});
+    Plotly.react("chart-completions", [
+      line("completions/mean_length", "mean length", "y"), line("completions/max_length", "max length", "y"),
+      line("completions/clipped_ratio", "truncated (share)", "y2"),
+      line("frac_reward_zero_std", "groups with zero reward spread (share)", "y2"),
+      line("entropy", "entropy (nats per token)", "y2"),
+    ], {
+      title: {text: "Completions: length, truncation, zero-spread groups, entropy"},
+      xaxis: {title: {text: "trajectory step"}}, yaxis: {title: {text: "tokens"}, rangemode: "tozero"},
+      yaxis2: {title: {text: "share / nats"}, overlaying: "y", side: "right", rangemode: "tozero"},
+      legend: {orientation: "h", y: -0.38}, margin: {t: 60, r: 70},
+    }, PLOT_CONFIG);
+  }
+
+  function messageText(value) {
+    if (typeof value === "string") return value;
+    if (Array.isArray(value)) {
+      return value.map((m) => (m && typeof m === "object" && "content" in m ?
+        (m.role ? m.role + ": " : "") + m.content : JSON.stringify(m))).join("\n");
+    }
+    return value === undefined || value === null ? "" : JSON.stringify(value);
+  }
+
+  function drawSamples(view, limit = 200) {
+    const samples = [...view.samples].reverse().sort((a, b) => b.step - a.step).slice(0, limit);  // newest first
+    const names = [...new Set(samples.flatMap((s) => Object.keys(s.rewards || {})))].sort();
+    const table = document.getElementById("samples");
+    table.replaceChildren();
+    const head = document.createElement("tr");
+    for (const h of ["step", "prompt", "completion", "answer", "reward", ...names]) {
+      const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+    }
+    table.appendChild(head);
+    const score = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
+    for (const s of samples) {
+      const tr = document.createElement("tr");
+      const cells = [[String(s.step), ""], [messageText(s.prompt), "text"], [messageText(s.completion), "text"],
+                     [messageText(s.answer), "text"], [score(s.reward), ""],
+                     ...names.map((n) => [score((s.rewards || {})[n]), ""])];
+      for (const [text, cls] of cells) {
+        const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls;
+        tr.appendChild(td);
+      }
+      table.appendChild(tr);
+    }
+    document.getElementById("samples-note").textContent = samples.length ? "newest first; " + samples.length +
+      " of " + view.samples.length + " sampled completions" : "completions sampled at each evaluation appear here";
   }
 
   function heatmapData(record) {
@@ -203,10 +297,14 @@ const LF = (() => {
   }
 
   function render(view) {
+    view.samples = view.samples || [];
     state.view = view;
     document.body.dataset.checkpoints = String(view.rank1.filter((r) => r.rows && r.rows.length).length);
     drawJob(view);
     drawCurves(view);
+    drawRewards(view);
+    drawCompletions(view);
+    drawSamples(view);
     drawHeatmap(view);
     drawStability(view);
     drawPredictability(view);

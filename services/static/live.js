@@ -3,8 +3,9 @@
 "use strict";
 
 const LFLive = (() => {
-  const view = {job: {}, metrics: [], evals: [], rank1: [], events: [], config: ""};
-  let cursors = {metrics: "0-0", rank1: "0-0", events: "0-0"};
+  const MAX_SAMPLES = 500;  // the newest sampled completions the page holds
+  const view = {job: {}, metrics: [], evals: [], rank1: [], events: [], samples: [], config: ""};
+  let cursors = {metrics: "0-0", rank1: "0-0", events: "0-0", samples: "0-0"};
   let pending = null;
 
   function add(stream, data) {
@@ -15,6 +16,9 @@ const LFLive = (() => {
       view.rank1.push(data);
     } else if (stream === "events") {
       view.events.push(data);
+    } else if (stream === "samples") {
+      view.samples.push(data);
+      if (view.samples.length > MAX_SAMPLES) view.samples.splice(0, view.samples.length - MAX_SAMPLES);
     }
   }
 
@@ -41,11 +45,12 @@ const LFLive = (() => {
     view.config = view.job.config || "";
     await history(jobId, "metrics");
     await history(jobId, "rank1");
+    await history(jobId, "samples");
     LF.render(view);
     bindCancel(jobId);
-    const after = [cursors.metrics, cursors.rank1, "0-0"].join("|");
+    const after = [cursors.metrics, cursors.rank1, "0-0", cursors.samples].join("|");
     const source = new EventSource(`/v1/jobs/${jobId}/stream?after=${encodeURIComponent(after)}`);
-    for (const stream of ["metrics", "rank1", "events"]) {
+    for (const stream of ["metrics", "rank1", "events", "samples"]) {
       source.addEventListener(stream, (e) => { add(stream, JSON.parse(e.data)); redraw(); });
     }
     source.addEventListener("state", (e) => { view.job.state = JSON.parse(e.data).state; redraw(); });
