@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def user_code_setting(data: dict) -> bool:
+    """LEAPFROG_ALLOW_USER_CODE: 1 or 0; unset, off when the server has a token (LEAPFROG_API_TOKEN), on otherwise."""
+    value = os.environ.get("LEAPFROG_ALLOW_USER_CODE", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"LEAPFROG_ALLOW_USER_CODE must be 1 (allow) or 0 (forbid), not {value!r}")
+    return value == "1" if value else not data.get("token")
 
 
 class Settings(BaseModel):
@@ -20,6 +29,9 @@ class Settings(BaseModel):
     max_body: int = Field(1 << 20, description="Largest accepted request body, bytes.")
     reconcile_every: float = Field(2.0, gt=0, description="Seconds between two questions to Ray about one running "
                                                           "job, per worker (reads in between use the store).")
+    allow_user_code: bool = Field(default_factory=user_code_setting, description=(
+        "Accept 'module:Class' tasks and 'module:function' rewards in submissions: code of the submitter's choosing, "
+        "run in the driver (LEAPFROG_ALLOW_USER_CODE=1/0; unset: off when a token is set, on otherwise)."))
 
 
 class Job(BaseModel):

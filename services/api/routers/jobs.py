@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from services.api.deps import JobDep, PlaneDep, require_token
 from services.api.models import CheckpointInfo, Job, JobPage, StreamItem, StreamPage, job_model
 from services.api.plane import Plane
+from services.checks import check_job, split_field
 from services.config import JobConfig, dump_config
 from services.jobs import RayUnavailable
 from services.store import STATES, JobNotFound, TransitionError
@@ -32,7 +34,9 @@ async def read_job(job_id: str, plane: PlaneDep):
 
 
 def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
-    """The submitted config, validated, with its paths under the allowed roots; 422 naming each bad field."""
+    """The submitted config, validated, with its paths under the allowed roots, then checked as `leapfrog run`
+    checks it (services/checks.py; user code imported in a subprocess when the server allows it, refused unimported
+    when not); 422 naming each bad field. Blocking (the checks read the dataset): runs in the threadpool."""
     try:
         if content_type in ("application/yaml", "text/yaml"):
             data = yaml.safe_load(raw.decode())
@@ -44,8 +48,9 @@ def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
         raise HTTPException(422, "the job config must be a mapping (sections model, rollout, learner, run, ...)")
     try:
         cfg = JobConfig.model_validate(data)
-    except ValidationError as err:
-        raise HTTPException(422, [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]}
+    except ValidationError as err:  # a rule across sections has no loc: its message starts with its field
+        raise HTTPException(422, [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} if e["loc"] else
+                                  asdict(split_field(e["msg"].removeprefix("Value error, "), "(job)"))
                                   for e in err.errors(include_url=False, include_input=False)]) from None
     from learner.models import REGISTRY
 
@@ -54,8 +59,13 @@ def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
         bad.append({"field": "model.path", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
     if cfg.run.runs_root != "runs" and not plane.under_roots(Path(cfg.run.runs_root)):
         bad.append({"field": "run.runs_root", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
-    if bad:
+    if cfg.data is not None and not plane.under_roots(Path(cfg.data.path)):
+        bad.append({"field": "data.path", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
+    if bad:  # nothing else is looked at (no probing of paths outside the roots)
         raise HTTPException(422, bad)
+    problems = check_job(cfg, "subprocess" if plane.settings.allow_user_code else "forbidden")
+    if problems:
+        raise HTTPException(422, [asdict(p) for p in problems])
     return cfg
 
 
