@@ -32,6 +32,11 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of LoRA init, prompt order and sampling.")
     steps: int = Field(100, ge=1, description="Learner steps (one rollout batch each).")
     checkpoint_every: int = Field(10, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int | None = Field(None, ge=1, description=(
+        "Keep this many newest checkpoints: after each checkpoint older ones are deleted (step recorded in "
+        "checkpoints/pruned.jsonl), except a leap's pre-leap checkpoint while it is judged and, when the job leaps, "
+        "the extrapolation window and its backtest (extrapolate.window + max_horizon / checkpoint_every newest); "
+        "rolled_back/ is never touched. null = keep all."))
     eval_every: int = Field(10, ge=1, description="Greedy held-out evaluation every this many steps (and at 0 and the end).")
     runs_root: str = Field("runs", min_length=1, description="Directory holding run directories (<runs_root>/<name>).")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from learner.algorithms import ALGORITHMS
 from learner.bootstrap import bootstrap, default_model_dir
-from learner.checkpoint import checkpoint_dir, list_checkpoints
+from learner.checkpoint import checkpoint_dir, list_checkpoints, prune_checkpoints
 from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
@@ -26,7 +26,7 @@ from rollout.rewards import Scorer, Scores
 from rollout.tasks import load_task
 from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
-from services.leaps import leap_controller
+from services.leaps import LeapController, leap_controller
 from services.runtime import LearnerLost
 from services.trackers import Trackers
 
@@ -441,8 +441,28 @@ def save_checkpoint(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, sta
         return checkpoint_dir(run_dir, done)
     meta = {"metrics": row, "evals": state.evals[-1:], "wall_time": time.time() - state.started,
             "base_model": str(model_dir), **leaps.checkpoint_meta()}
-    return runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
+    path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
                                      "learner_steps": state.learner_steps})
+    if cfg.run.keep_checkpoints is not None:
+        prune_checkpoints(run_dir, checkpoints_to_keep(cfg), protect=checkpoints_in_use(leaps))
+    return path
+
+
+def checkpoints_to_keep(cfg: JobConfig) -> int:
+    """How many newest checkpoints run.keep_checkpoints keeps: at least, when the job leaps, what the extrapolation
+    service reads (its window and the backtest one horizon earlier, at the longest horizon it may reach)."""
+    keep = cfg.run.keep_checkpoints
+    if cfg.extrapolate is not None:
+        x = cfg.extrapolate
+        keep = max(keep, x.window + max(1, round(x.max_horizon / cfg.run.checkpoint_every)))
+    return keep
+
+
+def checkpoints_in_use(leaps) -> set[int]:
+    """Steps whose checkpoints pruning must keep: the pre-leap checkpoint of a leap under judgement (the run may go
+    back to it)."""
+    pending = leaps.state.pending if isinstance(leaps, LeapController) else None
+    return {pending.from_step} if pending is not None else set()
 
 
 def finish_run(run_dir: Path, runtime, state: LoopState, leaps) -> RunSummary:
