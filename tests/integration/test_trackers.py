@@ -1,4 +1,4 @@
-"""Experiment trackers on a short real run (tiny model, `leapfrog run`'s run_job): TensorBoard's own reader, the
+"""Experiment trackers on short real runs (tiny model; `leapfrog run`'s run_job, and the Ray driver): TensorBoard's own reader, the
 wandb offline run file (read record by record) and the MLflow file store (MlflowClient) hold the metrics of
 metrics.jsonl by step (evaluations too) and the config; stopped and resumed, the run continues the same tracker
 runs (TensorBoard purges what the interrupted attempt logged after its checkpoint); a loop that raises leaves its
@@ -135,6 +135,28 @@ def test_trackers_hold_the_metrics_of_a_run_and_continue_on_resume(tiny_model_di
     for key in ("entropy", "frac_reward_zero_std", "eval_accuracy"):
         got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert got == [(s, pytest.approx(v, rel=1e-6)) for s, v in by_step(rows, key)], key
+
+
+def test_the_ray_driver_logs_to_the_trackers(ray_local, tiny_model_dir, tmp_path):
+    """The Ray driver (services.driver.run_on_ray: a learner actor, a rollout worker) logs from its own process."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from services.driver import run_on_ray
+
+    cfg = tracked_job(tiny_model_dir)
+    cfg.rollout.worker_cpus, cfg.learner.num_cpus = 0.5, 0.5
+    run_dir = tmp_path / "ray"
+    run_on_ray(cfg, run_dir, progress=False)
+    rows = read_jsonl(run_dir / METRICS)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [(e.step, pytest.approx(e.value, rel=1e-5)) for e in events.Scalars("entropy")] == by_step(rows, "entropy")
+    history, files = wandb_history(run_dir)
+    assert len(files) == 1 and [h["step"] for h in history if "loss" in h] == [1, 2]
+    client = mlflow_client(run_dir)
+    (run,) = client.search_runs([client.get_experiment_by_name("leapfrog").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_accuracy")] == [0, 1, 2]
 
 
 def test_a_failed_loop_marks_its_tracker_runs_failed(tmp_path):
