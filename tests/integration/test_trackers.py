@@ -1,8 +1,8 @@
-"""Experiment trackers on short real runs (tiny model; `leapfrog run`'s run_job, and the Ray driver): TensorBoard's own reader, the
-wandb offline run file (read record by record) and the MLflow file store (MlflowClient) hold the metrics of
-metrics.jsonl by step (evaluations too) and the config; stopped and resumed, the run continues the same tracker
-runs (TensorBoard purges what the interrupted attempt logged after its checkpoint); a loop that raises leaves its
-runs marked failed. Also the RL metrics of every step row, consistent with each other."""
+"""Experiment trackers on short real runs (tiny model; `leapfrog run`'s run_job, and the Ray driver): TensorBoard's
+own reader, the wandb offline run file (read record by record) and the MLflow file store (MlflowClient) hold the
+metrics of metrics.jsonl by step (evaluations too) and the config; stopped and resumed, the run continues the same
+tracker runs (TensorBoard purges what the interrupted attempt logged after its checkpoint); a loop that raises leaves
+its runs marked failed. Also the RL metrics of every step row, consistent with each other."""
 
 from __future__ import annotations
 
