@@ -80,7 +80,8 @@ def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, target
         if not with_entropy:
             return logp
         with torch.no_grad():  # after the log-prob's ops: a checkpoint's recompute stops before this
-            return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            probs = (logits - lse[:, None]).exp_()  # one [chunk, V] temporary, reused in place
+            return logp, lse - probs.mul_(logits).sum(-1)
 
     out = []
     for i in range(0, hidden.shape[0], chunk_tokens):
