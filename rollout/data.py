@@ -114,10 +114,20 @@ def _read_splits(path: Path) -> dict[str, list[dict]]:
     except DataError:
         raise
     except Exception as err:  # the datasets / pyarrow readers raise many types; each becomes one clear message
+        if path.is_file() and path.suffix.lower() in (".jsonl", ".csv") and _data_lines(path) == 0:
+            raise DataError(f"data.path: {path} has no rows; give a file with one problem per "
+                            f"{'line' if path.suffix.lower() == '.jsonl' else 'line after the header'}") from None
         raise DataError(f"data.path: {path} cannot be read as a dataset: {_first_bad_line(path) or err}") from None
     if isinstance(loaded, datasets.Dataset):
         loaded = {"train": loaded}
     return {name: split.to_list() for name, split in loaded.items()}
+
+
+def _data_lines(path: Path) -> int:
+    """Non-blank lines of a JSONL file, or of a CSV file after its header."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = sum(1 for line in f if line.strip())
+    return lines - 1 if path.suffix.lower() == ".csv" and lines else lines
 
 
 def _first_bad_line(path: Path) -> str | None:

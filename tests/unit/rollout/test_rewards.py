@@ -260,3 +260,27 @@ def test_a_task_verifier_is_a_reward_function_of_the_same_signature():
     assert direct == [1.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="no verifier of its own"):
         Scorer.for_job([], type("NoVerifier", (type(task).__mro__[1],), {"name": "x"})(), 4)
+
+
+def test_the_readme_job_and_reward_function_work_as_shown(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from services.config import parse_config
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Your data and rewards", 1)[1].split("\n## ", 1)[0]
+    job = parse_config(yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1)), "README")
+    assert job.rollout.task == "dataset" and [r.metric_name for r in job.rewards] == ["math_accuracy", "format",
+                                                                                      "concise"]
+    (tmp_path / "my_rewards.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scorer = Scorer.for_job(job.rewards, None, max_completion_length=256)
+    chat = [{"role": "user", "content": "What is 6 * 7?"}]
+    scores = scorer.score([Example(id="a", prompt=chat, answer="#### 42")],
+                          [[completion("6 * 7 = 42\n#### 42", [1] * 64), completion("I think 41", [1] * 128)]])
+    assert scores.values == {"math_accuracy": [1.0, 0.0], "format": [1.0, 0.0], "concise": [0.75, 0.5]}
+    assert scores.totals == pytest.approx([1.0 + 0.2 + 0.075, 0.05])
+    sys.modules.pop("my_rewards", None)
