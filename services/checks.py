@@ -131,7 +131,9 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
     if cfg.model.path is not None:
         problem = model_problem(cfg.model.path)
         if problem is not None:
-            problems.append(Problem("model.path", problem))
+            default = task in TASKS and task != "dataset"  # a built-in task has a bootstrapped default model
+            problems.append(Problem("model.path", problem + ("; or unset model.path to use the bootstrapped default "
+                                                             "model" if default else "")))
     elif ":" in task:
         problems.append(Problem("model.path", f"unset, but the user task {task!r} has no bootstrapped default model; "
                                               f"set model.path to an HF model directory, a .gguf file or a "
