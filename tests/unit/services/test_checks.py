@@ -101,3 +101,17 @@ def test_leapfrog_run_refuses_before_writing_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rollout.task: task 'os:system' lacks 'name'" in err and "model.path: unset" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_servers_user_code_setting(monkeypatch):
+    from services.api.models import Settings
+
+    monkeypatch.delenv("LEAPFROG_ALLOW_USER_CODE", raising=False)
+    assert Settings().allow_user_code and not Settings(token="t").allow_user_code  # off by default with a token
+    monkeypatch.setenv("LEAPFROG_ALLOW_USER_CODE", "1")
+    assert Settings(token="t").allow_user_code
+    monkeypatch.setenv("LEAPFROG_ALLOW_USER_CODE", "0")
+    assert not Settings().allow_user_code
+    monkeypatch.setenv("LEAPFROG_ALLOW_USER_CODE", "yes")
+    with pytest.raises(ValueError, match="LEAPFROG_ALLOW_USER_CODE must be 1"):
+        Settings()
