@@ -105,6 +105,7 @@ def test_trackers_hold_the_metrics_of_a_run_and_continue_on_resume(tiny_model_di
         assert r["entropy"] > 0 and r["kl"] >= 0 and r["grad_norm"] >= 0 and r["tokens_per_second"] > 0
         if r["completions/clipped_ratio"] == 1:
             assert r["completions/min_length"] == 3 and r["completions/mean_terminated_length"] == 0
+    assert steps[0]["kl"] == 0  # step 1 trains the policy the reference is (LoRA B = 0)
 
     # TensorBoard, read by its own reader: every numeric key by step, each step once (the resume purged nothing
     # here: the stopped attempt ended at its checkpoint), the config as text
