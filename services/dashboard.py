@@ -56,12 +56,12 @@ def leap_events(events: list[dict], limit: int = 500) -> list[dict]:
     return sorted(keep + last_reason, key=lambda e: e.get("time", 0))
 
 
-JOB_SLOT = "__JOB_ID__"  # the job id's slot in services/static/job.html (the body's data-job-id, the title)
+JOB_SLOT = "__JOB_ID__"  # the job id's slot in services/static/job.html (a meta tag, the title)
 
 
 def page(title: str, boot_js: str, inline: bool, live: bool = False, job_id: str = "") -> str:
     """The job page from services/static/job.html: Plotly and dashboard.js inlined (a self-contained report) or
-    linked from /static; `live` adds live.js (the SSE feed); `job_id` fills the body's data-job-id."""
+    linked from /static; `live` adds live.js (the SSE feed); `job_id` fills the leapfrog-job-id meta tag."""
     if inline:
         plotly = f"<script>{plotly_js_path().read_text()}</script>"
         dashboard = f"<script>{(STATIC / 'dashboard.js').read_text()}</script>"
@@ -77,9 +77,9 @@ def page(title: str, boot_js: str, inline: bool, live: bool = False, job_id: str
 
 def live_page_template() -> str:
     """The control plane's live job page with JOB_SLOT left in for the job id (the server fills it per request):
-    live.js starts from the body's data-job-id."""
-    return page(f"job {JOB_SLOT}", "LF.bindSlider(); LFLive.start(document.body.dataset.jobId);", inline=False,
-                live=True, job_id=JOB_SLOT)
+    live.js starts from the leapfrog-job-id meta tag."""
+    boot = 'LF.bindSlider(); LFLive.start(document.querySelector(\'meta[name="leapfrog-job-id"]\').content);'
+    return page(f"job {JOB_SLOT}", boot, inline=False, live=True, job_id=JOB_SLOT)
 
 
 def write_report(run_dir: Path, out: Path) -> Path:
