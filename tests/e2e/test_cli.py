@@ -79,7 +79,7 @@ def test_config_schema_is_json():
     res = leapfrog("config", "schema")
     assert res.returncode == 0
     schema = json.loads(res.stdout)
-    assert set(schema["properties"]) == {"model", "rollout", "learner", "run", "extrapolate"}
+    assert set(schema["properties"]) == {"model", "rollout", "learner", "run", "extrapolate", "data", "rewards"}
 
 
 def test_eval_base_overrides_a_missing_recorded_base(tiny_model_dir, tmp_path, capsys):
