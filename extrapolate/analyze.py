@@ -148,7 +148,13 @@ def backtests(states: list[tuple[int, dict]]) -> dict[str, dict]:
     """Every closed-form extrapolator forecasting the newest of `states` [(step, {module: LoraModule})] from the
     ones before it, the newest BACKTEST_CHECKPOINTS in all (predictability.backtest)."""
     window = states[-BACKTEST_CHECKPOINTS:]
-    return {m: backtest(window, m) for m in LINEAR_METHODS}
+    out = {}
+    for m in LINEAR_METHODS:
+        try:
+            out[m] = backtest(window, m)
+        except ValueError as err:  # the window cannot be fitted by this method (e.g. no update yet): no forecast
+            out[m] = {"cos": math.nan, "rel_err": math.nan, "reason": str(err)}
+    return out
 
 
 def checkpoint_figures(rows: list[dict], store: TrajectoryStore, step: int, states: list | None) -> dict:

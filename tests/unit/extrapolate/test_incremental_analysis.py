@@ -188,3 +188,20 @@ def test_growth_by_module_type_matches_a_brute_force_fit():
     assert growth == pytest.approx(reference_growth(rows, 80), abs=1e-12)
     assert growth == pytest.approx({"down_proj": 1.0, "q_proj": 0.6}, abs=1e-9)
     assert math.isnan(growth_by_module_type(rows, up_to_step=10)["q_proj"])  # one point per module: no fit
+
+
+def test_a_window_that_cannot_be_fitted_is_no_forecast_not_a_crash():
+    import math
+
+    import torch
+
+    from extrapolate.analyze import backtests
+    from extrapolate.checkpoints import LoraModule
+
+    def module(b_scale: float) -> dict:
+        name = "model.layers.0.self_attn.q_proj"
+        return {name: LoraModule(name=name, a=torch.ones(2, 4), b=b_scale * torch.ones(4, 2), scale=1.0)}
+
+    states = [(2, module(0.0)), (4, module(0.0)), (6, module(0.0))]  # no update yet (all-zero B)
+    figures = backtests(states)
+    assert math.isnan(figures["growth"]["cos"]) and "nonzero update" in figures["growth"]["reason"]
