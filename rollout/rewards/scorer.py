@@ -33,8 +33,9 @@ _threads: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-class RewardFailure(RuntimeError):
-    """A reward function failed on more completions than its max_error_rate allows."""
+class RewardFailure(ValueError):
+    """A reward function failed on more completions than its max_error_rate allows (a ValueError, like a bad config:
+    `leapfrog run` and the driver report it as the job's error, without a traceback)."""
 
 
 @dataclass(frozen=True)
