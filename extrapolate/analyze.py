@@ -39,6 +39,7 @@ from extrapolate.rank1 import (
     lora_triplets,
     stability,
 )
+from learner.checkpoint import PRUNED
 from learner.run_dir import RANK1, read_jsonl
 
 BACKTEST_CHECKPOINTS = 16  # the backtests forecast the newest checkpoint from at most the 15 before it
@@ -253,8 +254,9 @@ class RunAnalysis:
                                       f"global_step_N/actor/lora_adapter; full models: checkpoint-N or step-N with "
                                       f"config.json and model*.safetensors)")
         steps = [s for s, _ in checkpoints]
-        present, recent = set(steps), set(steps[-BACKTEST_CHECKPOINTS:])
-        kept = [r for r in self.store.rows if r["step"] in present]  # rows of vanished checkpoints are dropped
+        pruned = {r["step"] for r in read_jsonl(self.run_dir / "checkpoints" / PRUNED)}  # run.keep_checkpoints
+        present, recent = set(steps) | pruned, set(steps[-BACKTEST_CHECKPOINTS:])
+        kept = [r for r in self.store.rows if r["step"] in present]  # rows of checkpoints moved aside are dropped
         changed = len(kept) != len(self.store.rows)
         self.store.rows = kept
         analysed = {r["step"] for r in kept}

@@ -64,3 +64,5 @@ def test_a_leaping_run_keeps_the_window_and_the_pre_leap_checkpoint(default_mode
     if verdict["type"] == "leap_rolled_back":  # the leap branch's checkpoints are set aside, whole
         aside = sorted(p.name for p in (run / "rolled_back").glob("*/step-*"))
         assert aside == ["step-000004", "step-000005", "step-000006"]
+    rank1_steps = {r["step"] for r in read_jsonl(run / "rank1" / "metrics.jsonl")}
+    assert set(pruned) - {2} <= rank1_steps and {6, 7} <= rank1_steps  # the analysis keeps pruned checkpoints' rows
