@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
     store, job_id, sink, requests = control_plane()
     try:
+        from services.checks import require_valid
+
+        require_valid(cfg, args.config)  # what the control plane checks at submission, for `ray job submit` too
         connect_ray()
         summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
                              sink=sink, requests=requests, restart=True)
