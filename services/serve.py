@@ -105,23 +105,23 @@ def worker_app():
     from services.store import connect
 
     url, address = os.environ["REDIS_URL"], os.environ["RAY_ADDRESS"]
-    return create_app(connect(url), RayJobs(address, url), settings_from_env())
+    return create_app(connect(url), RayJobs(address, url), settings_from_env(), warm=True)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     import uvicorn
 
     from services.api import create_app
+    from services.api.plane import Plane
 
     stop_on_signals()
     with control_plane() as (store, jobs, settings, url):
-        app = create_app(store, jobs, settings)
-        app.state.reconcile_all()
+        Plane(store, jobs, settings).reconcile_all()  # jobs that ended or died while no control plane ran
         print(f"Leapfrog control plane on http://{host}:{port} (dashboard /, API /v1, docs /docs); "
               f"Redis {url.rsplit('@', 1)[-1]}, Ray {jobs.address}; {workers} worker(s)", flush=True)
         options = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         if workers == 1:
-            uvicorn.run(app, **options)
+            uvicorn.run(create_app(store, jobs, settings, warm=True), **options)
         else:
             os.environ.update(REDIS_URL=url, RAY_ADDRESS=jobs.address)  # read by worker_app in each worker
             uvicorn.run("services.serve:worker_app", factory=True, workers=workers, **options)

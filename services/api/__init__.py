@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from services.api.deps import BodyLimit, CachedJobReads
 from services.api.models import Settings
@@ -38,14 +39,17 @@ from services.api.routers import health, jobs, leaps, pages, streams
 __all__ = ["Settings", "create_app"]
 
 
-def create_app(store, jobs_client, settings: Settings) -> FastAPI:
+def create_app(store, jobs_client, settings: Settings, warm: bool = False) -> FastAPI:
     """The app over a JobStore (services/store.py; its Redis also feeds the SSE readers and the documents cache)
-    and a RayJobs (services/jobs.py). `app.state.reconcile_all()` brings every job in line with Ray."""
+    and a RayJobs (services/jobs.py). `app.state.reconcile_all()` brings every job in line with Ray. `warm`: at
+    startup, load in the background what the first submission's checks would (`leapfrog serve` does)."""
     plane = Plane(store, jobs_client, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         follower = asyncio.create_task(plane.documents.follow(store))
+        if warm:
+            plane.in_background(run_in_threadpool(plane.warm_up))
         try:
             yield
         finally:

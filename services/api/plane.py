@@ -23,24 +23,30 @@ class JobDocuments:
     drops that job's entry when the message arrives. Entries are kept only while the subscription is up (`live`),
     and a fetch that overlapped an invalidation of its job is not kept (`stamp`). Redis sends the message before
     the writer's own reply, so a read that follows a write (the writer got its answer, then someone asks) finds the
-    entry gone. Every method runs on the event loop (never in a worker thread), so none needs a lock."""
+    entry gone. An entry older than `max_age` seconds is not used either: the backstop should a message be lost (a
+    half-open connection to a remote Redis). Every method runs on the event loop (never in a worker thread), so
+    none needs a lock."""
 
-    def __init__(self):
-        self.entries: dict[str, tuple[bytes, str]] = {}  # job id -> (JSON body, state)
+    def __init__(self, max_age: float = 5.0):
+        self.max_age = max_age
+        self.entries: dict[str, tuple[bytes, str, float]] = {}  # job id -> (JSON body, state, when fetched)
         self.versions: dict[str, int] = {}  # job id -> invalidations seen
         self.generation = 0  # bumped when the whole cache is dropped
         self.live = False
 
     def get(self, job_id: str) -> tuple[bytes, str] | None:
-        return self.entries.get(job_id) if self.live else None
+        entry = self.entries.get(job_id) if self.live else None
+        if entry is None or time.monotonic() - entry[2] > self.max_age:
+            return None
+        return entry[0], entry[1]
 
-    def stamp(self, job_id: str) -> tuple[int, int]:
-        """Taken before a fetch from Redis; `put` keeps the result only if the stamp is unchanged."""
-        return self.generation, self.versions.get(job_id, 0)
+    def stamp(self, job_id: str) -> tuple[int, int, float]:
+        """Taken before a fetch from Redis; `put` keeps the result only if no invalidation came meanwhile."""
+        return self.generation, self.versions.get(job_id, 0), time.monotonic()
 
-    def put(self, job_id: str, body: bytes, state: str, stamp: tuple[int, int]) -> None:
-        if self.live and stamp == self.stamp(job_id):
-            self.entries[job_id] = (body, state)
+    def put(self, job_id: str, body: bytes, state: str, stamp: tuple[int, int, float]) -> None:
+        if self.live and stamp[:2] == self.stamp(job_id)[:2]:
+            self.entries[job_id] = (body, state, stamp[2])
 
     def invalidate(self, job_id: str | None = None) -> None:
         if job_id is None:
@@ -86,7 +92,7 @@ class Plane:
         self.runs_root = Path(settings.runs_root).resolve()
         self.documents = JobDocuments()
         self.asked_ray: dict[str, float] = {}  # job id -> when its Ray job was last asked
-        self.background: set[asyncio.Task] = set()  # reconciles under way (held so they are not collected)
+        self.background: set[asyncio.Task] = set()  # tasks under way (held so they are not collected)
 
     def under_roots(self, path: Path) -> bool:
         resolved = path.expanduser().resolve()
@@ -151,9 +157,24 @@ class Plane:
         """On the event loop: when this job is due (`claim_reconcile`), reconcile it in a worker thread in the
         background; its writes reach the cache through the change channel."""
         if self.claim_reconcile(job_id, state):
-            task = asyncio.get_running_loop().create_task(self._reconcile(job_id))
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+            self.in_background(self._reconcile(job_id))
+
+    def in_background(self, coroutine) -> None:
+        """Run `coroutine` on the event loop without waiting for it (the task is held until it ends)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def warm_up(self) -> None:
+        """Check the default job once, so that the first submission does not pay for importing the task, algorithm
+        and dataset modules its checks use (seconds). Blocking: runs in a worker thread at startup."""
+        from services.checks import check_job
+        from services.config import JobConfig
+
+        try:
+            check_job(JobConfig(), "forbidden")
+        except Exception as err:  # a warm-up: the first submission then reports whatever this is
+            log.warning("warming up the submission checks failed: %s", err)
 
     async def _reconcile(self, job_id: str) -> None:
         try:
