@@ -7,7 +7,9 @@ little per request) and three phases in one run:
    JSON document the size of the job record, driven to saturation by --connections closed-loop connections for
    --saturate-seconds: `bare_max_rps`, what this machine and this generator can do at all.
 2. **saturation** — our `GET /v1/jobs/{id}` (`leapfrog serve --workers N` over an embedded Redis), driven the same
-   way: `max_rps`; `throughput_ratio` = max_rps / bare_max_rps.
+   way: `max_rps`; `throughput_ratio` = max_rps / bare_max_rps. Phases 1 and 2 alternate for --rounds rounds and
+   the best round of each counts (the per-round figures are printed too): on a shared machine the neighbours'
+   load moves both ceilings by 2x from one minute to the next.
 3. **paced** — --clients clients, each on its own connection, together sending half of bare_max_rps
    (`offered_rps`) of `GET /v1/jobs/{id}` for --seconds, while --listeners clients hold the job's SSE event stream
    open, an event is appended every 0.2 s and a job is submitted every --submit-every s. Latency counts from the
@@ -78,6 +80,34 @@ def wait_up(proc: subprocess.Popen, port: int, path: str, timeout: float = 120) 
         if proc.poll() is not None or time.time() > deadline:
             raise RuntimeError(f"the server on port {port} did not start (exit code {proc.poll()})")
         time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its descendants so far (utime + stime of each, from /proc)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+def settle(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the server is idle (under 5% of a core over a second): its startup work (the workers' warm-up of the
+    submission checks) must not overlap the measurements."""
+    deadline, last = time.time() + timeout, cpu_seconds(proc.pid)
+    while time.time() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds(proc.pid)
+        if now - last < 0.05:
+            return
+        last = now
+    raise RuntimeError(f"the server is still busy {timeout:.0f} s after it started")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -269,13 +299,21 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port), str(doc_path)], cwd=ROOT,
                             start_new_session=True)
+    path = f"/v1/jobs/{job_id}"
+    bare_rounds, our_rounds, bare_errors, sat_errors = [], [], [], []
     try:
         wait_up(bare, bare_port, "/")
-        bare_max_rps, bare_errors = await saturate(bare_port, "/", args.connections, args.saturate_seconds)
+        settle(bare)
+        for _ in range(args.rounds):  # bare then ours, in turn: both see the same neighbours on a shared machine
+            rps, errors = await saturate(bare_port, "/", args.connections, args.saturate_seconds)
+            bare_rounds.append(round(rps, 1))
+            bare_errors += errors
+            rps, errors = await saturate(port, path, args.connections, args.saturate_seconds)
+            our_rounds.append(round(rps, 1))
+            sat_errors += errors
     finally:
         stop(bare)
-    path = f"/v1/jobs/{job_id}"
-    max_rps, sat_errors = await saturate(port, path, args.connections, args.saturate_seconds)
+    bare_max_rps, max_rps = max(bare_rounds), max(our_rounds)  # a ceiling: the best round of each
     offered = bare_max_rps / 2
 
     produced: list[str] = []
@@ -306,8 +344,9 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
     bad_submits = {k: v for k, v in statuses.items() if k not in ("201", "503")}
     pick = lambda xs, q: round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
     all_errors = bare_errors + sat_errors + errors + [f"submit {k}" for k in bad_submits]
-    return {"workers": args.workers, "connections": args.connections, "bare_max_rps": round(bare_max_rps, 1),
-            "max_rps": round(max_rps, 1), "throughput_ratio": round(max_rps / bare_max_rps, 3),
+    return {"workers": args.workers, "connections": args.connections, "bare_max_rps": bare_max_rps,
+            "max_rps": max_rps, "throughput_ratio": round(max_rps / bare_max_rps, 3),
+            "bare_rounds_rps": bare_rounds, "our_rounds_rps": our_rounds,
             "clients": args.clients, "offered_rps": round(offered, 1), "seconds": args.seconds,
             "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
             "p50_ms": pick(latencies, 0.5), "p99_ms": pick(latencies, 0.99), "max_ms": pick(latencies, 1.0),
@@ -321,7 +360,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200, help="paced clients (one connection each)")
     parser.add_argument("--listeners", type=int, default=50, help="SSE clients on the job's event stream")
     parser.add_argument("--seconds", type=float, default=20, help="length of the paced phase")
-    parser.add_argument("--saturate-seconds", type=float, default=5, help="length of each saturation phase")
+    parser.add_argument("--saturate-seconds", type=float, default=3, help="length of each saturation round")
+    parser.add_argument("--rounds", type=int, default=3, help="saturation rounds of each (the best one counts)")
     parser.add_argument("--connections", type=int, default=64, help="closed-loop connections when saturating")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of `leapfrog serve`")
     parser.add_argument("--submit-every", type=float, default=0.5, help="seconds between job submissions")
@@ -347,6 +387,7 @@ def main() -> None:
                 command += ["--workers", str(args.workers)]
             proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
             wait_up(proc, port, "/healthz")
+            settle(proc)
             doc_path = Path(tmp) / "job.json"
             doc_path.write_bytes(asyncio.run(fetch(port, f"/v1/jobs/{job['id']}")))
             result = uvloop.run(measure(args, store, job["id"], port, doc_path))

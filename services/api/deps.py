@@ -74,9 +74,10 @@ class BodyLimit:
 
 
 class CachedJobReads:
-    """ASGI middleware: `GET /v1/jobs/{id}` answered from this worker's documents cache (plane.JobDocuments)
-    without entering the router, whose per-request dependency solving costs more than the whole read. The same
-    bytes and headers as the router's `read_job`; misses go on to it."""
+    """ASGI middleware, outermost (services.api.ControlPlaneApp): `GET /v1/jobs/{id}` answered from this worker's
+    documents cache (plane.JobDocuments) without entering the middleware stack and the router, whose per-request
+    work (dependency solving above all) costs more than the whole read. The same bytes and headers as the router's
+    `read_job`; misses go on to it. A body sent with such a GET is never read (nor is it by the router's route)."""
 
     prefix = "/v1/jobs/"
 
