@@ -24,7 +24,8 @@ every 2 s per job and worker) fails fast, as in a Ray outage.
 
     .venv/bin/python bench/api_load.py [--clients 200] [--listeners 50] [--seconds 20] [--workers 2]
 Last line: JSON {"bare_max_rps", "max_rps", "throughput_ratio", "offered_rps", "requests", "errors", "p50_ms",
-"p99_ms", "rps", "sse_clients", "sse_events", "sse_events_lost", "submissions", ...}.
+"p99_ms", "rps", "sse_clients", "sse_events", "sse_events_lost", "submissions", "cores", ...}; `cores` says how many
+cores the generator, the server (its workers), Redis and the bare endpoint kept busy in each phase (from /proc).
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
     return total
+
+
+def snapshot(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process (with its descendants) and of this generator process itself."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {name: cpu_seconds(pid) for name, pid in pids.items()} | {"generator": own.ru_utime + own.ru_stime}
+
+
+def cores(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores each process kept busy between two snapshots: where the time goes."""
+    return {name: round((after[name] - before[name]) / seconds, 2) for name in after}
 
 
 def settle(proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -295,7 +309,7 @@ async def submit_jobs(port: int, every: float, done: asyncio.Event, statuses: di
         conn.close()
 
 
-async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
+async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dict[str, int]) -> dict:
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port), str(doc_path)], cwd=ROOT,
                             start_new_session=True)
@@ -304,13 +318,17 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
     try:
         wait_up(bare, bare_port, "/")
         settle(bare)
+        usage = {}
         for _ in range(args.rounds):  # bare then ours, in turn: both see the same neighbours on a shared machine
-            rps, errors = await saturate(bare_port, "/", args.connections, args.saturate_seconds)
-            bare_rounds.append(round(rps, 1))
-            bare_errors += errors
-            rps, errors = await saturate(port, path, args.connections, args.saturate_seconds)
-            our_rounds.append(round(rps, 1))
-            sat_errors += errors
+            for name, target, rounds, errors in (("bare", (bare_port, "/"), bare_rounds, bare_errors),
+                                                 ("ours", (port, path), our_rounds, sat_errors)):
+                t0, before = time.perf_counter(), snapshot(pids | {"bare": bare.pid})
+                rps, failed = await saturate(*target, args.connections, args.saturate_seconds)
+                used = cores(before, snapshot(pids | {"bare": bare.pid}), time.perf_counter() - t0)
+                if not rounds or rps > max(rounds):
+                    usage[name] = used
+                rounds.append(round(rps, 1))
+                errors += failed
     finally:
         stop(bare)
     bare_max_rps, max_rps = max(bare_rounds), max(our_rounds)  # a ceiling: the best round of each
@@ -334,7 +352,9 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
     await asyncio.sleep(1.0)  # the listeners connect
     feeder.start()
     submitter = asyncio.create_task(submit_jobs(port, args.submit_every, done, statuses))
+    before = snapshot(pids)
     latencies, errors, elapsed = await paced(port, path, args.clients, offered, args.seconds)
+    usage["paced"] = cores(before, snapshot(pids), elapsed)
     produced_done.set()
     await asyncio.to_thread(feeder.join)
     done.set()
@@ -346,7 +366,7 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path) -> dict:
     all_errors = bare_errors + sat_errors + errors + [f"submit {k}" for k in bad_submits]
     return {"workers": args.workers, "connections": args.connections, "bare_max_rps": bare_max_rps,
             "max_rps": max_rps, "throughput_ratio": round(max_rps / bare_max_rps, 3),
-            "bare_rounds_rps": bare_rounds, "our_rounds_rps": our_rounds,
+            "bare_rounds_rps": bare_rounds, "our_rounds_rps": our_rounds, "cores": usage,
             "clients": args.clients, "offered_rps": round(offered, 1), "seconds": args.seconds,
             "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
             "p50_ms": pick(latencies, 0.5), "p99_ms": pick(latencies, 0.99), "max_ms": pick(latencies, 1.0),
@@ -390,7 +410,8 @@ def main() -> None:
             settle(proc)
             doc_path = Path(tmp) / "job.json"
             doc_path.write_bytes(asyncio.run(fetch(port, f"/v1/jobs/{job['id']}")))
-            result = uvloop.run(measure(args, store, job["id"], port, doc_path))
+            pids = {"server": proc.pid, "redis": redis.proc.pid}
+            result = uvloop.run(measure(args, store, job["id"], port, doc_path, pids))
             result["doc_bytes"] = doc_path.stat().st_size
         finally:
             if proc is not None:

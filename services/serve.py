@@ -119,7 +119,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
         Plane(store, jobs, settings).reconcile_all()  # jobs that ended or died while no control plane ran
         print(f"Leapfrog control plane on http://{host}:{port} (dashboard /, API /v1, docs /docs); "
               f"Redis {url.rsplit('@', 1)[-1]}, Ray {jobs.address}; {workers} worker(s)", flush=True)
-        options = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        # access_log off: at log level warning its lines are never printed, yet each response would format one
+        options = dict(host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
         if workers == 1:
             uvicorn.run(create_app(store, jobs, settings, warm=True), **options)
         else:

@@ -89,10 +89,9 @@ class CachedJobReads:
             job_id = scope["path"][len(self.prefix):]
             hit = self.plane.documents.get(job_id) if "/" not in job_id else None
             if hit is not None:
-                body, state = hit
+                body, state, _, headers = hit
                 self.plane.reconcile_later(job_id, state)
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

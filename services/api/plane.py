@@ -29,16 +29,15 @@ class JobDocuments:
 
     def __init__(self, max_age: float = 5.0):
         self.max_age = max_age
-        self.entries: dict[str, tuple[bytes, str, float]] = {}  # job id -> (JSON body, state, when fetched)
+        self.entries: dict[str, tuple[bytes, str, float, tuple]] = {}  # id -> (body, state, fetched, headers)
         self.versions: dict[str, int] = {}  # job id -> invalidations seen
         self.generation = 0  # bumped when the whole cache is dropped
         self.live = False
 
-    def get(self, job_id: str) -> tuple[bytes, str] | None:
+    def get(self, job_id: str) -> tuple[bytes, str, float, tuple] | None:
+        """(JSON body, state, when fetched, ASGI response headers), or None."""
         entry = self.entries.get(job_id) if self.live else None
-        if entry is None or time.monotonic() - entry[2] > self.max_age:
-            return None
-        return entry[0], entry[1]
+        return None if entry is None or time.monotonic() - entry[2] > self.max_age else entry
 
     def stamp(self, job_id: str) -> tuple[int, int, float]:
         """Taken before a fetch from Redis; `put` keeps the result only if no invalidation came meanwhile."""
@@ -46,7 +45,8 @@ class JobDocuments:
 
     def put(self, job_id: str, body: bytes, state: str, stamp: tuple[int, int, float]) -> None:
         if self.live and stamp[:2] == self.stamp(job_id)[:2]:
-            self.entries[job_id] = (body, state, stamp[2])
+            headers = ((b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"))
+            self.entries[job_id] = (body, state, stamp[2], headers)
 
     def invalidate(self, job_id: str | None = None) -> None:
         if job_id is None:
@@ -145,13 +145,14 @@ class Plane:
         """`GET /v1/jobs/{id}`'s body: from the cache, else from Redis (in the threadpool, then cached); a running
         job's Ray job is asked in the background when due, so a read never waits for Ray."""
         hit = self.documents.get(job_id)
-        if hit is None:
+        if hit is not None:
+            body, state = hit[:2]
+        else:
             stamp = self.documents.stamp(job_id)
             body, state = await run_in_threadpool(self.fetch_document, job_id)
             self.documents.put(job_id, body, state, stamp)
-            hit = body, state
-        self.reconcile_later(job_id, hit[1])
-        return hit[0]
+        self.reconcile_later(job_id, state)
+        return body
 
     def reconcile_later(self, job_id: str, state: str) -> None:
         """On the event loop: when this job is due (`claim_reconcile`), reconcile it in a worker thread in the
