@@ -154,19 +154,20 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool =
 
 
 def set_aside_log_after(run_dir: Path, step: int) -> None:
-    """Move metrics.jsonl rows after `step` (written by an attempt that died after its last checkpoint) to
-    rolled_back/metrics-after-<step>.jsonl, so the resumed run logs each step once and nothing is lost."""
-    rows = read_jsonl(run_dir / METRICS)
-    after = [r for r in rows if r.get("step", r.get("at_step", 0)) > step]
-    if not after:
-        return
-    aside = run_dir / ROLLED_BACK / f"metrics-after-{max(step, 0)}.jsonl"
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    for row in after:
-        append_jsonl(aside, row)
-    tmp = run_dir / f"{METRICS}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", r.get("at_step", 0)) <= step))
-    tmp.replace(run_dir / METRICS)
+    """Move the metrics.jsonl and samples.jsonl rows after `step` (written by an attempt that died after its last
+    checkpoint) to rolled_back/<name>-after-<step>.jsonl, so the resumed run logs each step once and nothing is lost."""
+    for name in (METRICS, SAMPLES):
+        rows = read_jsonl(run_dir / name)
+        after = [r for r in rows if r.get("step", r.get("at_step", 0)) > step]
+        if not after:
+            continue
+        aside = run_dir / ROLLED_BACK / f"{Path(name).stem}-after-{max(step, 0)}.jsonl"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        for row in after:
+            append_jsonl(aside, row)
+        tmp = run_dir / f"{name}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", r.get("at_step", 0)) <= step))
+        tmp.replace(run_dir / name)
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
