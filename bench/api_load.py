@@ -16,7 +16,8 @@ little per request) and three phases in one run:
    request's scheduled time, so a stalled server cannot hide its queue (no coordinated omission). A listener that
    loses its connection reconnects with Last-Event-ID, as a browser's EventSource does; after the producer stops
    every listener must hold every event: `sse_events_lost` counts the (listener, event) pairs missing after a 15 s
-   grace.
+   grace. As a control, the bare endpoint gets the same paced load first (for --seconds / 2, no SSE, no
+   submissions): `bare_paced_p99_ms` is what the machine and the generator alone add to a p99.
 
 Ray is not running: the Jobs API address is a closed port, so a submission is validated, recorded and answered 503
 ("recorded but not started", counted apart, not an error), and the reconcile a running job's read does (at most
@@ -329,10 +330,13 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
                     usage[name] = used
                 rounds.append(round(rps, 1))
                 errors += failed
+        bare_max_rps, max_rps = max(bare_rounds), max(our_rounds)  # a ceiling: the best round of each
+        offered = bare_max_rps / 2
+        # the control: the same paced load on the bare endpoint shows what this machine and generator add to p99
+        bare_latencies, failed, _ = await paced(bare_port, "/", args.clients, offered, args.seconds / 2)
+        bare_errors += failed
     finally:
         stop(bare)
-    bare_max_rps, max_rps = max(bare_rounds), max(our_rounds)  # a ceiling: the best round of each
-    offered = bare_max_rps / 2
 
     produced: list[str] = []
     done = asyncio.Event()
@@ -370,6 +374,7 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
             "clients": args.clients, "offered_rps": round(offered, 1), "seconds": args.seconds,
             "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
             "p50_ms": pick(latencies, 0.5), "p99_ms": pick(latencies, 0.99), "max_ms": pick(latencies, 1.0),
+            "bare_paced_p50_ms": pick(bare_latencies, 0.5), "bare_paced_p99_ms": pick(bare_latencies, 0.99),
             "errors": len(all_errors), "error_kinds": sorted(set(all_errors)),
             "sse_clients": args.listeners, "sse_events": len(produced), "sse_events_lost": lost,
             "sse_reconnects": len(reconnects), "submissions": sum(statuses.values()), "submit_statuses": statuses}
