@@ -93,6 +93,7 @@ class Plane:
         self.documents = JobDocuments()
         self.asked_ray: dict[str, float] = {}  # job id -> when its Ray job was last asked
         self.background: set[asyncio.Task] = set()  # tasks under way (held so they are not collected)
+        self.fetches: dict[str, tuple[tuple, asyncio.Task]] = {}  # job id -> (cache stamp, its fetch under way)
 
     def under_roots(self, path: Path) -> bool:
         resolved = path.expanduser().resolve()
@@ -143,16 +144,32 @@ class Plane:
 
     async def document(self, job_id: str) -> bytes:
         """`GET /v1/jobs/{id}`'s body: from the cache, else from Redis (in the threadpool, then cached); a running
-        job's Ray job is asked in the background when due, so a read never waits for Ray."""
+        job's Ray job is asked in the background when due, so a read never waits for Ray. Misses of one job share
+        one fetch (when the cache entry expires under load, hundreds of reads would otherwise each queue a fetch in
+        the threadpool); a read joins a fetch only if no invalidation of the job came since it started."""
         hit = self.documents.get(job_id)
         if hit is not None:
             body, state = hit[:2]
         else:
             stamp = self.documents.stamp(job_id)
-            body, state = await run_in_threadpool(self.fetch_document, job_id)
-            self.documents.put(job_id, body, state, stamp)
+            flight = self.fetches.get(job_id)
+            if flight is None or flight[0] != stamp[:2]:
+                flight = (stamp[:2], asyncio.get_running_loop().create_task(self._fetch(job_id, stamp)))
+                self.fetches[job_id] = flight
+
+                def landed(_, flight=flight):
+                    if self.fetches.get(job_id) is flight:
+                        del self.fetches[job_id]
+
+                flight[1].add_done_callback(landed)
+            body, state = await asyncio.shield(flight[1])
         self.reconcile_later(job_id, state)
         return body
+
+    async def _fetch(self, job_id: str, stamp: tuple) -> tuple[bytes, str]:
+        body, state = await run_in_threadpool(self.fetch_document, job_id)
+        self.documents.put(job_id, body, state, stamp)
+        return body, state
 
     def reconcile_later(self, job_id: str, state: str) -> None:
         """On the event loop: when this job is due (`claim_reconcile`), reconcile it in a worker thread in the

@@ -36,10 +36,15 @@ async def sse(request: Request, plane, job_id: str, streams: tuple[str, ...], st
     given = (header or start or "").split("|")
     cursors = {s: (given[i] if i < len(given) and given[i] else "0-0") for i, s in enumerate(streams)}
 
-    async def generate():
+    async def state() -> str:
+        """The job's state: this worker's cached job document has it (kept coherent with Redis), else Redis."""
+        hit = plane.documents.get(job_id)
+        return hit[1] if hit is not None else (await client.hget(store.key(job_id), "state") or b"").decode()
+
+    async def generate():  # EventSourceResponse watches for the client leaving and cancels this
         last_state = None
         try:
-            while not await request.is_disconnected():
+            while True:
                 keys = {store.key(job_id, s): c for s, c in cursors.items()}
                 result = await client.xread(keys, count=200, block=1000)
                 for key, entries in result or []:
@@ -48,12 +53,12 @@ async def sse(request: Request, plane, job_id: str, streams: tuple[str, ...], st
                         cursors[stream] = sid.decode()
                         yield {"id": "|".join(cursors[s] for s in streams), "event": stream,
                                "data": fields[b"data"].decode()}
-                state = (await client.hget(store.key(job_id), "state") or b"").decode()
-                if state != last_state:
-                    last_state = state
-                    yield {"event": "state", "data": json.dumps({"state": state})}
-                if state in TERMINAL and not result:
-                    yield {"event": "end", "data": json.dumps({"state": state})}
+                now = await state()
+                if now != last_state:
+                    last_state = now
+                    yield {"event": "state", "data": json.dumps({"state": now})}
+                if now in TERMINAL and not result:
+                    yield {"event": "end", "data": json.dumps({"state": now})}
                     return
         finally:
             await client.aclose()
