@@ -87,7 +87,7 @@ class CachedJobReads:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(self.prefix):
             job_id = scope["path"][len(self.prefix):]
-            hit = self.plane.documents.get(job_id) if "/" not in job_id else None
+            hit = self.plane.cached(job_id) if "/" not in job_id else None
             if hit is not None:
                 body, state, _, headers = hit
                 self.plane.reconcile_later(job_id, state)

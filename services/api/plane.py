@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from services.jobs import RAY_TO_JOB_STATE, RayUnavailable
 from services.store import TERMINAL, TransitionError
 
 log = logging.getLogger("leapfrog.api")
+# How long a worker thread (a submission's validation, a fetch) may hold the interpreter before the event loop gets
+# it back: Python's 5 ms default makes every request queued behind such a thread wait in steps of 5 ms.
+SWITCH_INTERVAL = 0.0005
+GC_THRESHOLDS = (50_000, 50, 100)  # Python's are (700, 10, 10): a request server's garbage is mostly short-lived
 
 
 class JobDocuments:
@@ -23,9 +28,9 @@ class JobDocuments:
     drops that job's entry when the message arrives. Entries are kept only while the subscription is up (`live`),
     and a fetch that overlapped an invalidation of its job is not kept (`stamp`). Redis sends the message before
     the writer's own reply, so a read that follows a write (the writer got its answer, then someone asks) finds the
-    entry gone. An entry older than `max_age` seconds is not used either: the backstop should a message be lost (a
-    half-open connection to a remote Redis). Every method runs on the event loop (never in a worker thread), so
-    none needs a lock."""
+    entry gone. An entry older than `max_age` seconds is fetched again (Plane.cached: in the background, while it
+    still answers): the backstop should a message be lost (a half-open connection to a remote Redis). Every method
+    runs on the event loop (never in a worker thread), so none needs a lock."""
 
     def __init__(self, max_age: float = 5.0):
         self.max_age = max_age
@@ -36,8 +41,10 @@ class JobDocuments:
 
     def get(self, job_id: str) -> tuple[bytes, str, float, tuple] | None:
         """(JSON body, state, when fetched, ASGI response headers), or None."""
-        entry = self.entries.get(job_id) if self.live else None
-        return None if entry is None or time.monotonic() - entry[2] > self.max_age else entry
+        return self.entries.get(job_id) if self.live else None
+
+    def expired(self, entry: tuple) -> bool:
+        return time.monotonic() - entry[2] > self.max_age
 
     def stamp(self, job_id: str) -> tuple[int, int, float]:
         """Taken before a fetch from Redis; `put` keeps the result only if no invalidation came meanwhile."""
@@ -147,24 +154,37 @@ class Plane:
         job's Ray job is asked in the background when due, so a read never waits for Ray. Misses of one job share
         one fetch (when the cache entry expires under load, hundreds of reads would otherwise each queue a fetch in
         the threadpool); a read joins a fetch only if no invalidation of the job came since it started."""
-        hit = self.documents.get(job_id)
+        hit = self.cached(job_id)
         if hit is not None:
             body, state = hit[:2]
         else:
-            stamp = self.documents.stamp(job_id)
-            flight = self.fetches.get(job_id)
-            if flight is None or flight[0] != stamp[:2]:
-                flight = (stamp[:2], asyncio.get_running_loop().create_task(self._fetch(job_id, stamp)))
-                self.fetches[job_id] = flight
-
-                def landed(_, flight=flight):
-                    if self.fetches.get(job_id) is flight:
-                        del self.fetches[job_id]
-
-                flight[1].add_done_callback(landed)
-            body, state = await asyncio.shield(flight[1])
+            body, state = await asyncio.shield(self.fetch(job_id))
         self.reconcile_later(job_id, state)
         return body
+
+    def cached(self, job_id: str) -> tuple[bytes, str, float, tuple] | None:
+        """The cache entry to answer with, or None. One past `max_age` still answers while a fetch refreshes it in
+        the background (no read waits for that refresh), so an answer is at most max_age + one fetch old."""
+        entry = self.documents.get(job_id)
+        if entry is not None and self.documents.expired(entry) and job_id not in self.fetches:
+            self.fetch(job_id).add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved
+        return entry
+
+    def fetch(self, job_id: str) -> asyncio.Task:
+        """The fetch of this job from Redis under way, joined if no invalidation came since it started, else a new
+        one (its result is cached)."""
+        stamp = self.documents.stamp(job_id)
+        flight = self.fetches.get(job_id)
+        if flight is None or flight[0] != stamp[:2]:
+            flight = (stamp[:2], asyncio.get_running_loop().create_task(self._fetch(job_id, stamp)))
+            self.fetches[job_id] = flight
+
+            def landed(_, flight=flight):
+                if self.fetches.get(job_id) is flight:
+                    del self.fetches[job_id]
+
+            flight[1].add_done_callback(landed)
+        return flight[1]
 
     async def _fetch(self, job_id: str, stamp: tuple) -> tuple[bytes, str]:
         body, state = await run_in_threadpool(self.fetch_document, job_id)
@@ -187,8 +207,9 @@ class Plane:
         """Load at startup what a request would otherwise load while others wait: the task, algorithm and dataset
         modules of the submission checks (seconds; one default job checked) and Ray's job SDK (the first reconcile
         imported it: 0.9 s holding the interpreter while cached reads queued). Then move everything loaded so far
-        out of the garbage collector's sight (gc.freeze), so its full collections stay short. Blocking: runs in a
-        worker thread at startup."""
+        out of the garbage collector's sight (gc.freeze) and collect far less often (GC_THRESHOLDS): with SSE
+        streams open, full collections every 2-3 s held the loop 10-100 ms. Blocking: runs in a worker thread at
+        startup."""
         import gc
 
         from services.checks import check_job
@@ -201,6 +222,8 @@ class Plane:
         except Exception as err:  # a warm-up: the first submission then reports whatever this is
             log.warning("warming up the submission checks failed: %s", err)
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def _reconcile(self, job_id: str) -> None:
         try:

@@ -75,11 +75,12 @@ def submit_job(plane: Plane, raw: bytes, content_type: str) -> Job:
     cfg = parse_job(plane, raw, content_type)
     store = plane.store
     root = Path(cfg.run.runs_root).resolve() if cfg.run.runs_root != "runs" else plane.runs_root
-    record = store.create(cfg.run.name, dump_config(cfg), "")
+    config_yaml = dump_config(cfg)
+    record = store.create(cfg.run.name, config_yaml, "")
     run_dir = root / record["id"]
     run_dir.mkdir(parents=True, exist_ok=False)
     config_path = run_dir / "submitted.yaml"
-    config_path.write_text(dump_config(cfg))
+    config_path.write_text(config_yaml)
     store.update(record["id"], run_dir=str(run_dir))
     try:
         ray_job_id = plane.jobs.submit(record["id"], config_path, run_dir)

@@ -38,7 +38,7 @@ async def sse(request: Request, plane, job_id: str, streams: tuple[str, ...], st
 
     async def state() -> str:
         """The job's state: this worker's cached job document has it (kept coherent with Redis), else Redis."""
-        hit = plane.documents.get(job_id)
+        hit = plane.cached(job_id)
         return hit[1] if hit is not None else (await client.hget(store.key(job_id), "state") or b"").decode()
 
     async def generate():  # EventSourceResponse watches for the client leaving and cancels this
