@@ -26,8 +26,9 @@ METHODS = {"grpo": {"algorithm": "grpo"},
 
 
 def main() -> None:
+    from tiny_job import tiny_job
+
     from learner.bootstrap import bootstrap
-    from services.config import parse_config
     from services.runner import run_job
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,12 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="leapfrog-rank-grpo-") as tmp:
         for method, learner in METHODS.items():
             for seed in args.seeds:
-                cfg = parse_config({
-                    "model": {"path": str(model_dir)},
-                    "rollout": {"task": "ranklist", "prompts_per_step": 32, "group_size": 8, "eval_size": 500},
-                    "learner": {"lr": args.lr, "loss_type": "dapo", **learner},
-                    "run": {"steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": args.steps,
-                            "seed": seed}})
+                cfg = tiny_job(model_dir, "ranklist", {"lr": args.lr, "loss_type": "dapo", **learner}, args.steps,
+                               args.eval_every, seed)
                 summary = run_job(cfg, run_dir=Path(tmp) / f"{method}-{seed}", progress=False)
                 curves[method].append({e["step"]: e for e in summary.evals})
                 last = summary.evals[-1]

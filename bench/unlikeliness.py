@@ -27,6 +27,8 @@ METHODS = {"grpo": {},
 
 
 def main() -> None:
+    from tiny_job import tiny_job
+
     from learner.bootstrap import bootstrap
     from learner.checkpoint import checkpoint_dir
     from rollout.engines.hf import HFEngine
@@ -34,7 +36,6 @@ def main() -> None:
     from rollout.prompts import PromptEncoder
     from rollout.rewards import Scorer
     from rollout.tasks import load_task
-    from services.config import parse_config
     from services.runner import run_job
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,12 +60,8 @@ def main() -> None:
         for method, learner in METHODS.items():
             results[method] = []
             for seed in args.seeds:
-                cfg = parse_config({
-                    "model": {"path": str(model_dir)},
-                    "rollout": {"task": "digitsum", "prompts_per_step": 32, "group_size": 8, "eval_size": 500},
-                    "learner": {"lr": args.lr, "loss_type": "grpo", **learner},
-                    "run": {"steps": args.steps, "eval_every": args.steps, "checkpoint_every": args.steps,
-                            "seed": seed}})
+                cfg = tiny_job(model_dir, "digitsum", {"lr": args.lr, "loss_type": "grpo", **learner}, args.steps,
+                               args.steps, seed)
                 run_dir = Path(tmp) / f"{method}-{seed}"
                 run_job(cfg, run_dir=run_dir, progress=False)
                 engine = HFEngine(model_dir, adapter_path=checkpoint_dir(run_dir, args.steps))

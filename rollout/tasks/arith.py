@@ -22,15 +22,12 @@ from rollout.tasks.registry import register_task
 
 @register_task("arith")
 class Arith(Task):
-    name = "arith"
     description = "a+b with 2-4 digit operands; answer digits least-significant first"
     max_new_tokens = 6
-    min_digits = 2
-    max_digits = 4
+    digits = (2, 4)  # an operand's number of digits, both ends included
 
     def make_example(self, rng: random.Random, index: int) -> Example:
-        da = rng.randint(self.min_digits, self.max_digits)
-        db = rng.randint(self.min_digits, self.max_digits)
+        da, db = rng.randint(*self.digits), rng.randint(*self.digits)
         a = rng.randint(10 ** (da - 1) if da > 1 else 0, 10**da - 1)
         b = rng.randint(10 ** (db - 1) if db > 1 else 0, 10**db - 1)
         return Example(id="", prompt=f"{a}+{b}=", answer=str(a + b)[::-1], meta={"a": a, "b": b})

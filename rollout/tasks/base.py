@@ -32,7 +32,8 @@ class Example:
 
 
 class Task:
-    """Base class of tasks. Subclasses set `name`, `description`, `max_new_tokens` and implement
+    """Base class of tasks. Subclasses set `description` and `max_new_tokens` (and `name`, which `register_task`
+    sets for the built-ins) and implement
     `make_example`, `score` and `reference_completion`.
 
     - `examples(split, n, seed)` is deterministic in (split, n, seed); train and test never share a problem.

@@ -19,7 +19,6 @@ from rollout.tasks.registry import register_task
 
 @register_task("dataset")
 class DatasetTask(Task):
-    name = "dataset"
     description = "prompts and answers read from the job's data: section; scored by its rewards:"
     max_new_tokens = 256
 

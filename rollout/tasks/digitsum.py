@@ -15,7 +15,6 @@ from rollout.tasks.registry import register_task
 
 @register_task("digitsum")
 class DigitSum(Task):
-    name = "digitsum"
     description = "an n-digit number with given first and last digits and digit total; many valid answers"
     max_new_tokens = 10
     many_answers = True

@@ -30,7 +30,6 @@ def catalog(seed: int = 0) -> dict[str, int]:
 
 @register_task("ranklist")
 class RankList(ListTask):
-    name = "ranklist"
     description = "recommend K=5 catalog items (one per line) for a user who liked 3 items of one genre"
     max_new_tokens = 24
     list_length = 5

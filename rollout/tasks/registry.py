@@ -15,8 +15,13 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def register_task(name: str):
-    """Class decorator: register a task class under `name` (a second registration of the name is an error)."""
-    return TASKS.register(name)
+    """Class decorator: register a task class under `name`, which becomes its `name` attribute (a second
+    registration of the name is an error)."""
+    def register(cls: type[Task]) -> type[Task]:
+        TASKS.register(name)(cls)
+        cls.name = name
+        return cls
+    return register
 
 
 def load_task(spec: str, data=None, encoder=None) -> Task:

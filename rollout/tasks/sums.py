@@ -38,7 +38,6 @@ def last_integer_of_first_line(completion: str) -> int | None:
 
 @register_task("sums")
 class Sums(Task):
-    name = "sums"
     description = "a + b (0..20) asked in plain English as a chat message; the exact sum, first line"
     max_new_tokens = 12
     max_operand = 20

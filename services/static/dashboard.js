@@ -72,15 +72,23 @@ const LF = (() => {
     return [...names].sort();
   }
 
+  // The chart's element, cleared of its waiting text once there is data to draw; null (showing `waiting`) before.
+  function chartTarget(id, ready, waiting) {
+    const target = document.getElementById(id);
+    if (!ready) {
+      target.textContent = waiting;
+      return null;
+    }
+    if (!target.data) target.textContent = "";
+    return target;
+  }
+
   function drawRewards(view) {
     const metrics = byStep(view.metrics);
     const names = rewardNames(metrics);
-    const target = document.getElementById("chart-rewards");
-    if (!names.length) {
-      target.textContent = "per-reward curves (rewards/<name>/mean) appear with the first step";
-      return;
-    }
-    if (!target.data) target.textContent = "";
+    const target = chartTarget("chart-rewards", names.length > 0,
+      "per-reward curves (rewards/<name>/mean) appear with the first step");
+    if (!target) return;
     const steps = metrics.map((m) => m.step);
     const traces = names.map((n) => ({x: steps, y: metrics.map((m) => num(m[`rewards/${n}/mean`])),
       name: n + " (mean ± std)", mode: "lines+markers",
@@ -165,12 +173,8 @@ const LF = (() => {
   function drawHeatmap(view) {
     const records = view.rank1.filter((r) => r.rows && r.rows.length);
     const slider = document.getElementById("heat-step");
-    const target = document.getElementById("chart-heatmap");
-    if (!records.length) {
-      target.textContent = "rank-1 data arrives from the second checkpoint on";
-      return;
-    }
-    if (!target.data) target.textContent = "";
+    const target = chartTarget("chart-heatmap", records.length > 0, "rank-1 data arrives from the second checkpoint on");
+    if (!target) return;
     const steps = records.map((r) => r.step);
     slider.min = 0; slider.max = steps.length - 1;
     if (state.follow || state.heatStep === null) state.heatStep = steps.length - 1;

@@ -142,6 +142,10 @@ def test_dockerfile_passes_hadolint():
     text = (REPO / "deploy" / "Dockerfile").read_text()
     assert "USER 10001:10001" in text and "AS cpu" in text and "AS cuda" in text
     assert 'ENTRYPOINT ["leapfrog"]' in text and 'CMD ["serve"' in text
+    # one runtime stage for both images: the cuda target is only right with FLAVOR=cuda, which compose must pass
+    assert "FROM ${FLAVOR}-python AS runtime" in text and "ARG FLAVOR=cpu" in text
+    builds = [s["build"] for s in compose()["services"].values() if isinstance(s.get("build"), dict)]
+    assert all(b.get("args", {}).get("FLAVOR", "cpu") == b["target"] for b in builds), builds
 
 
 SECRET_PATTERNS = [re.compile(r"LEAPFROG_API_TOKEN\s*[:=]\s*['\"]?[A-Za-z0-9_\-]{8,}"),
