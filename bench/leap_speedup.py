@@ -1,111 +1,232 @@
-"""Do leaps make RL reach its accuracy in fewer learner steps? Plain vs leaping vs a learning-rate control.
+"""Do leaps beat the best learning rate? Learner steps to 50 / 80 / 96% of the best plain run's gain, at >= 5 seeds.
 
-For each seed, the reference job (deploy/jobs/arith.yaml) is run (a) as plain GRPO + LoRA (its `extrapolate:`
-section removed), (b) with leaps, once per extrapolator (the job's leap policy with `method` swapped; the job's
-own method is the default policy), and (c) as a plain run whose learning rate is raised by the step-size boost the
-leaps implied (trajectory steps per learner step of the default-policy run, at least 1.25x), so a forecast is told
-apart from a bigger step. Same seeds, data order and evaluation problems everywhere (held-out greedy accuracy,
-run.eval_every). For each: the learner steps (and wall seconds, extrapolation and leap evaluation included) until
-held-out accuracy first reaches 96% of (a)'s final accuracy, on the run's final trajectory, and the final accuracy.
+One workload (`--workload`): arith (the tiny model, deploy/jobs/arith.yaml), digitsum (the same job on the
+sharpening task digitsum) or smollm2 (SmolLM2-135M-Instruct on deploy/jobs/smollm2.yaml). Every run evaluates
+held-out greedy accuracy every --eval-every learner steps on the same --eval-size problems (paired across runs;
+`eval_stderr` is one evaluation's binomial standard error at the baseline's final accuracy).
 
-    .venv/bin/python bench/leap_speedup.py [--seeds 0 1 2] [--methods growth rl_extra alpharl relex next growth+reset growth+trend]
-Last line: JSON {"baseline": {"steps", "final_acc", "steps_to_target"}, "methods": {m: {"steps_to_target",
-"speedup", "final_acc", "wall_speedup", "net_steps_saved"}}, "lr_control": {...}, "best_speedup", "seeds"}
-(means over seeds; a run that never reaches the target counts its full learner steps, flagged in "reached").
+1. **Sweep.** Plain runs at each --lrs learning rate, each seed. The reference gain G is the largest mean final gain
+   over the sweep (final accuracy minus the base model's). The best lr is the one that reaches 80% of G in the
+   fewest mean learner steps among the stable ones (mean final accuracy within 2 eval_stderr of the best); the
+   sweep should reach past it (`sweep_passes_best`: some larger lr is slower or unstable).
+2. **Methods**, each at the best lr: outer momentum (learner.outer_momentum: `outer_eta*`, `snoo`), no extra
+   passes; checkpoint-based leaps judged by their paired evaluation alone (`*_none`, extrapolate.judge: none) or
+   against a control branch (`*_control`).
+
+For a run, steps_to[f] is the learner step at which held-out accuracy first reaches base + f% of G, linearly
+interpolated between the two evaluations around the crossing (a run that never gets there counts its full learner
+steps and is flagged in `reached`). Learner steps include a control branch's. compute_to[f] adds each run's extra
+passes up to that point in step equivalents: a learner step generates and trains P x G sequences (~4 forward
+passes each: one to sample, three for the update), a leap evaluation scores eval_size greedy sequences (~1 forward
+pass each) per candidate, per current policy and per judged branch, so extra = sequences / (4 P G).
+speedup_vs_best_lr[f] = mean baseline steps / mean method steps; `ci` is its 95% bootstrap interval over seeds
+(paired resampling, 4000 draws; crude with few seeds); `steps_ci` (the baseline's `ci`) is mean +- 1.96 SE over seeds.
+
+    .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
+        [--steps N] [--eval-every 2] [--eval-size N]
+Last line: JSON {workload, baseline: {lr, final_acc, steps_to {50, 80, 96}, ci}, methods: {m: {lr, steps_to,
+steps_ci, compute_to, final_acc, speedup_vs_best_lr, ci (of the speedup), reached}}, sweep: {lr: {final_acc, steps_to}}, gain, base_acc,
+seeds, eval_every, eval_stderr, sweep_passes_best}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import statistics
 import sys
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from learner.run_dir import read_jsonl  # noqa: E402
-from services.config import load_config  # noqa: E402
+from learner.run_dir import EVENTS, read_jsonl  # noqa: E402
+from services.config import load_config, parse_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+FRACTIONS = (50, 80, 96)
+WORKLOADS = {  # job file, task override, lr sweep, run length, evaluation set size
+    "arith": {"job": "deploy/jobs/arith.yaml", "task": None, "lrs": [5e-4, 1e-3, 2e-3, 3e-3, 4e-3], "steps": 60,
+              "eval_size": 300},
+    "digitsum": {"job": "deploy/jobs/arith.yaml", "task": "digitsum", "lrs": [5e-4, 1e-3, 2e-3, 3e-3], "steps": 60,
+                 "eval_size": 300},
+    "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [2e-4, 5e-4, 1e-3], "steps": 20,
+                "eval_size": 96},
+}
+OUTER = {"every": 4, "mu": 0.0, "guard_margin": 0.0}
+LEAP = {"window": 3, "horizon": 6, "min_horizon": 2, "start_after": 6, "leap_every": 6, "judge_after": 3,
+        "backtest_threshold": 0.5}
+METHODS = {
+    "outer_eta1.5": {"outer_momentum": {**OUTER, "eta": 1.5}},
+    "outer_eta2": {"outer_momentum": {**OUTER, "eta": 2.0}},
+    "snoo": {"outer_momentum": {**OUTER, "eta": 1.0, "mu": 0.5}},
+    "growth_none": {"extrapolate": {**LEAP, "method": "growth", "judge": "none"}},
+    "rl_extra_none": {"extrapolate": {**LEAP, "method": "rl_extra", "judge": "none"}},
+    "growth_control": {"extrapolate": {**LEAP, "method": "growth", "judge": "control"}},
+}
 
-def reach(run_dir: Path, summary, target: float) -> dict:
-    """Learner steps and wall seconds at the first evaluation on the final trajectory with accuracy >= target."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    start = rows[0]["time"]
-    times = {(r["step"], r.get("learner_steps")): r["time"] - start for r in rows if "eval_accuracy" in r}
-    for e in summary.evals:
-        if e["accuracy"] >= target:
-            return {"reached": True, "steps": e["learner_steps"], "seconds": times[(e["step"], e["learner_steps"])]}
-    return {"reached": False, "steps": summary.learner_steps, "seconds": summary.seconds}
+
+def crossing(curve: list[tuple[int, float]], level: float) -> float | None:
+    """The learner step where the accuracy curve [(learner_steps, acc), ...] first reaches `level`, interpolated
+    linearly between the evaluation below it and the one at or above it; None when it never does."""
+    if curve and curve[0][1] >= level:
+        return float(curve[0][0])
+    for (s0, a0), (s1, a1) in pairwise(curve):
+        if a1 >= level:  # a0 < level <= a1
+            return s0 + (level - a0) / (a1 - a0) * (s1 - s0)
+    return None
+
+
+def extra_sequences(run_dir: Path, eval_size: int) -> list[tuple[float, int]]:
+    """(time, greedy sequences scored) of every leap evaluation in a run: a proposal scores the current policy and
+    each candidate; a control branch, its leap branch; a verdict, the branch it judges."""
+    out = []
+    for e in read_jsonl(run_dir / EVENTS) if (run_dir / EVENTS).exists() else []:
+        if e["type"] == "proposal":
+            out.append((e["time"], eval_size * (1 + len(e["candidates"]))))
+        elif e["type"] == "control_branch" or (e["type"] in ("leap_paid", "leap_rolled_back")
+                                                and e.get("judge") in ("control", "trend")):
+            out.append((e["time"], eval_size))
+    return out
+
+
+def run_record(run_dir: Path, summary, leap_eval_size: int, step_sequences: int) -> dict:
+    """A run's accuracy curve (learner steps, accuracy, time) and its extra passes."""
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_accuracy" in r]
+    times = {(r["step"], r["learner_steps"]): r["time"] for r in rows}
+    curve = [(e["learner_steps"], e["accuracy"], times[(e["step"], e["learner_steps"])]) for e in summary.evals]
+    return {"curve": curve, "final_acc": summary.acc_after, "learner_steps": summary.learner_steps,
+            "extra": extra_sequences(run_dir, leap_eval_size), "step_sequences": step_sequences}
+
+
+def steps_to(record: dict, level: float) -> tuple[float, bool]:
+    s = crossing([(c[0], c[1]) for c in record["curve"]], level)
+    return (s, True) if s is not None else (float(record["learner_steps"]), False)
+
+
+def compute_to(record: dict, level: float) -> float:
+    """steps_to plus the extra passes made before the crossing, in learner-step equivalents."""
+    steps, reached = steps_to(record, level)
+    curve = record["curve"]
+    if not reached:
+        until = math.inf
+    else:  # the wall time at the crossing, interpolated like the step
+        until = curve[-1][2]
+        for (s0, _, t0), (s1, _, t1) in pairwise(curve):
+            if s1 >= steps:
+                until = t0 + (steps - s0) / (s1 - s0) * (t1 - t0) if s1 > s0 else t1
+                break
+    sequences = sum(n for t, n in record["extra"] if t <= until)
+    return steps + sequences / (4 * record["step_sequences"])
+
+
+def mean_ci(values: list[float]) -> tuple[float, list[float]]:
+    m = statistics.mean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, [m - half, m + half]
+
+
+def ratio_ci(base: list[float], method: list[float], draws: int = 4000) -> list[float]:
+    """95% bootstrap interval of mean(base) / mean(method), resampling seeds (pairs) with replacement."""
+    rng, n, ratios = random.Random(0), len(base), []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(sum(base[i] for i in idx) / sum(method[i] for i in idx))
+    ratios.sort()
+    return [ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]]
+
+
+def job(args, workload: dict, seed: int, lr: float, overrides: dict):
+    """The workload's job at this seed and lr, evaluated every eval_every steps, with a method's overrides."""
+    d = load_config(REPO / workload["job"]).model_dump(mode="json", exclude_unset=True)
+    d.pop("extrapolate", None)
+    if workload["task"]:
+        d["rollout"]["task"] = workload["task"]
+    d["rollout"]["eval_size"] = args.eval_size
+    d["learner"] = {**d["learner"], "lr": lr, **{k: v for k, v in overrides.items() if k != "extrapolate"}}
+    d["run"] = {**d["run"], "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": 2}
+    if "extrapolate" in overrides:
+        d["extrapolate"] = {**overrides["extrapolate"], "eval_size": args.eval_size}
+    return parse_config(d)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="deploy/jobs/arith.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["growth", "rl_extra", "alpharl", "relex", "next"])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="arith")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--lrs", type=float, nargs="+", help="the plain sweep (default: the workload's)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
     args = parser.parse_args()
-    policy = load_config(args.config).extrapolate
-    if policy is None:
-        raise SystemExit(f"{args.config} has no extrapolate: section (the default leap policy)")
-    runs: dict[str, list] = {"baseline": [], "lr_control": [], **{m: [] for m in args.methods}}
+    workload = WORKLOADS[args.workload]
+    args.lrs = args.lrs or workload["lrs"]
+    args.steps = args.steps or workload["steps"]
+    args.eval_size = args.eval_size or workload["eval_size"]
+    runs: dict[str, list[dict]] = {}
+
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-speedup-") as tmp:
-        for seed in args.seeds:
-            def run(name: str, extrapolate, lr_factor: float = 1.0, seed: int = seed):
-                cfg = load_config(args.config)
-                cfg.run.seed = seed
-                cfg.extrapolate = extrapolate
-                cfg.learner.lr *= lr_factor
-                out = Path(tmp) / f"{name}-s{seed}"
-                summary = run_job(cfg, run_dir=out, progress=False)
-                print(f"seed {seed} {name:10s}: final {summary.acc_after:.3f}, {summary.learner_steps} learner steps, "
-                      f"{summary.seconds:.0f} s" + (f", leaps {summary.leaps}" if summary.leaps else ""), flush=True)
-                return out, summary
+        def run(name: str, seed: int, lr: float, overrides: dict) -> dict:
+            cfg = job(args, workload, seed, lr, overrides)
+            out = Path(tmp) / f"{name}-s{seed}"
+            summary = run_job(cfg, run_dir=out, progress=False)
+            record = run_record(out, summary, args.eval_size, cfg.rollout.prompts_per_step * cfg.rollout.group_size)
+            print(f"{name:18s} seed {seed}: lr {lr:.2g}, final {summary.acc_after:.3f}, {summary.learner_steps} "
+                  f"learner steps, {summary.seconds:.0f} s" + (f", leaps {summary.leaps}" if summary.leaps else ""),
+                  flush=True)
+            return record
 
-            base_dir, base = run("baseline", None)
-            target = 0.96 * base.acc_after
-            runs["baseline"].append({"final_acc": base.acc_after, **reach(base_dir, base, target),
-                                     "steps_total": base.learner_steps})
-            boost = 1.25
-            for method in args.methods:  # variants: "growth+reset" (Adam's moments of B reset at each leap),
-                name, *variants = method.split("+")  # "growth+trend" (judged by the trend, no control branch)
-                unknown = set(variants) - {"reset", "trend"}
-                if unknown:
-                    raise SystemExit(f"unknown variant(s) {sorted(unknown)} in {method!r}: use +reset and/or +trend")
-                out, summary = run(method, policy.model_copy(update={
-                    "method": name, "reset_optimizer": "reset" in variants,
-                    "judge": "trend" if "trend" in variants else policy.judge}))
-                runs[method].append({"final_acc": summary.acc_after, **reach(out, summary, target),
-                                     "net_steps_saved": summary.leaps["net_steps_saved"]})
-                if method == policy.method:
-                    boost = max(1.25, summary.steps / summary.learner_steps)
-            out, summary = run("lr_control", None, boost)
-            runs["lr_control"].append({"final_acc": summary.acc_after, **reach(out, summary, target), "lr_factor": boost})
+        for lr in args.lrs:
+            runs[f"lr={lr:g}"] = [run(f"plain-lr{lr:g}", seed, lr, {}) for seed in args.seeds]
+        base_acc = runs[f"lr={args.lrs[0]:g}"][0]["curve"][0][1]  # step 0: the base model, the same for every run
+        finals = {lr: statistics.mean(r["final_acc"] for r in runs[f"lr={lr:g}"]) for lr in args.lrs}
+        gain = max(finals.values()) - base_acc
+        best_final = max(finals.values())
+        eval_stderr = math.sqrt(max(best_final * (1 - best_final), 1e-9) / args.eval_size)
+        level = {f: base_acc + f / 100 * gain for f in FRACTIONS}
+        mean_steps = {lr: statistics.mean(steps_to(r, level[80])[0] for r in runs[f"lr={lr:g}"]) for lr in args.lrs}
+        stable = [lr for lr in args.lrs if finals[lr] >= best_final - 2 * eval_stderr]
+        best_lr = min(stable, key=lambda lr: mean_steps[lr])
+        base_runs = runs[f"lr={best_lr:g}"]
+        for name in args.methods:
+            runs[name] = [run(name, seed, best_lr, METHODS[name]) for seed in args.seeds]
 
-    def mean(name, key):
-        return statistics.mean(r[key] for r in runs[name])
+    def figures(records: list[dict]) -> dict:
+        out = {"steps_to": {}, "steps_ci": {}, "compute_to": {}, "reached": {}}
+        for f in FRACTIONS:
+            steps = [steps_to(r, level[f]) for r in records]
+            out["steps_to"][f], out["steps_ci"][f] = mean_ci([s for s, _ in steps])
+            out["reached"][f] = [ok for _, ok in steps]
+            out["compute_to"][f] = statistics.mean(compute_to(r, level[f]) for r in records)
+        out["final_acc"] = statistics.mean(r["final_acc"] for r in records)
+        return out
 
-    base_steps = mean("baseline", "steps")
-    base_seconds = mean("baseline", "seconds")
-
-    def entry(name):
-        return {"steps_to_target": mean(name, "steps"), "speedup": base_steps / mean(name, "steps"),
-                "wall_speedup": base_seconds / mean(name, "seconds"), "final_acc": mean(name, "final_acc"),
-                "reached": [r["reached"] for r in runs[name]],
-                **({"net_steps_saved": mean(name, "net_steps_saved")} if name in args.methods else {})}
-
-    methods = {m: entry(m) for m in args.methods}
-    result = {"config": args.config, "seeds": args.seeds, "default_method": policy.method,
-              "baseline": {"steps": load_config(args.config).run.steps, "final_acc": mean("baseline", "final_acc"),
-                           "steps_to_target": base_steps, "reached": [r["reached"] for r in runs["baseline"]]},
-              "methods": methods, "lr_control": {**entry("lr_control"), "lr_factor": mean("lr_control", "lr_factor")},
-              "best_speedup": max(m["speedup"] for m in methods.values())}
-    print(f"baseline: {base_steps:.1f} learner steps to 96% of its final accuracy {result['baseline']['final_acc']:.3f}")
-    for name, m in [*methods.items(), ("lr_control", result["lr_control"])]:
-        print(f"{name:10s}: {m['steps_to_target']:.1f} steps (speedup {m['speedup']:.2f}x, wall {m['wall_speedup']:.2f}x), "
-              f"final {m['final_acc']:.3f}")
+    baseline = {"lr": best_lr, **figures(base_runs)}
+    baseline["ci"] = baseline["steps_ci"]
+    methods = {}
+    for name in args.methods:
+        m = {"lr": best_lr, **figures(runs[name])}
+        base_steps = {f: [steps_to(r, level[f])[0] for r in base_runs] for f in FRACTIONS}
+        m_steps = {f: [steps_to(r, level[f])[0] for r in runs[name]] for f in FRACTIONS}
+        m["speedup_vs_best_lr"] = {f: statistics.mean(base_steps[f]) / statistics.mean(m_steps[f]) for f in FRACTIONS}
+        m["ci"] = {f: ratio_ci(base_steps[f], m_steps[f]) for f in FRACTIONS}
+        methods[name] = m
+    sweep = {f"{lr:g}": {"final_acc": finals[lr], "steps_to_80": mean_steps[lr]} for lr in args.lrs}
+    result = {"workload": args.workload, "baseline": baseline, "methods": methods, "sweep": sweep, "gain": gain,
+              "base_acc": base_acc, "seeds": args.seeds, "steps": args.steps, "eval_every": args.eval_every,
+              "eval_size": args.eval_size, "eval_stderr": eval_stderr,
+              "sweep_passes_best": any(lr > best_lr for lr in args.lrs)}
+    print(f"base {base_acc:.3f}, gain {gain:.3f} (eval SE {eval_stderr:.3f}); best plain lr {best_lr:g}: steps to "
+          + ", ".join(f"{f}% {baseline['steps_to'][f]:.1f}" for f in FRACTIONS))
+    for name, m in methods.items():
+        print(f"{name:18s}: " + ", ".join(f"{f}% {m['steps_to'][f]:.1f} ({m['speedup_vs_best_lr'][f]:.2f}x "
+                                          f"[{m['ci'][f][0]:.2f}, {m['ci'][f][1]:.2f}])"
+                                          for f in FRACTIONS) + f", final {m['final_acc']:.3f}")
     print(json.dumps(result))
 
 

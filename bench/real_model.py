@@ -1,15 +1,19 @@
-"""The real-model reference job (deploy/jobs/smollm2.yaml: SmolLM2-135M-Instruct, chat template, GRPO + LoRA on the
-`sums` task) run end to end for each seed, in this process, on the CPU.
+"""A real-model reference job run end to end for each seed, in this process, on the CPU: by default
+deploy/jobs/smollm2.yaml (SmolLM2-135M-Instruct, chat template, GRPO + LoRA on the `sums` task); `--job
+deploy/jobs/word_problems.yaml` runs the GSM8K-format word problems (a `dataset` task scored by math_accuracy and
+format), where the accuracy is the held-out math_accuracy.
 
 For each seed: the job as configured, then the base model and the final adapter scored greedily on the same
-held-out problems (the job's evaluation set), so the gain comes with its paired standard error
-sqrt(var(after - before) / n). s_per_step is the mean wall time of a learner step (generation + scoring + update);
-peak_rss_mb is this process's peak resident memory.
+held-out problems (the job's evaluation set) by the job's accuracy reward, so the gain comes with its paired
+standard error sqrt(var(after - before) / n). The acceptance figure is gain_over_stderr_min (> 3 expected).
+s_per_step is the mean wall time of a learner step (generation + scoring + update); peak_rss_mb is this process's
+peak resident memory. Run it from the repository root (a job's data.path is relative to it).
 
-    .venv/bin/python bench/real_model.py [--seeds 0 1] [--steps N]
-Last line: JSON {model, acc_before, acc_after, eval_n, stderr, s_per_step, peak_rss_mb, gain_over_stderr_min,
-runs: [{seed, acc_before, acc_after, gain, stderr, gain_over_stderr, s_per_step, seconds}, ...]} (top-level figures
-are means over the seeds; stderr the largest).
+    .venv/bin/python bench/real_model.py [--job deploy/jobs/word_problems.yaml] [--seeds 0 1] [--steps N]
+Last line: JSON {model, task, data, acc_before, acc_after, eval_n, stderr, s_per_step, peak_rss_mb,
+gain_over_stderr_min, runs: [{seed, acc_before, acc_after, gain, stderr, gain_over_stderr, s_per_step, seconds,
+mean_completion_tokens_before, mean_completion_tokens_after}, ...]} (top-level figures are means over the seeds;
+stderr the largest).
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ warnings.filterwarnings("ignore")
 JOB = Path(__file__).resolve().parents[1] / "deploy" / "jobs" / "smollm2.yaml"
 
 
+def mean_tokens(completions) -> float:
+    return sum(len(c.token_ids) for c in completions) / len(completions)
+
+
 def run_seed(seed: int, args, tmp: Path) -> dict:
     from learner.checkpoint import checkpoint_dir
     from learner.run_dir import read_jsonl
     from rollout.engines.hf import HFEngine
-    from rollout.evaluate import greedy_scores, paired_difference
+    from rollout.evaluate import greedy_completions, paired_difference
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import load_config
@@ -56,15 +64,25 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     final = checkpoint_dir(run_dir, cfg.run.steps)
     scorer = job_scorer(cfg, task)
-    before = greedy_scores(HFEngine(model_dir), scorer, examples, encoder, max_new)
-    after = greedy_scores(HFEngine(model_dir, adapter_path=final), scorer, examples, encoder, max_new)
+
+    def greedy(engine) -> tuple[list[float], list]:
+        completions = greedy_completions(engine, examples, encoder, max_new)
+        return scorer.accuracy_values(scorer.score(examples, [[c] for c in completions], cfg.run.steps)), completions
+
+    before, base_completions = greedy(HFEngine(model_dir))
+    after, final_completions = greedy(HFEngine(model_dir, adapter_path=final))
     gain, stderr = paired_difference(after, before)
+    for ex, b, a in list(zip(examples, base_completions, final_completions, strict=True))[:3]:
+        gold = str(ex.answer).rsplit("\n", 1)[-1]  # a GSM8K answer's last line is "#### N"
+        print(f"  {gold}: base {b.text[:160]!r} | final {a.text[:160]!r}", flush=True)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {"seed": seed, "acc_before": sum(before) / len(before), "acc_after": sum(after) / len(after),
            "gain": gain, "stderr": stderr, "gain_over_stderr": gain / stderr if stderr > 0 else float("inf"),
            "s_per_step": sum(step_s) / len(step_s), "seconds": seconds, "steps": cfg.run.steps,
-           "curve": [(e["step"], e["accuracy"]) for e in summary.evals]}
+           "curve": [(e["step"], e["accuracy"]) for e in summary.evals],
+           "mean_completion_tokens_before": round(mean_tokens(base_completions), 1),
+           "mean_completion_tokens_after": round(mean_tokens(final_completions), 1)}
     print(f"seed {seed}: {out['acc_before']:.3f} -> {out['acc_after']:.3f} (gain {gain:+.3f} +- {stderr:.3f}, "
           f"{out['gain_over_stderr']:.1f} SE), {out['s_per_step']:.1f} s/step, {seconds / 60:.1f} min", flush=True)
     return out
@@ -85,7 +103,8 @@ def main() -> None:
 
     cfg = load_config(args.job)
     mean = lambda key: round(sum(r[key] for r in runs) / len(runs), 4)  # noqa: E731
-    print(json.dumps({"model": cfg.model.path, "task": cfg.rollout.task, "acc_before": mean("acc_before"),
+    print(json.dumps({"model": cfg.model.path, "task": cfg.rollout.task,
+                      "data": cfg.data.path if cfg.data else None, "acc_before": mean("acc_before"),
                       "acc_after": mean("acc_after"), "eval_n": cfg.rollout.eval_size,
                       "stderr": round(max(r["stderr"] for r in runs), 4), "s_per_step": mean("s_per_step"),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

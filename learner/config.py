@@ -46,6 +46,19 @@ class LoraConfig(Section):
         min_length=1, description="Module names that get adapters (all attention and MLP projections by default).")
 
 
+class OuterMomentumConfig(Section):
+    """Outer momentum every K learner steps: d = W_t - W_{t-K}, b <- mu b + d, W <- W_{t-K} + eta (mu b + d)
+    (Lookahead with eta > 1 / SNOO, arXiv 2510.15830; learner/outer.py). eta = 1, mu = 0 is plain training."""
+
+    every: int = Field(5, ge=1, description="K: learner steps between outer updates.")
+    eta: float = Field(1.5, gt=0, le=8, description="Outer learning rate: > 1 extrapolates the last K steps' "
+                                                    "displacement; 1 with mu = 0 is plain training.")
+    mu: float = Field(0.0, ge=0, lt=1, description="Outer (Nesterov) momentum of the displacement buffer b.")
+    guard_margin: float | None = Field(0.0, ge=0, description=(
+        "Skip the outer update (and clear b) when the mean sampled reward of the last K steps is more than this "
+        "below the K steps' before; null: never skip."))
+
+
 class LearnerCommon(Section):
     """Fields every algorithm's learner has: the policy loss, the optimizer, LoRA and the actor's resources. Field
     names follow TRL's GRPOConfig where they mean the same thing."""
@@ -81,6 +94,8 @@ class LearnerCommon(Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    outer_momentum: OuterMomentumConfig | None = Field(None, description="Outer momentum on the trainable "
+                                                                         "parameters every K steps (off when unset).")
 
     @field_validator("loss_type")
     @classmethod

@@ -9,6 +9,7 @@
         ref  = log pi_ref   (adapter disabled; only when beta > 0)
         loss = policy_loss(logp, old, A, ref; algorithm.loss_settings)   (learner/losses.py POLICY_LOSSES)
         AdamW step with gradient clipping and the LR schedule
+    every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from learner.algorithms import ALGORITHMS, RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
+from learner.outer import OuterMomentum
 from learner.policy import completion_logprobs, load_policy, pad_sequences
 
 __all__ = ["Learner", "RolloutBatch"]
@@ -66,8 +68,10 @@ class Learner:
         self.model.train()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay)
+        self.outer = OuterMomentum.from_config(cfg.outer_momentum, self.trainable) if cfg.outer_momentum else None
         optimizer_steps = total_steps * cfg.updates_per_batch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
         self.step_count = 0
@@ -138,7 +142,7 @@ class Learner:
                 stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
                 stats["entropy"] += float((entropy * completion_mask[s, :t_max]).sum()) / num_tok / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+                list(self.trainable.values()), cfg.max_grad_norm)
             stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
             self.optimizer.step()
             self.scheduler.step()
@@ -146,6 +150,8 @@ class Learner:
         self.step_count += 1
         stats["lr"] = self.scheduler.get_last_lr()[0]
         stats["reward_mean"] = float(rewards.mean())
+        if self.outer is not None:
+            stats.update(self.outer.after_step(self.step_count, stats["reward_mean"], self.trainable))
         stats["reward_std"] = float(rewards.std())
         stats["completion_tokens"] = num_tok
         if self.device.type == "cuda":
@@ -189,6 +195,8 @@ class Learner:
         for _ in range(horizon * self.cfg.updates_per_batch):
             self.scheduler.step()
         self.step_count += horizon
+        if self.outer is not None:  # the next outer update extrapolates from the leap, not across it
+            self.outer.reset(self.trainable)
         return self.step_count
 
     def pid(self) -> int:
@@ -199,7 +207,8 @@ class Learner:
     def state_dict(self, extra: dict) -> dict:
         return {"optimizer": to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
                 "step": self.step_count, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                                 "torch": torch.get_rng_state()}, **extra}
+                                                 "torch": torch.get_rng_state()},
+                **({"outer": self.outer.state_dict()} if self.outer is not None else {}), **extra}
 
     def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
         return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}), meta)
@@ -214,6 +223,11 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])  # moments move to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step"]
+        if self.outer is not None:
+            if "outer" in state:
+                self.outer.load_state_dict(state["outer"])
+            else:  # a checkpoint of a run without outer momentum: start the outer loop here
+                self.outer.reset(self.trainable)
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])

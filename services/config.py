@@ -165,8 +165,11 @@ def config_reference() -> str:
         for name, field in fields:
             if only is not None and name not in only:
                 continue
-            if "$ref" in field:
-                nested = defs[field["$ref"].rsplit("/", 1)[1]]
+            refs = [f["$ref"] for f in [field, *field.get("anyOf", [])] if "$ref" in f]
+            if refs:  # a nested section: one row per field (an optional one gets a row of its own first)
+                nested = defs[refs[0].rsplit("/", 1)[1]]
+                if "anyOf" in field:
+                    out.append(f"| `{name}` | section or null | `null` | {field.get('description', '')} |")
                 for sub, subfield in nested["properties"].items():
                     out.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{json.dumps(subfield.get('default'))}` "
                                f"| {subfield.get('description', '')} |")

@@ -1,0 +1,30 @@
+"""Smoke version of bench/leap_speedup.py: a two-lr sweep and one outer-momentum method on the default model, a few
+steps; the last line is the JSON the README's table is made from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_leap_speedup_prints_its_figures(default_model_dir):
+    res = subprocess.run([sys.executable, "bench/leap_speedup.py", "--workload", "arith", "--seeds", "0",
+                          "--lrs", "1e-3", "3e-3", "--methods", "outer_eta2", "--steps", "4", "--eval-size", "32"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["eval_every"] == 2 and out["seeds"] == [0] and out["baseline"]["lr"] in (1e-3, 3e-3)
+    assert set(out["baseline"]["steps_to"]) == {"50", "80", "96"}
+    m = out["methods"]["outer_eta2"]
+    assert m["lr"] == out["baseline"]["lr"]
+    for key in ("steps_to", "compute_to", "speedup_vs_best_lr", "ci"):
+        assert set(m[key]) == {"50", "80", "96"}, key
+    assert all(m["compute_to"][f] == m["steps_to"][f] for f in m["steps_to"])  # outer momentum: no extra passes
+    assert 0 < out["eval_stderr"] < 0.1
