@@ -4,7 +4,8 @@ For each regime, the reference job (deploy/jobs/arith.yaml, its leap policy) wit
 learner.lr replaced is run plain and with leaps (same seed). Reported per regime: the growth exponent p of the
 plain run's update (median over modules; 1 = steady drift, 0.5 = random walk), the backtest cosine of the leap
 method on the plain run (forecasting its last checkpoint from the one before), and the leap speedup: learner steps
-for the plain run to reach 96% of its final held-out accuracy over the leaping run's steps to the same target.
+for the plain run to reach 96% of its final held-out accuracy over the leaping run's steps to the same target
+(the crossing interpolated between evaluations, bench/leap_speedup.py's steps_to).
 
     .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
 Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.leap_speedup import reach  # noqa: E402
+from bench.leap_speedup import run_record, steps_to  # noqa: E402
 from extrapolate.analyze import analyze_run  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
@@ -62,16 +63,18 @@ def main() -> None:
                     if not leaps:
                         cfg.extrapolate = None
                     out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
-                    return cfg, out, run_job(cfg, run_dir=out, progress=False)
+                    summary = run_job(cfg, run_dir=out, progress=False)
+                    sequences = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+                    return out, summary, run_record(out, summary, cfg.rollout.eval_size, sequences)
 
-                _, plain_dir, plain = run("plain", False)
-                _, leap_dir, leap = run("leap", True)
+                plain_dir, plain, plain_record = run("plain", False)
+                _, leap, leap_record = run("leap", True)
                 target = 0.96 * plain.acc_after
                 analysis = analyze_run(plain_dir, progress=False)
                 p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
                 regime = {"prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
                           "backtest_cos": analysis["backtest"][method]["cos"],
-                          "speedup": reach(plain_dir, plain, target)["steps"] / reach(leap_dir, leap, target)["steps"],
+                          "speedup": steps_to(plain_record, target)[0] / steps_to(leap_record, target)[0],
                           "final_plain": plain.acc_after, "final_leap": leap.acc_after,
                           "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
                 regimes.append(regime)
