@@ -13,6 +13,18 @@ predicted vs actual displacement from the window end).
     .venv/bin/python bench/extrapolation.py [--config deploy/jobs/arith.yaml] [--window-end 30] [--eval-size 2000]
 Last line: JSON {"window_end", "eval_size", "keep_acc", "methods": {m: {target: {acc_pred, acc_actual,
 rel_weight_err, cos_disp, diff_vs_keep, se_vs_keep}}}, "winner": {target: best method}}.
+
+`--protocol P` runs instead one paper's own protocol on `--workload W` (the jobs of bench/leap_speedup.py: arith,
+digitsum, smollm2), scaled to the run's length T, scored on the same fresh held-out set with paired standard errors:
+- alpharl: a checkpoint every ~T/27 steps (the authors' 27); AlphaRL fitted on the first 30% of the run; the leap
+  goes to the run's end, no training after it; against keeping the window end and against the real end checkpoint.
+- relex: a checkpoint every step; RELEX fitted on the first 15%; the leap goes to the run's end; same comparisons.
+- next: NExt's single leap inside a run (the product's leap, judge none, scale 1.5, always applied): a predictor
+  fitted on the checkpoints up to 37.5% of T, a leap of T/8 steps, then T/4 more RL steps (the authors': +50 from
+  step 150, 100 more steps, against GRPO at 400); against the plain run at the same learner steps and at T.
+- rl_extra: re-grounding, alpha = 2 every K steps (W <- W_(t-K) + 2 (W_t - W_(t-K)): learner.outer_momentum with
+  eta 2, mu 0, no guard), for each K of --ks; against the plain run at T/2 and at T.
+Last line: JSON {protocol, workload, steps, eval_size, ...per protocol: accuracies and [diff, se] pairs}.
 """
 
 from __future__ import annotations
@@ -23,12 +35,149 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from services.config import load_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
 
 METHODS = ("rl_extra", "alpharl", "relex", "growth", "next")
+PROTOCOLS = ("window", "alpharl", "relex", "next", "rl_extra")
+FRESH_SEED = 424242  # the held-out problems no run evaluates on
+
+
+def fresh_scores(cfg, eval_size: int):
+    """scores(adapter dir) -> per-problem greedy accuracies on eval_size fresh held-out problems of the job's task."""
+    from rollout.engines.hf import HFEngine
+    from rollout.evaluate import greedy_scores
+    from rollout.prompts import PromptEncoder
+    from rollout.tasks import load_task
+    from services.runner import job_scorer, max_new_tokens, resolve_model_dir
+
+    task = load_task(cfg.rollout.task, cfg.data)
+    examples = task.examples("test", eval_size, seed=FRESH_SEED)
+    base_dir = resolve_model_dir(cfg, progress=False)
+    encoder = PromptEncoder.from_model_dir(base_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
+    scorer, max_new = job_scorer(cfg, task), max_new_tokens(cfg, task)
+
+    def scores(adapter) -> list[float]:
+        return greedy_scores(HFEngine(base_dir, adapter_path=adapter), scorer, examples, encoder, max_new)
+
+    return scores
+
+
+def pair(a: list[float], b: list[float]) -> list[float]:
+    from rollout.evaluate import paired_difference
+
+    return list(paired_difference(a, b))
+
+
+def protocol_job(args, seed: int, checkpoint_every: int, steps: int, overrides: dict | None = None):
+    """The workload's job (bench/leap_speedup.py) at the workload's lr, with this checkpoint spacing and length."""
+    from leap_speedup import WORKLOADS, job
+
+    workload = WORKLOADS[args.workload]
+    lr = load_config(REPO / workload["job"]).learner.lr
+    ns = argparse.Namespace(eval_size=args.run_eval_size, steps=steps, eval_every=args.target_every)
+    cfg = job(ns, workload, seed, lr, overrides or {})
+    cfg.run.checkpoint_every = checkpoint_every
+    return cfg
+
+
+def offline_leap(args, tmp: Path, method: str, window_share: float, checkpoint_every: int) -> dict:
+    """AlphaRL / RELEX as their authors ran them: fit on the first window_share of one run, leap to its end."""
+    from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
+    from extrapolate.extrapolators import EXTRAPOLATORS
+    from extrapolate.leap import write_leap_adapter
+    from extrapolate.predictability import forecast_error
+
+    cfg = protocol_job(args, args.seed, checkpoint_every, args.steps)
+    run_dir = tmp / f"{method}-run"
+    run_job(cfg, run_dir=run_dir, progress=False)
+    checkpoints = find_adapter_checkpoints(run_dir)
+    paths, end = dict(checkpoints), checkpoints[-1][0]
+    window = [(s, read_lora(p)) for s, p in checkpoints if s <= window_share * end]
+    window_end = window[-1][0]
+    prediction = EXTRAPOLATORS.get(method)().fit(window).predict(end)
+    leap = write_leap_adapter(tmp / f"{method}-leap", paths[window_end], prediction, {},
+                              report={"method": method, "target_step": end})
+    scores = fresh_scores(cfg, args.eval_size)
+    keep, pred, actual = scores(paths[window_end]), scores(leap), scores(paths[end])
+    err = forecast_error(prediction, window[-1][1], read_lora(paths[end]))
+    return {"checkpoint_every": checkpoint_every, "window": [window[0][0], window_end], "target": end,
+            "acc_keep": mean(keep), "acc_pred": mean(pred), "acc_actual": mean(actual),
+            "pred_minus_keep": pair(pred, keep), "pred_minus_actual": pair(pred, actual),
+            "rel_weight_err": err["rel_err"], "cos_disp": err["cos"],
+            "step_speedup": end / window_end}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def next_protocol(args, tmp: Path) -> dict:
+    """NExt's one leap in a run, then continued RL, against plain at the same learner steps and at T."""
+    from learner.checkpoint import checkpoint_dir
+
+    steps, spacing = args.steps, 2
+    leap_at, horizon, after = round(0.375 * steps / spacing) * spacing, max(spacing, steps // 8), steps // 4
+    leap_cfg = protocol_job(args, args.seed, spacing, leap_at + horizon + after, {"extrapolate": {
+        "method": "next", "window": min(64, leap_at // spacing), "horizon": horizon, "min_horizon": 1,
+        "max_horizon": max(40, horizon), "scales": [1.5], "start_after": leap_at, "leap_every": 10 * steps,
+        "judge": "none", "backtest_threshold": -1, "accept_margin": 1.0, "patience": 1}})
+    leap_dir = tmp / "next-run"
+    leaping = run_job(leap_cfg, run_dir=leap_dir, progress=False)
+    plain_dir = tmp / "plain-run"
+    run_job(protocol_job(args, args.seed, spacing, steps), run_dir=plain_dir, progress=False)
+    scores = fresh_scores(leap_cfg, args.eval_size)
+    same = leaping.learner_steps
+    final, plain_same, plain_end = (scores(checkpoint_dir(leap_dir, leap_cfg.run.steps)),
+                                    scores(checkpoint_dir(plain_dir, same)), scores(checkpoint_dir(plain_dir, steps)))
+    return {"leap_at": leap_at, "horizon": horizon, "steps_after": after, "learner_steps": same,
+            "leaps": leaping.leaps, "acc_next": mean(final), "acc_plain_same_steps": mean(plain_same),
+            "acc_plain_end": mean(plain_end), "next_minus_plain_same_steps": pair(final, plain_same),
+            "next_minus_plain_end": pair(final, plain_end), "step_speedup_if_equal": steps / same}
+
+
+def rl_extra_protocol(args, tmp: Path) -> dict:
+    """Re-grounding cycles (alpha = 2 every K steps) against plain at T/2 and T."""
+    from learner.checkpoint import checkpoint_dir
+
+    steps, half = args.steps, args.steps // 2 // 2 * 2
+    plain_dir = tmp / "plain-run"
+    plain_cfg = protocol_job(args, args.seed, 2, steps)
+    run_job(plain_cfg, run_dir=plain_dir, progress=False)
+    scores = fresh_scores(plain_cfg, args.eval_size)
+    plain_half, plain_end = scores(checkpoint_dir(plain_dir, half)), scores(checkpoint_dir(plain_dir, steps))
+    out = {"acc_plain_half": mean(plain_half), "acc_plain_end": mean(plain_end), "k": {}}
+    for k in args.ks:
+        run_dir = tmp / f"rl_extra-k{k}"
+        run_job(protocol_job(args, args.seed, 2, steps, {"outer_momentum": {
+            "every": k, "eta": 2.0, "mu": 0.0, "guard_margin": None}}), run_dir=run_dir, progress=False)
+        at_half, at_end = scores(checkpoint_dir(run_dir, half)), scores(checkpoint_dir(run_dir, steps))
+        out["k"][k] = {"acc_half": mean(at_half), "acc_end": mean(at_end),
+                       "minus_plain_half": pair(at_half, plain_half), "minus_plain_end": pair(at_end, plain_end),
+                       "half_minus_plain_end": pair(at_half, plain_end)}
+        print(f"rl_extra K={k}: half {mean(at_half):.3f} (plain {mean(plain_half):.3f}), end {mean(at_end):.3f} "
+              f"(plain {mean(plain_end):.3f})", flush=True)
+    return out
+
+
+def run_protocol(args) -> None:
+    from leap_speedup import WORKLOADS
+
+    args.steps = args.steps or {"smollm2": 20}.get(args.workload, 80)
+    with tempfile.TemporaryDirectory(prefix="leapfrog-protocol-") as tmp:
+        if args.protocol == "alpharl":
+            result = offline_leap(args, Path(tmp), "alpharl", 0.30, max(1, round(args.steps / 27)))
+        elif args.protocol == "relex":
+            result = offline_leap(args, Path(tmp), "relex", 0.15, 1)
+        elif args.protocol == "next":
+            result = next_protocol(args, Path(tmp))
+        else:
+            result = rl_extra_protocol(args, Path(tmp))
+    print(json.dumps({"protocol": args.protocol, "workload": args.workload, "job": WORKLOADS[args.workload]["job"],
+                      "steps": args.steps, "seed": args.seed, "eval_size": args.eval_size, **result}))
 
 
 def main() -> None:
@@ -50,7 +199,16 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=5,
                         help="checkpoint spacing of the run (NExt needs a window of horizon + 2 checkpoints)")
     parser.add_argument("--target-every", type=int, default=10, help="evaluate predictions every this many steps")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="window",
+                        help="window: every method from one window (above); else one paper's protocol")
+    parser.add_argument("--workload", default="arith", choices=("arith", "digitsum", "smollm2"))
+    parser.add_argument("--steps", type=int, help="run length T of a protocol (default 80; smollm2 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="rl_extra: re-grounding periods")
+    parser.add_argument("--run-eval-size", type=int, default=200, help="a protocol run's own periodic evaluation")
     args = parser.parse_args()
+    if args.protocol != "window":
+        return run_protocol(args)
     cfg = load_config(args.config)
     cfg.run.checkpoint_every = args.checkpoint_every
     task = load_task(cfg.rollout.task)

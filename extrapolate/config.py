@@ -34,6 +34,11 @@ class ExtrapolateConfig(BaseModel):
         "continues. trend: compare with the pre-leap accuracy plus the slope of the last trend_evals evaluations "
         "(cheaper, but a concave learning curve makes it strict). none: no judging (zero cost): a leap the paired "
         "evaluation accepts is kept."))
+    decision_metric: Literal["accuracy", "reference_logprob"] = Field("accuracy", description=(
+        "What leap decisions (accept, judge) compare, paired over the eval_size held-out problems: accuracy = the "
+        "greedy accuracy reward; reference_logprob = the mean token log-prob of each problem's reference answer "
+        "(task.reference_completion, then the end token), a smooth score with no sampling noise. The margins "
+        "(accept_margin, judge_margin) are then in nats per token."))
     judge_after: int = Field(5, ge=1, description="Learner steps after a leap (and in its control branch) before "
                                                    "it is judged.")
     judge_margin: float = Field(0.0, ge=0, le=1, description=(
@@ -53,6 +58,10 @@ class ExtrapolateConfig(BaseModel):
             raise ValueError("min_horizon must be <= max_horizon")
         if not self.min_horizon <= self.horizon <= self.max_horizon:
             raise ValueError("horizon must lie in [min_horizon, max_horizon]")
+        if self.decision_metric == "reference_logprob" and self.judge == "trend":
+            raise ValueError("judge: trend compares a leap with the trend of the periodic accuracy evaluations, which "
+                             "decision_metric reference_logprob does not measure; use judge: control or none, or "
+                             "decision_metric: accuracy")
         if any(s <= 0 or s > 4 for s in self.scales):
             raise ValueError("scales must lie in (0, 4]")
         return self

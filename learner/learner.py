@@ -26,7 +26,7 @@ from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
 from learner.outer import OuterMomentum
-from learner.policy import completion_logprobs, load_policy, pad_sequences
+from learner.policy import completion_logprobs, load_policy, pad_sequences, swapped_adapter
 
 __all__ = ["Learner", "RolloutBatch"]
 
@@ -165,6 +165,23 @@ class Learner:
         input_ids, attention, mask = pad_sequences(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
         logp = self._logprobs((input_ids, attention, [len(p) for p in prompt_ids]), mask.shape[1]).float().cpu()
         return [logp[b, :len(c)].tolist() for b, c in enumerate(completion_ids)]
+
+    @torch.no_grad()
+    def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      adapter_path: str | Path | None = None, batch_size: int = 64) -> list[float]:
+        """Each completion's mean per-token log-prob under the current policy, or under a candidate adapter of the
+        same shape (swapped in for the call): the smooth leap-decision metric (extrapolate.decision_metric)."""
+        def score() -> list[float]:
+            out = []
+            for i in range(0, len(prompt_ids), batch_size):
+                rows = self.logprobs(prompt_ids[i:i + batch_size], completion_ids[i:i + batch_size])
+                out += [sum(r) / len(r) for r in rows]
+            return out
+
+        if adapter_path is None:
+            return score()
+        with swapped_adapter(self.model, adapter_path):
+            return score()
 
     def publish_adapter(self, adapters_dir: str | Path) -> tuple[str, str]:
         """Write the current adapter for the rollout workers (atomically); returns (path, version)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +34,21 @@ def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraCon
     model = get_peft_model(base, peft_cfg)
     model.peft_config["default"].base_model_name_or_path = str(Path(model_dir).resolve())
     return model, tokenizer
+
+
+@contextmanager
+def swapped_adapter(model, adapter_path: str | Path):
+    """Inside the block the PEFT model carries another adapter of the same shape (a leap candidate); its own LoRA
+    weights are restored on the way out."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    current = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    set_peft_model_state_dict(model, load_peft_weights(str(adapter_path), device="cpu"))
+    try:
+        yield model
+    finally:
+        set_peft_model_state_dict(model, current)
 
 
 def pad_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):

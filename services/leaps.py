@@ -3,7 +3,8 @@ back, with every step an event and the steps saved and lost accounted for.
 
 After each checkpoint the ExtrapolationService (extrapolate/service.py) updates the rank-1 trajectory and, unless
 a leap is being judged, proposes candidates (or says why not). The candidates and the current policy are scored on
-the same held-out problems (greedy, paired: difference and standard error); the best candidate is applied if it is
+the same held-out problems (paired: difference and standard error; by greedy accuracy, or with
+extrapolate.decision_metric reference_logprob by the mean token log-prob of each problem's reference answer); the best candidate is applied if it is
 at most `accept_margin` below the current policy. The learner continues from it with its step counter advanced by
 the horizon. After `judge_after` learner steps the leap is judged (the papers judge a leap after continued RL):
 - judge "control" (default): the leap branch is checkpointed and set aside, the run resumes the pre-leap checkpoint
@@ -18,6 +19,7 @@ Checkpoints of the losing branch move to rolled_back/<leap>-leap|-control/ (noth
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,15 @@ class CandidatePolicy:
 
     def generate(self, prompt_ids, params):
         return self.runtime.generate_with(self.adapter_path, prompt_ids, params)
+
+
+def reference_ids(task, examples, encoder, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, reference completion ids + the end token) of each problem: what decision_metric
+    reference_logprob scores."""
+    rng, tokenizer = random.Random(seed), encoder.tokenizer
+    completions = [tokenizer(task.reference_completion(ex, rng), add_special_tokens=False)["input_ids"]
+                   + [tokenizer.eos_token_id] for ex in examples]
+    return encoder.ids(examples), completions
 
 
 def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:
@@ -207,6 +218,8 @@ class LeapController:
         self.max_new_tokens = max_new_tokens
         self.scorer = Scorer.for_job(cfg.rewards, task, max_new_tokens, cfg.run.steps, cfg.rollout.accuracy_reward)
         self.state = LeapState.from_config(self.x)
+        self.references = reference_ids(task, self.examples, encoder, self.x.eval_seed) \
+            if self.x.decision_metric == "reference_logprob" else None
 
     def _timed(self, key: str, fn, *args):
         started = time.time()
@@ -216,6 +229,9 @@ class LeapController:
             self.state.accounting[key] += time.time() - started
 
     def _scores(self, adapter_path: str | None = None) -> list[float]:
+        """Per-problem scores of the policy (or a candidate) on the leap evaluation set, by the decision metric."""
+        if self.references is not None:
+            return self._timed("evaluation_s", self.runtime.mean_logprobs, *self.references, adapter_path)
         policy = self.runtime if adapter_path is None else CandidatePolicy(self.runtime, adapter_path)
         return self._timed("evaluation_s", greedy_scores, policy, self.scorer, self.examples, self.encoder,
                            self.max_new_tokens)
@@ -239,9 +255,10 @@ class LeapController:
                                     "being judged"})
             return None
         status = self.runtime.service("status")
-        if step + status["horizon"] + self.x.judge_after > self.cfg.run.steps:
+        judging = 0 if st.judge == "none" else self.x.judge_after
+        if step + status["horizon"] + judging > self.cfg.run.steps:
             self.emit("event", {"type": "no_leap", "step": step, "reason": f"too close to the end: a {status['horizon']}"
-                                f"-step leap and {self.x.judge_after} judging steps would pass run.steps"})
+                                f"-step leap and {judging} judging steps would pass run.steps"})
             return None
         proposal = self._timed("extrapolation_s", self.runtime.service, "propose", step, forced)
         if "reason" in proposal:

@@ -36,6 +36,10 @@ class Runtime(Protocol):
                       ) -> list[list[Completion]]:
         """Sample a candidate adapter without making it the policy."""
 
+    def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      adapter_path: str | None = None) -> list[float]:
+        """Each completion's mean token log-prob under the policy, or under a candidate adapter (the learner's)."""
+
     def train(self, batch: RolloutBatch) -> dict:
         """One learner step; its metrics. Raises LearnerLost when the learner died."""
 
@@ -99,16 +103,14 @@ class LocalRuntime:
 
     def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """Swap the candidate's LoRA weights into the shared policy, sample, and swap the learner's back."""
-        from peft import get_peft_model_state_dict, set_peft_model_state_dict
-        from peft.utils import load_peft_weights
+        from learner.policy import swapped_adapter
 
-        model = self.learner.model
-        current = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
-        set_peft_model_state_dict(model, load_peft_weights(str(adapter_path), device="cpu"))
-        try:
+        with swapped_adapter(self.learner.model, adapter_path):
             return self.engine.generate(prompt_ids, params)
-        finally:
-            set_peft_model_state_dict(model, current)
+
+    def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      adapter_path: str | None = None) -> list[float]:
+        return self.learner.mean_logprobs(prompt_ids, completion_ids, adapter_path)
 
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
         return self.learner.apply_leap(adapter_path, horizon, reset_optimizer)
@@ -251,6 +253,10 @@ class RayRuntime:
             return self.generate(prompt_ids, params)
         finally:
             self._adapter = current
+
+    def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      adapter_path: str | None = None) -> list[float]:
+        return self._learner("mean_logprobs", prompt_ids, completion_ids, adapter_path)
 
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
         self._step_count = self._learner("apply_leap", str(adapter_path), horizon, reset_optimizer)

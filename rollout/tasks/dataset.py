@@ -50,6 +50,11 @@ class DatasetTask(Task):
         chosen = sorted(random.Random(f"dataset:{split}:{seed}").sample(range(len(rows)), n))
         return [rows[i] for i in chosen]
 
+    def reference_completion(self, example: Example, rng: random.Random) -> str:
+        """The answer column as written (GSM8K's worked solution ending in `#### N`): the reference a leap's
+        reference_logprob decision metric scores."""
+        return str(example.answer)
+
     def metadata(self) -> dict:
         return {**super().metadata(), "path": self.data.path,
                 "rows": {split: len(rows) for split, rows in self.splits.items()}, "dropped": self.dropped}

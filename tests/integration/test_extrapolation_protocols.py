@@ -1,0 +1,31 @@
+"""Smoke version of bench/extrapolation.py's paper protocols on the default model, a few steps each: AlphaRL from
+30% of the run to its end (offline) and RL-Extra's re-grounding cycles (online, outer momentum eta 2); each prints
+its JSON with paired [diff, se] figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def protocol(*args: str) -> dict:
+    res = subprocess.run([sys.executable, "bench/extrapolation.py", *args, "--eval-size", "48", "--run-eval-size", "32",
+                          "--target-every", "2"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_alpharl_and_rl_extra_protocols(default_model_dir):
+    alpharl = protocol("--protocol", "alpharl", "--steps", "10")
+    assert alpharl["target"] == 10 and alpharl["window"][1] == 3 and alpharl["checkpoint_every"] == 1
+    assert len(alpharl["pred_minus_keep"]) == 2 and alpharl["pred_minus_keep"][1] >= 0
+    assert 0 <= alpharl["acc_pred"] <= 1 and 0 <= alpharl["acc_actual"] <= 1
+    rl_extra = protocol("--protocol", "rl_extra", "--steps", "4", "--ks", "2")
+    assert set(rl_extra["k"]) == {"2"} and len(rl_extra["k"]["2"]["minus_plain_end"]) == 2
