@@ -6,7 +6,8 @@ computed from the problem's operands, so the answers are correct by construction
 re-evaluates every annotation and final answer of the committed files.
 
 The problems are easy on purpose: SmolLM2-135M-Instruct through its chat template answers roughly a quarter of them
-(docs/real-models.md has the calibration), which leaves GRPO room to improve. Operands are small (2..12, products
+with a worked solution and a tenth with the final number alone (docs/real-models.md has the calibration), which
+leaves GRPO room to improve. Operands are small (2..12, products
 and totals up to ~100) and half the families take two steps.
 
 The output is a pure function of the seed and the sizes: test is the first `--test` distinct questions drawn,
