@@ -109,4 +109,10 @@ def test_the_reference_job_reads_the_committed_splits():
     assert cfg.rollout.eval_size <= len(task.splits["test"])
     first, row = task.splits["test"][0], committed("test")[0]
     assert first.answer == row["answer"] and first.prompt[-1] == {"role": "user", "content": row["question"]}
-    assert first.prompt[0]["role"] == "system" and "####" in first.prompt[0]["content"]
+    assert first.prompt[0] == {"role": "system", "content": cfg.data.system_prompt}
+    # the format bonus pays for the shape the system prompt asks for ("... like: 3 + 4 = 7")
+    import re
+
+    example = cfg.data.system_prompt.rsplit("like:", 1)[1].strip()
+    pattern = cfg.rewards[1].args["pattern"]
+    assert re.search(pattern, example, re.DOTALL) and not re.search(pattern, example + " apples", re.DOTALL)
