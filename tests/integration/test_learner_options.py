@@ -1,6 +1,6 @@
 """Learner options that must not change the maths: gradient checkpointing (with the input-grad fix on a frozen
 base) gives the same loss and LoRA update as without it, and a small log-prob chunk the same as a large one
-(tiny model, fp32, 1e-6)."""
+(tiny model, fp32: loss and gradient norm to 1e-6, weights after one Adam step to 1e-5)."""
 
 from __future__ import annotations
 
@@ -33,5 +33,7 @@ def test_gradient_checkpointing_and_chunking_do_not_change_the_step(tiny_model_d
         stats, weights = one_step(tiny_model_dir, **options)
         assert abs(stats["loss"] - plain_stats["loss"]) < 1e-6, options
         assert abs(stats["grad_norm"] - plain_stats["grad_norm"]) < 1e-6 * max(1.0, plain_stats["grad_norm"])
-        assert max(float((weights[k] - plain[k]).abs().max()) for k in plain) < 1e-6, options
+        # Adam's first step is about lr x g / |g| per weight, so float rounding in a near-zero gradient moves a
+        # weight by up to ~1e-4 of lr (1e-2 here; 1.06e-6 seen on one thread): 1e-5 still catches any real change
+        assert max(float((weights[k] - plain[k]).abs().max()) for k in plain) < 1e-5, options
     assert plain_stats["grad_norm"] > 0
