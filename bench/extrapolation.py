@@ -66,6 +66,10 @@ def fresh_scores(cfg, eval_size: int):
     return scores
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def pair(a: list[float], b: list[float]) -> list[float]:
     from rollout.evaluate import paired_difference
 
@@ -109,10 +113,6 @@ def offline_leap(args, tmp: Path, method: str, window_share: float, checkpoint_e
             "pred_minus_keep": pair(pred, keep), "pred_minus_actual": pair(pred, actual),
             "rel_weight_err": err["rel_err"], "cos_disp": err["cos"],
             "step_speedup": end / window_end}
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def next_protocol(args, tmp: Path) -> dict:
@@ -185,11 +185,7 @@ def main() -> None:
     from extrapolate.extrapolators import EXTRAPOLATORS
     from extrapolate.leap import write_leap_adapter
     from extrapolate.predictability import forecast_error
-    from rollout.engines.hf import HFEngine
-    from rollout.evaluate import greedy_scores, paired_difference
-    from rollout.prompts import PromptEncoder
-    from rollout.rewards import Scorer
-    from rollout.tasks import load_task
+    from rollout.evaluate import paired_difference
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="deploy/jobs/arith.yaml")
@@ -211,25 +207,16 @@ def main() -> None:
         return run_protocol(args)
     cfg = load_config(args.config)
     cfg.run.checkpoint_every = args.checkpoint_every
-    task = load_task(cfg.rollout.task)
-    examples = task.examples("test", args.eval_size, seed=424242)
     with tempfile.TemporaryDirectory(prefix="leapfrog-extrapolation-") as tmp:
         run_dir = Path(tmp) / "run"
         summary = run_job(cfg, run_dir=run_dir, progress=True)
         checkpoints = find_adapter_checkpoints(run_dir)
         states = {s: read_lora(p) for s, p in checkpoints}
         paths = dict(checkpoints)
-        base_dir = json.loads((paths[args.window_end] / "adapter_config.json").read_text())["base_model_name_or_path"]
         window = [(s, states[s]) for s, _ in checkpoints if s <= args.window_end]
         targets = [s for s, _ in checkpoints if s > args.window_end and
                    ((s - args.window_end) % args.target_every == 0 or s == checkpoints[-1][0])]
-
-        encoder = PromptEncoder.from_model_dir(base_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-
-        def scores(adapter) -> list[float]:
-            return greedy_scores(HFEngine(base_dir, adapter_path=adapter), Scorer.for_job([], task, task.max_new_tokens),
-                                 examples, encoder, task.max_new_tokens)
-
+        scores = fresh_scores(cfg, args.eval_size)
         keep = scores(paths[args.window_end])
         actual = {t: scores(paths[t]) for t in targets}
         table: dict = {}

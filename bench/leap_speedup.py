@@ -19,7 +19,8 @@ steps and is flagged in `reached`). Learner steps include a control branch's. co
 passes up to that point in step equivalents: a learner step generates and trains P x G sequences (~4 forward
 passes each: one to sample, three for the update), a leap evaluation scores eval_size greedy sequences (~1 forward
 pass each) per candidate, per current policy and per judged branch, so extra = sequences / (4 P G).
-speedup_vs_best_lr[f] = mean baseline steps / mean method steps; `ci` is its 95% bootstrap interval over seeds
+speedup_vs_best_lr[f] = mean baseline steps / mean method steps (null when there is no gain to reach); `ci` is
+its 95% bootstrap interval over seeds
 (paired resampling, 4000 draws; crude with few seeds); `steps_ci` (the baseline's `ci`) is mean +- 1.96 SE over seeds.
 
     .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
@@ -130,14 +131,28 @@ def mean_ci(values: list[float]) -> tuple[float, list[float]]:
     return m, [m - half, m + half]
 
 
-def ratio_ci(base: list[float], method: list[float], draws: int = 4000) -> list[float]:
-    """95% bootstrap interval of mean(base) / mean(method), resampling seeds (pairs) with replacement."""
+def speedup(base: list[float], method: list[float]) -> float | None:
+    """mean(base) / mean(method); None when the method's runs are at the level from step 0 (no gain to reach, as
+    when the sweep did not improve on the base model)."""
+    return statistics.mean(base) / statistics.mean(method) if statistics.mean(method) > 0 else None
+
+
+def ratio_ci(base: list[float], method: list[float], draws: int = 4000) -> list[float] | None:
+    """95% bootstrap interval of mean(base) / mean(method), resampling seeds (pairs) with replacement; None when a
+    resample has no method steps to divide by."""
     rng, n, ratios = random.Random(0), len(base), []
     for _ in range(draws):
         idx = [rng.randrange(n) for _ in range(n)]
-        ratios.append(sum(base[i] for i in idx) / sum(method[i] for i in idx))
+        ratio = speedup([base[i] for i in idx], [method[i] for i in idx])
+        if ratio is None:
+            return None
+        ratios.append(ratio)
     ratios.sort()
     return [ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]]
+
+
+def ratio_text(ratio: float | None, ci: list[float] | None) -> str:
+    return "no gain to reach" if ratio is None or ci is None else f"{ratio:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def job(args, workload: dict, seed: int, lr: float, overrides: dict):
@@ -213,7 +228,7 @@ def main() -> None:
         m = {"lr": best_lr, **figures(runs[name])}
         base_steps = {f: [steps_to(r, level[f])[0] for r in base_runs] for f in FRACTIONS}
         m_steps = {f: [steps_to(r, level[f])[0] for r in runs[name]] for f in FRACTIONS}
-        m["speedup_vs_best_lr"] = {f: statistics.mean(base_steps[f]) / statistics.mean(m_steps[f]) for f in FRACTIONS}
+        m["speedup_vs_best_lr"] = {f: speedup(base_steps[f], m_steps[f]) for f in FRACTIONS}
         m["ci"] = {f: ratio_ci(base_steps[f], m_steps[f]) for f in FRACTIONS}
         methods[name] = m
     sweep = {f"{lr:g}": {"final_acc": finals[lr], "steps_to_80": mean_steps[lr]} for lr in args.lrs}
@@ -224,8 +239,7 @@ def main() -> None:
     print(f"base {base_acc:.3f}, gain {gain:.3f} (eval SE {eval_stderr:.3f}); best plain lr {best_lr:g}: steps to "
           + ", ".join(f"{f}% {baseline['steps_to'][f]:.1f}" for f in FRACTIONS))
     for name, m in methods.items():
-        print(f"{name:18s}: " + ", ".join(f"{f}% {m['steps_to'][f]:.1f} ({m['speedup_vs_best_lr'][f]:.2f}x "
-                                          f"[{m['ci'][f][0]:.2f}, {m['ci'][f][1]:.2f}])"
+        print(f"{name:18s}: " + ", ".join(f"{f}% {m['steps_to'][f]:.1f} ({ratio_text(m['speedup_vs_best_lr'][f], m['ci'][f])})"
                                           for f in FRACTIONS) + f", final {m['final_acc']:.3f}")
     print(json.dumps(result))
 
