@@ -24,7 +24,10 @@ its 95% bootstrap interval over seeds
 (paired resampling, 4000 draws; crude with few seeds); `steps_ci` (the baseline's `ci`) is mean +- 1.96 SE over seeds.
 
     .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
-        [--steps N] [--eval-every 2] [--eval-size N]
+        [--steps N] [--eval-every 2] [--eval-size N] [--records FILE]
+With --records, every finished run's record is appended to FILE (JSON lines) and a later invocation with the same
+file reuses the runs it holds (same workload, name, seed, lr, steps, eval settings): a bench stopped part-way
+continues where it stopped.
 Last line: JSON {workload, baseline: {lr, final_acc, steps_to {50, 80, 96}, ci}, methods: {m: {lr, steps_to,
 steps_ci, compute_to, final_acc, speedup_vs_best_lr, ci (of the speedup), reached}}, sweep: {lr: {final_acc, steps_to}}, gain, base_acc,
 seeds, eval_every, eval_stderr, sweep_passes_best}.
@@ -44,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from learner.run_dir import EVENTS, read_jsonl  # noqa: E402
+from learner.run_dir import EVENTS, append_jsonl, read_jsonl  # noqa: E402
 from services.config import load_config, parse_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
 
@@ -178,15 +181,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
+    parser.add_argument("--records", type=Path, help="JSON-lines file of finished runs, reused and appended to")
     args = parser.parse_args()
     workload = WORKLOADS[args.workload]
     args.lrs = args.lrs or workload["lrs"]
     args.steps = args.steps or workload["steps"]
     args.eval_size = args.eval_size or workload["eval_size"]
     runs: dict[str, list[dict]] = {}
+    done = {r["key"]: r for r in read_jsonl(args.records)} if args.records else {}
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-speedup-") as tmp:
         def run(name: str, seed: int, lr: float, overrides: dict) -> dict:
+            key = json.dumps([args.workload, name, seed, lr, args.steps, args.eval_every, args.eval_size, overrides])
+            if key in done:
+                return done[key]
             cfg = job(args, workload, seed, lr, overrides)
             out = Path(tmp) / f"{name}-s{seed}"
             summary = run_job(cfg, run_dir=out, progress=False)
@@ -194,6 +202,8 @@ def main() -> None:
             print(f"{name:18s} seed {seed}: lr {lr:.2g}, final {summary.acc_after:.3f}, {summary.learner_steps} "
                   f"learner steps, {summary.seconds:.0f} s" + (f", leaps {summary.leaps}" if summary.leaps else ""),
                   flush=True)
+            if args.records:
+                append_jsonl(args.records, {"key": key, **record})
             return record
 
         for lr in args.lrs:

@@ -24,7 +24,8 @@ from pathlib import Path
 from extrapolate.checkpoints import (
     CheckpointReadError,
     find_adapter_checkpoints,
-    find_full_checkpoints,
+    find_run_checkpoints,
+    full_base_dir,
     module_layer,
     read_full,
     read_lora,
@@ -190,21 +191,12 @@ class RunAnalysis:
 
     def checkpoints(self) -> tuple[str, list[tuple[int, Path]]]:
         """The run's kind ("lora" or "full") and its checkpoints (step, path) now."""
-        lora = find_adapter_checkpoints(self.run_dir)
-        full = [] if lora else find_full_checkpoints(self.run_dir)
-        return ("full", full) if full else ("lora", lora)
+        return find_run_checkpoints(self.run_dir)
 
     def _full_triplets(self, path: Path, checkpoints) -> dict:
         if self.weights_0 is None:
-            base = self.base
-            if base is None:
-                named = json.loads((checkpoints[0][1] / "config.json").read_text()).get("_name_or_path")
-                if not named or not Path(named).is_dir():
-                    raise CheckpointReadError(f"{self.run_dir} holds full-model checkpoints; give the base model they "
-                                              f"started from with --base DIR (their config names {named!r}, not a "
-                                              f"local directory)")
-                base = self.base = Path(named)
-            self.weights_0 = read_full(base)
+            self.base = full_base_dir(self.run_dir, checkpoints[0][1], self.base)
+            self.weights_0 = read_full(self.base)
         weights_0, weights = self.weights_0, read_full(path)
         if set(weights) != set(weights_0) or any(w.shape != weights_0[n].shape for n, w in weights.items()):
             raise CheckpointReadError(f"{path} does not match the base model {self.base} (different modules or "

@@ -5,7 +5,7 @@ with config.json and model*.safetensors, sharded or not).
 
 A LoRA state is read per target module (the 2-D attention and MLP projections) as its factors (B, A) and the PEFT
 scale lora_alpha / r (rank_pattern / alpha_pattern honoured); a full checkpoint as the target modules' weight
-matrices. Both lazily with safetensors.
+matrices, and its update W_t - W_0 as exact dense factors in the same form. Both lazily with safetensors.
 """
 
 from __future__ import annotations
@@ -80,6 +80,57 @@ def find_full_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
                            any(d.glob("model*.safetensors")))
 
 
+def module_name(key: str) -> str | None:
+    """The target-module name (model.layers.0.self_attn.q_proj) of a weight's key in a model's state dict or
+    safetensors (model.layers.0.self_attn.q_proj.weight, with or without the model. prefix); None for a weight that
+    is not a target module's matrix (embeddings, norms, biases)."""
+    match = WEIGHT_KEY.match(key)
+    return "model." + match.group(1).removeprefix("model.") if match else None
+
+
+def find_run_checkpoints(run_dir: Path) -> tuple[str, list[tuple[int, Path]]]:
+    """The run's kind, "lora" or "full" (a full-parameter run: no adapters, only HF model directories), and its
+    checkpoints (step, path)."""
+    lora = find_adapter_checkpoints(run_dir)
+    full = [] if lora else find_full_checkpoints(run_dir)
+    return ("full", full) if full else ("lora", lora)
+
+
+def full_base_dir(run_dir: Path, checkpoint: Path, base: Path | None) -> Path:
+    """The base model a full-parameter run started from: `base` when given, else the directory the checkpoint
+    records (Leapfrog's meta.json `base_model`, or config.json `_name_or_path` where another framework kept it); a
+    clear error when none is a local directory."""
+    if base is not None:
+        return Path(base)
+    meta = Path(checkpoint) / "meta.json"
+    named = json.loads(meta.read_text()).get("base_model") if meta.is_file() else None
+    named = named or json.loads((Path(checkpoint) / "config.json").read_text()).get("_name_or_path")
+    if not named or not Path(named).is_dir():
+        raise CheckpointReadError(f"{run_dir} holds full-model checkpoints; give the base model they started from "
+                                  f"with --base DIR (their config names {named!r}, not a local directory)")
+    return Path(named)
+
+
+def dense_factors(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An exact factorisation B A = Delta of a dense m x n update with inner dimension min(m, n): (Delta, I_n) when
+    n <= m, else (I_m, Delta). It lets every low-rank routine (triplets, extrapolators, forecast errors) take a
+    full-parameter update as it is, exactly; their cost grows with the inner dimension."""
+    m, n = delta.shape
+    if n <= m:
+        return delta, torch.eye(n, dtype=delta.dtype)
+    return torch.eye(m, dtype=delta.dtype), delta
+
+
+def read_full_update(model_dir: Path, weights_0: dict[str, torch.Tensor]) -> dict[str, LoraModule]:
+    """A full checkpoint's update W_t - W_0 of every target module, as exact factors (dense_factors) in the form of
+    a LoRA state (scale 1), so the extrapolators and backtests read a full-parameter run like a LoRA one."""
+    weights = read_full(model_dir)
+    if set(weights) != set(weights_0) or any(w.shape != weights_0[n].shape for n, w in weights.items()):
+        raise CheckpointReadError(f"{model_dir} does not match the base model (different modules or shapes); give "
+                                  f"the base this run started from with --base")
+    return {n: LoraModule(n, *dense_factors(w.double() - weights_0[n].double()), 1.0) for n, w in weights.items()}
+
+
 def read_full(model_dir: Path) -> dict[str, torch.Tensor]:
     """Target-module weight matrices of an HF model directory, keyed like LoRA module names
     (model.layers.0.self_attn.q_proj), from model.safetensors or its shards."""
@@ -94,9 +145,9 @@ def read_full(model_dir: Path) -> dict[str, torch.Tensor]:
         try:
             handle = safe_open(str(file), framework="pt")
             for key in handle.keys():
-                match = WEIGHT_KEY.match(key)
-                if match:
-                    out["model." + match.group(1).removeprefix("model.")] = handle.get_tensor(key)
+                name = module_name(key)
+                if name:
+                    out[name] = handle.get_tensor(key)
         except Exception as err:  # corrupt safetensors bytes surface as several exception types
             raise CheckpointReadError(f"{file} is unreadable ({type(err).__name__}: {err}); drop this checkpoint "
                                       f"or re-save it") from err

@@ -24,6 +24,8 @@ All fit on the window of checkpoints t_0 < ... < t_w (W_0 = the base model, whos
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from extrapolate.base import Extrapolator, line_fit
@@ -163,27 +165,28 @@ for _builtin in (RLExtra, AlphaRL, Relex, Growth, NExt):
 
 def run_accuracies(run_dir) -> dict[int, float]:
     """{step: held-out accuracy} from a Leapfrog run's metrics.jsonl (empty for runs of other frameworks)."""
-    from pathlib import Path
-
     from learner.run_dir import METRICS, read_jsonl
 
     return {r["step"]: r["eval_accuracy"] for r in read_jsonl(Path(run_dir) / METRICS) if "eval_accuracy" in r}
 
 
 def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out_dir, window_start: int = 0,
-                    max_norm_ratio: float = 10.0, target_accuracy: float | None = None, merge: bool = False):
+                    max_norm_ratio: float = 10.0, target_accuracy: float | None = None, merge: bool = False,
+                    base=None):
     """Fit `method` on the run's checkpoints in [window_start, window_end] and write the leap to target_step (a
-    PEFT adapter at out_dir, or with merge=True a full HF model directory). With target_accuracy (alpharl only)
-    the authors' PLS form predicts the weights at that accuracy instead of at a step."""
-    from pathlib import Path
-
+    PEFT adapter at out_dir, or with merge=True a full HF model directory; a full-parameter run's leap is always a
+    full model directory, its updates read against `base` or the base its checkpoints record). With
+    target_accuracy (alpharl only) the authors' PLS form predicts the weights at that accuracy instead of at a
+    step."""
     from extrapolate.checkpoints import (
         CheckpointReadError,
-        find_adapter_checkpoints,
-        find_full_checkpoints,
+        find_run_checkpoints,
+        full_base_dir,
+        read_full,
+        read_full_update,
         read_lora,
     )
-    from extrapolate.leap import write_leap_adapter
+    from extrapolate.leap import LeapError, check_prediction, write_full_leap, write_leap_adapter
 
     if method not in EXTRAPOLATORS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(EXTRAPOLATORS.names())}")
@@ -191,15 +194,13 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
         raise ValueError("--target-accuracy is AlphaRL's PLS form; use it with --method alpharl")
     if target_step <= window_end:
         raise ValueError(f"--target-step {target_step} must be after --window-end {window_end}")
-    checkpoints = find_adapter_checkpoints(Path(run_dir))
-    if not checkpoints and find_full_checkpoints(Path(run_dir)):
-        raise CheckpointReadError(f"{run_dir} holds full-model checkpoints: `leapfrog analyze --base` reads them, but "
-                                  f"leaps are written for LoRA runs only (a leap under LoRA is itself an adapter)")
+    kind, checkpoints = find_run_checkpoints(Path(run_dir))
     window = [(s, p) for s, p in checkpoints if window_start <= s <= window_end]
     if not window or window[-1][0] != window_end:
         raise CheckpointReadError(f"no checkpoint at --window-end {window_end} in {run_dir}; "
                                   f"available steps: {[s for s, _ in checkpoints]}")
-    states = [(s, read_lora(p)) for s, p in window]
+    weights_0 = read_full(full_base_dir(Path(run_dir), window[-1][1], base)) if kind == "full" else None
+    states = [(s, read_lora(p) if weights_0 is None else read_full_update(p, weights_0)) for s, p in window]
     names = set(states[-1][1])
     for s, mods in states:
         if set(mods) != names or any(mods[n].a.shape[1] != states[-1][1][n].a.shape[1] or
@@ -213,6 +214,11 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
     norms = {n: float(torch.linalg.matrix_norm(m.scale * m.b.double() @ m.a.double())) for n, m in last.items()}
     report = {"method": method, "window": [s for s, _ in states], "target_step": target_step,
               "run_dir": str(run_dir), "target_accuracy": target_accuracy}
+    if weights_0 is not None:
+        if Path(out_dir).exists():
+            raise LeapError(f"{out_dir} already exists; choose another --out (nothing was overwritten)")
+        check_prediction(prediction, norms, max_norm_ratio)
+        return write_full_leap(Path(out_dir), window[-1][1], weights_0, prediction, 1.0, report)[0]
     if not merge:
         return write_leap_adapter(Path(out_dir), window[-1][1], prediction, norms, max_norm_ratio, report)
     import tempfile
@@ -227,8 +233,9 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
 def cmd_extrapolate(args) -> int:
     path = extrapolate_run(args.run_dir, args.method, args.window_end, args.target_step, args.out,
                            window_start=args.window_start, max_norm_ratio=args.max_norm_ratio,
-                           target_accuracy=args.target_accuracy, merge=args.merge)
-    kind = "a full HF model directory" if args.merge else "a PEFT LoRA adapter on the run's base model"
+                           target_accuracy=args.target_accuracy, merge=args.merge, base=args.base)
+    full = (Path(path) / "config.json").is_file()
+    kind = "a full HF model directory" if full else "a PEFT LoRA adapter on the run's base model"
     print(f"leap written: {path} ({kind}; evaluate it with `leapfrog eval {path} --task TASK`)")
     return 0
 
@@ -247,4 +254,6 @@ def register_command(subparsers) -> None:
                    help="alpharl only: the authors' PLS form, predicting the weights at this held-out accuracy "
                         "(needs an evaluation at every window checkpoint)")
     p.add_argument("--merge", action="store_true", help="write a full HF model directory (base + leap merged)")
+    p.add_argument("--base", help="full-parameter runs: the base model directory (default: the one the checkpoints "
+                                  "record)")
     p.set_defaults(func=cmd_extrapolate)

@@ -1,5 +1,5 @@
 """Writing predicted weights as a PEFT LoRA adapter on the base model (docs/methods.md#extrapolators: a leap under LoRA stays a
-LoRA). Each module's predicted update B A (scale folded into B) is written with r = its rank and
+LoRA), or, for a full-parameter run, as a full model directory (write_full_leap). Each module's predicted update B A (scale folded into B) is written with r = its rank and
 lora_alpha = r, so PEFT's scale alpha / r is 1 and the merged weight is exactly W_0 + B A. Refuses NaN/Inf and
 predictions whose norm is absurd next to the window's update; writes atomically (temp dir + rename).
 """
@@ -72,6 +72,44 @@ def write_learner_leap(out_dir: Path, source_adapter: Path, prediction: dict[str
     return out_dir, mean_lost
 
 
+def write_full_leap(out_dir: Path, source_checkpoint: Path, weights_0: dict[str, torch.Tensor],
+                    prediction: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float, report: dict
+                    ) -> tuple[Path, float]:
+    """A candidate leap of a full-parameter run, as a full HF model directory the learner loads: each target
+    module's weight W' = W_t + scale (W_0 + B^ A^ - W_t) (W_t from the source checkpoint, B^ A^ the predicted
+    update), every other tensor (embeddings, norms) as in the source; its config and tokenizer copied. Returns
+    (path, 0.0): a dense leap loses nothing to a projection. Refuses NaN/Inf; writes atomically."""
+    from safetensors.torch import load_file, save_file
+
+    from extrapolate.checkpoints import module_name
+
+    out_dir, source = Path(out_dir), Path(source_checkpoint)
+    tensors = {k: v for f in sorted(source.glob("model*.safetensors")) for k, v in load_file(str(f)).items()}
+    for key, w_t in tensors.items():
+        name = module_name(key)
+        if name is None or name not in prediction:
+            continue
+        b, a = prediction[name]
+        target = weights_0[name].double() + b.double() @ a.double()
+        new = w_t.double() + scale * (target - w_t.double())
+        if not torch.isfinite(new).all():
+            raise LeapError(f"the leap for {name} has NaN or Inf values; nothing was written")
+        tensors[key] = new.to(w_t.dtype).contiguous()
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for f in source.iterdir():  # config, generation config, tokenizer
+        if f.is_file() and not f.name.startswith("model") and f.name not in ("state.pt", "meta.json"):
+            shutil.copy(f, tmp / f.name)
+    (tmp / "report.json").write_text(json.dumps({**report, "scale": scale, "projection_lost_share": 0.0}, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(tmp)
+        raise LeapError(f"{out_dir} already exists; leaps are never overwritten")
+    os.rename(tmp, out_dir)
+    return out_dir, 0.0
+
+
 def leap_adapter_ranks(ranks: dict[str, int]) -> dict:
     """The PEFT config fields of an adapter whose modules have ranks {module name: r} and scale 1 (B carries the
     scale): r = lora_alpha = the largest rank, and rank_pattern = alpha_pattern = {module name: r} for the others.
@@ -80,6 +118,21 @@ def leap_adapter_ranks(ranks: dict[str, int]) -> dict:
     rank = max(ranks.values())
     others = {name: r for name, r in sorted(ranks.items()) if r != rank}
     return {"r": rank, "lora_alpha": rank, "rank_pattern": others, "alpha_pattern": dict(others)}
+
+
+def check_prediction(prediction: dict[str, tuple[torch.Tensor, torch.Tensor]], reference_norms: dict[str, float],
+                     max_norm_ratio: float) -> None:
+    """Refuse a prediction {module: (B, A)} with NaN/Inf values, or whose update norm ||B A||_F exceeds
+    max_norm_ratio x the window's (reference_norms)."""
+    for name, (b, a) in prediction.items():
+        if not (torch.isfinite(b).all() and torch.isfinite(a).all()):
+            raise LeapError(f"the prediction for {name} has NaN or Inf values; nothing was written")
+        norm = float(torch.linalg.matrix_norm(b @ a))
+        bound = max_norm_ratio * reference_norms.get(name, 0.0)
+        if reference_norms.get(name, 0.0) > 0 and norm > bound:
+            raise LeapError(f"the predicted update of {name} has norm {norm:.3g}, more than {max_norm_ratio}x the "
+                            f"window's ({reference_norms[name]:.3g}); refusing it (lower the target step or raise "
+                            f"the bound); nothing was written")
 
 
 def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -91,16 +144,9 @@ def write_leap_adapter(out_dir: Path, source_adapter: Path, prediction: dict[str
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise LeapError(f"{out_dir} already exists; choose another --out (nothing was overwritten)")
+    check_prediction(prediction, reference_norms, max_norm_ratio)
     tensors, ranks = {}, {}
     for name, (b, a) in prediction.items():
-        if not (torch.isfinite(b).all() and torch.isfinite(a).all()):
-            raise LeapError(f"the prediction for {name} has NaN or Inf values; nothing was written")
-        norm = float(torch.linalg.matrix_norm(b @ a))
-        bound = max_norm_ratio * reference_norms.get(name, 0.0)
-        if reference_norms.get(name, 0.0) > 0 and norm > bound:
-            raise LeapError(f"the predicted update of {name} has norm {norm:.3g}, more than {max_norm_ratio}x the "
-                            f"window's ({reference_norms[name]:.3g}); refusing it (lower the target step or raise "
-                            f"the bound); nothing was written")
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.float().contiguous()
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.float().contiguous()
         ranks[name] = int(b.shape[1])

@@ -8,6 +8,10 @@ back; after `patience` such failures in a row the service stops proposing (MKOR-
 it stops paying). The gate: before each proposal, the chosen extrapolator forecasts the newest checkpoint from the
 window that ends one horizon earlier; below `backtest_threshold` (cosine of predicted vs actual displacement) it
 says why it is not leaping instead.
+
+LoRA runs leap as adapters of the learner's own shape; full-parameter runs (learner.lora: null) read each
+checkpoint's update W_t - W_0 against the base model `base` as exact dense factors and leap as full model
+directories.
 """
 
 from __future__ import annotations
@@ -16,17 +20,26 @@ import time
 from pathlib import Path
 
 from extrapolate.analyze import RunAnalysis
-from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
+from extrapolate.checkpoints import (
+    find_run_checkpoints,
+    full_base_dir,
+    read_full,
+    read_full_update,
+    read_lora,
+)
 from extrapolate.config import ExtrapolateConfig
 from extrapolate.extrapolators import EXTRAPOLATORS
-from extrapolate.leap import write_learner_leap
+from extrapolate.leap import write_full_leap, write_learner_leap
 from extrapolate.predictability import backtest
 from extrapolate.rank1 import lora_triplets
 
 
 class ExtrapolationService:
-    def __init__(self, run_dir: str | Path, cfg: ExtrapolateConfig, checkpoint_every: int):
+    def __init__(self, run_dir: str | Path, cfg: ExtrapolateConfig, checkpoint_every: int,
+                 base: str | Path | None = None):
         self.run_dir = Path(run_dir)
+        self.base = Path(base) if base is not None else None  # a full-parameter run's base model directory
+        self.weights_0 = None  # its target-module weights, read at the first full checkpoint
         self.cfg = cfg
         self.checkpoint_every = checkpoint_every
         self.horizon = cfg.horizon
@@ -37,14 +50,22 @@ class ExtrapolationService:
     def on_checkpoint(self, step: int) -> dict:
         """Update rank1/ for the new checkpoint; returns its per-module rows and the run-level figures."""
         if self.analysis is None:
-            self.analysis = RunAnalysis(self.run_dir)
+            self.analysis = RunAnalysis(self.run_dir, self.base)
         return self.analysis.record(step)
 
     def forget_after(self, step: int) -> None:
         """Drop rank-1 rows and vectors of steps after `step` (the run switched branch: they will be recomputed)."""
         if self.analysis is None:
-            self.analysis = RunAnalysis(self.run_dir)
+            self.analysis = RunAnalysis(self.run_dir, self.base)
         self.analysis.forget_after(step)
+
+    def _state(self, kind: str, path: Path) -> dict:
+        """A checkpoint's update as {module: LoraModule}: the adapter, or a full checkpoint's dense factors."""
+        if kind == "lora":
+            return read_lora(path)
+        if self.weights_0 is None:
+            self.weights_0 = read_full(full_base_dir(self.run_dir, path, self.base))
+        return read_full_update(path, self.weights_0)
 
     def status(self) -> dict:
         return {"horizon": self.horizon, "failures": self.failures, "stopped": self.stopped,
@@ -64,7 +85,8 @@ class ExtrapolationService:
                               f"{cfg.patience})"}
         if step < cfg.start_after and not force:
             return {"reason": f"step {step} is before extrapolate.start_after ({cfg.start_after})"}
-        checkpoints = [(s, p) for s, p in find_adapter_checkpoints(self.run_dir) if s <= step]
+        kind, found = find_run_checkpoints(self.run_dir)
+        checkpoints = [(s, p) for s, p in found if s <= step]
         if not checkpoints or checkpoints[-1][0] != step:
             return {"reason": f"no checkpoint at step {step}"}
         horizon_ckpts = max(1, round(self.horizon / self.checkpoint_every))
@@ -76,7 +98,7 @@ class ExtrapolationService:
         started = time.time()
         check = {"cos": None}
         if len(checkpoints) >= need:
-            states = [(s, read_lora(p)) for s, p in checkpoints[-need:]]
+            states = [(s, self._state(kind, p)) for s, p in checkpoints[-need:]]
             try:
                 check = backtest(states, cfg.method, horizon_checkpoints=horizon_ckpts)
             except ValueError as err:
@@ -85,7 +107,7 @@ class ExtrapolationService:
                 return {"reason": f"backtest cos {check['cos']:.2f} < {cfg.backtest_threshold} ({cfg.method} "
                                   f"forecasting step {check['target_step']} from step {check['window_end']}): not "
                                   f"forecastable now", "backtest_cos": check["cos"]}
-        window = [(s, read_lora(p)) for s, p in checkpoints[-cfg.window:]]
+        window = [(s, self._state(kind, p)) for s, p in checkpoints[-cfg.window:]]
         try:
             prediction = EXTRAPOLATORS.get(cfg.method)().fit(window).predict(step + self.horizon)
         except ValueError as err:
@@ -97,10 +119,11 @@ class ExtrapolationService:
         self.proposals += 1
         leap_dir = self.run_dir / "leaps" / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
         candidates = []
+        report = {"method": cfg.method, "from_step": step, "horizon": self.horizon, "backtest": check}
         for scale in cfg.scales:
-            path, lost = write_learner_leap(leap_dir / f"scale-{scale:g}", checkpoints[-1][1], prediction, scale,
-                                            {"method": cfg.method, "from_step": step, "horizon": self.horizon,
-                                             "backtest": check})
+            out = leap_dir / f"scale-{scale:g}"
+            path, lost = (write_learner_leap(out, checkpoints[-1][1], prediction, scale, report) if kind == "lora"
+                          else write_full_leap(out, checkpoints[-1][1], self.weights_0, prediction, scale, report))
             candidates.append({"scale": scale, "path": str(path), "lost": lost})
         return {"candidates": candidates, "horizon": self.horizon, "backtest_cos": check["cos"], "method": cfg.method,
                 "predicted_s1": predicted_s1,

@@ -1,7 +1,8 @@
 """Checkpoints in the run-directory layout of docs/architecture.md#run-directory, written atomically (temp dir + rename).
 
 <run_dir>/checkpoints/step-000010/
-    adapter_model.safetensors, adapter_config.json   the PEFT LoRA adapter
+    adapter_model.safetensors, adapter_config.json   the PEFT LoRA adapter, or (full-parameter RL, learner.lora:
+    model*.safetensors, config.json, tokenizer       null) the whole model as an HF model directory
     state.pt                                         optimizer, scheduler, RNG and data position
     meta.json                                        step, metrics, wall time, tokens
 A checkpoint directory exists under its final name only once complete; `*.tmp*` directories are partial
@@ -24,7 +25,8 @@ from learner.run_dir import CHECKPOINTS, append_jsonl, parse_step_name, step_nam
 
 PRUNED = "pruned.jsonl"  # in checkpoints/: one {"step", "time"} row per checkpoint deleted by prune_checkpoints
 PRUNING = ".tmp-pruned"  # the suffix a checkpoint gets while it is deleted (a partial name: never read)
-REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", "state.pt", "meta.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+STATE_FILES = ("state.pt", "meta.json")
 
 
 class CheckpointError(ValueError):
@@ -83,8 +85,21 @@ def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset())
     return deleted
 
 
-def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict) -> Path:
-    """Write adapter + state + meta to <run_dir>/checkpoints/step-<step>/ atomically; returns its path."""
+def missing_files(path: Path) -> list[str]:
+    """The files a complete checkpoint has that `path` lacks: the adapter's (or, for a full-parameter checkpoint,
+    config.json and model*.safetensors) and the learner state's."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() or not (path / "config.json").is_file():
+        weights = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+    else:
+        weights = [] if any(path.glob("model*.safetensors")) else ["model.safetensors"]
+    return weights + [f for f in STATE_FILES if not (path / f).is_file()]
+
+
+def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict, tokenizer=None) -> Path:
+    """Write the policy's weights (`model.save_pretrained`: a PEFT adapter, or a full model, then with its
+    `tokenizer` so that the checkpoint is a loadable HF model directory) + state + meta to
+    <run_dir>/checkpoints/step-<step>/ atomically; returns its path."""
     final = checkpoint_dir(run_dir, step)
     if final.exists():
         raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it "
@@ -93,6 +108,8 @@ def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
     torch.save(state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
     for f in tmp.iterdir():
@@ -109,7 +126,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if ".tmp" in path.name:
         raise CheckpointError(f"{path} is a partial (unfinished) checkpoint write; use a complete step-* directory")
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    missing = missing_files(path)
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)}); "
                               f"resume from an earlier complete checkpoint")

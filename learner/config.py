@@ -80,7 +80,7 @@ class LearnerCommon(Section):
     sapo_temperature_neg: float = Field(1.05, gt=0, description="SAPO gate temperature for tokens with non-positive "
                                                                 "advantage (loss_type sapo).")
     updates_per_batch: int = Field(1, ge=1, le=16, description="mu: optimizer steps per rollout batch (TRL num_iterations).")
-    lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the LoRA parameters.")
+    lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the trained parameters.")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup (optimizer steps).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -93,7 +93,9 @@ class LearnerCommon(Section):
                                                               "log-softmax: peak logits memory is this x vocabulary.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: LoraConfig | None = Field(default_factory=LoraConfig, description=(
+        "The LoRA adapter that is trained; null: full-parameter RL (every weight trains; checkpoints and leaps are "
+        "whole models; beta > 0 keeps a frozen copy of the base; HF rollout engine only)."))
     outer_momentum: OuterMomentumConfig | None = Field(None, description="Outer momentum on the trainable "
                                                                          "parameters every K steps (off when unset).")
 

@@ -5,7 +5,8 @@
 - merged (`--merge`): the base model with the adapter folded into its weights (PEFT `merge_and_unload`, computed
   in float32 and saved in the base's dtype), as a plain HF model directory (safetensors) with the base's tokenizer,
   chat template and generation config: `AutoModelForCausalLM.from_pretrained(DIR)` and `vllm.LLM(DIR)` load it.
-The base is the one the adapter records (adapter_config.json), or `--base`. Both write `leapfrog_export.json` (what
+The base is the one the adapter records (adapter_config.json), or `--base`. A full-parameter checkpoint
+(learner.lora: null) is already a model directory: it is exported as it is, without the learner's state. Both write `leapfrog_export.json` (what
 was exported from what). The directory is built beside `--out` and renamed into place, so it appears complete or
 not at all; an existing non-empty `--out` is refused before any work.
 """
@@ -42,6 +43,17 @@ def adapter_base_dir(adapter: Path, base: str | None) -> Path:
         raise ExportError(f"{adapter}: its recorded base model {recorded!r} is not a local HF model directory; pass "
                           f"--base DIR (the model the adapter was trained on)")
     return Path(recorded)
+
+
+def is_full_checkpoint(checkpoint: Path) -> bool:
+    return (checkpoint / "config.json").is_file() and any(checkpoint.glob("model*.safetensors"))
+
+
+def write_full(checkpoint: Path, out: Path) -> None:
+    """A full-parameter checkpoint's model files (weights, config, tokenizer), without the learner's state."""
+    for f in checkpoint.iterdir():
+        if f.is_file() and f.name not in ("state.pt", "meta.json"):
+            shutil.copy2(f, out / f.name)
 
 
 def check_checkpoint(checkpoint: Path) -> None:
@@ -87,18 +99,23 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merge: bool = Fal
     if not checkpoint.is_dir():
         raise ExportError(f"checkpoint {checkpoint} does not exist; give a checkpoint directory such as "
                           f"RUN_DIR/checkpoints/step-000100")
-    check_checkpoint(checkpoint)
+    full = is_full_checkpoint(checkpoint)
+    if not full:
+        check_checkpoint(checkpoint)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out} already exists and is not empty; give a new or empty directory "
                           f"(nothing was written)")
-    base_dir = adapter_base_dir(checkpoint, base).resolve()
+    base_dir = None if full else adapter_base_dir(checkpoint, base).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (write_merged if merge else write_adapter)(checkpoint, base_dir, tmp)
+        if full:
+            write_full(checkpoint, tmp)
+        else:
+            (write_merged if merge else write_adapter)(checkpoint, base_dir, tmp)
         meta = json.loads((checkpoint / "meta.json").read_text()) if (checkpoint / "meta.json").is_file() else {}
-        record = {"checkpoint": str(checkpoint.resolve()), "step": meta.get("step"), "base_model": str(base_dir),
-                  "merged": merge, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {"checkpoint": str(checkpoint.resolve()), "step": meta.get("step"),
+                  "base_model": meta.get("base_model") if full else str(base_dir), "merged": merge or full, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         seal_tree(tmp)
         tmp.rename(out)  # onto a missing or empty directory

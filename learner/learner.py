@@ -6,7 +6,7 @@
         logp = log pi_theta(o_t | q, o_<t)   (LoRA policy, tokens of the completions)
         old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates, or the
                              rollout engine's when an overlapped batch was sampled by the previous policy)
-        ref  = log pi_ref   (adapter disabled; only when beta > 0)
+        ref  = log pi_ref   (adapter disabled, or a frozen copy of the base under full-parameter RL; beta > 0 only)
         loss = policy_loss(logp, old, A, ref; algorithm.loss_settings)   (learner/losses.py POLICY_LOSSES)
         AdamW step with gradient clipping and the LR schedule
     every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py
@@ -26,7 +26,8 @@ from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
 from learner.outer import OuterMomentum
-from learner.policy import completion_logprobs, load_policy, pad_sequences, swapped_adapter
+from learner.policy import completion_logprobs, load_policy, pad_sequences
+from learner.weights import is_lora, load_weights, read_weights, swapped_weights
 
 __all__ = ["Learner", "RolloutBatch"]
 
@@ -63,12 +64,20 @@ class Learner:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
         self.algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
+        self.base_model = str(Path(model_dir).resolve())  # recorded in every checkpoint's meta.json
         self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed, cfg.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
         self.model.train()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        # pi_ref of the KL term: the base is the LoRA model with its adapter off; a full-parameter policy keeps a
+        # frozen copy of the base (one more model in memory, only when beta > 0)
+        self.reference = None
+        if cfg.beta > 0 and not is_lora(self.model):
+            import copy
+
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
         self.outer = OuterMomentum.from_config(cfg.outer_momentum, self.trainable) if cfg.outer_momentum else None
@@ -80,6 +89,14 @@ class Learner:
         input_ids, attention, prompt_lengths = rows
         return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
                                    self.cfg.logprob_chunk_tokens, with_entropy)
+
+    def _reference_logprobs(self, rows, t_max: int):
+        if self.reference is not None:
+            input_ids, attention, prompt_lengths = rows
+            return completion_logprobs(self.reference, input_ids, attention, prompt_lengths, t_max, self.temperature,
+                                       self.cfg.logprob_chunk_tokens)
+        with self.model.disable_adapter():
+            return self._logprobs(rows, t_max)
 
     def step(self, batch: RolloutBatch) -> dict[str, float]:
         """One learner step (mu optimizer updates) on a scored batch; returns its metrics: loss, clip_ratio, kl
@@ -121,8 +138,7 @@ class Learner:
                 if need_old:
                     old[k] = self._logprobs(r, t_max)
                 if cfg.beta > 0:
-                    with self.model.disable_adapter():
-                        ref[k] = self._logprobs(r, t_max)
+                    ref[k] = self._reference_logprobs(r, t_max)
         stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0, "entropy": 0.0}
         for _ in range(cfg.updates_per_batch):
             for k, s in enumerate(micro):
@@ -170,7 +186,7 @@ class Learner:
     def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                       adapter_path: str | Path | None = None, batch_size: int = 64) -> list[float]:
         """Each completion's mean per-token log-prob under the current policy, or under a candidate adapter of the
-        same shape (swapped in for the call): the smooth leap-decision metric (extrapolate.decision_metric)."""
+        same shape or a full-parameter leap's weights (swapped in for the call): the smooth leap-decision metric (extrapolate.decision_metric)."""
         def score() -> list[float]:
             out = []
             for i in range(0, len(prompt_ids), batch_size):
@@ -180,11 +196,12 @@ class Learner:
 
         if adapter_path is None:
             return score()
-        with swapped_adapter(self.model, adapter_path):
+        with swapped_weights(self.model, adapter_path):
             return score()
 
-    def publish_adapter(self, adapters_dir: str | Path) -> tuple[str, str]:
-        """Write the current adapter for the rollout workers (atomically); returns (path, version)."""
+    def publish_weights(self, adapters_dir: str | Path) -> tuple[str, str]:
+        """Write the current policy for the rollout workers (atomically): its LoRA adapter, or under full-parameter
+        RL the whole model; returns (path, version)."""
         import os
         import shutil
 
@@ -198,16 +215,18 @@ class Learner:
         return str(final), version
 
     def apply_leap(self, adapter_path: str | Path, horizon: int, reset_optimizer: bool = False) -> int:
-        """Continue from a leap: load its adapter (same shape as ours: extrapolate.leap.write_learner_leap), advance
-        the step counter and the learning-rate schedule by `horizon`, keep Adam's moments unless reset_optimizer
-        (then the moments of the changed B matrices start afresh). Returns the new step."""
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
+        """Continue from a leap: load its weights (an adapter of our shape, extrapolate.leap.write_learner_leap, or a
+        full model's, write_full_leap), advance the step counter and the learning-rate schedule by `horizon`, keep
+        Adam's moments unless reset_optimizer (then the moments of the weights a leap changes start afresh: the
+        LoRA B matrices, or the full model's projection matrices). Returns the new step."""
+        from extrapolate.checkpoints import module_name
 
-        set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
+        load_weights(self.model, read_weights(adapter_path))
         if reset_optimizer:
-            for name, p in self.model.named_parameters():
-                if "lora_B" in name and p in self.optimizer.state:
+            lora = is_lora(self.model)
+            for name, p in self.trainable.items():
+                changed = "lora_B" in name if lora else module_name(name) is not None
+                if changed and p in self.optimizer.state:
                     del self.optimizer.state[p]
         for _ in range(horizon * self.cfg.updates_per_batch):
             self.scheduler.step()
@@ -228,15 +247,15 @@ class Learner:
                 **({"outer": self.outer.state_dict()} if self.outer is not None else {}), **extra}
 
     def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
-        return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}), meta)
+        return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}),
+                                {**meta, "base_model": self.base_model},
+                                tokenizer=None if is_lora(self.model) else self.tokenizer)
 
     def load_checkpoint(self, path: Path) -> dict:
-        """Restore adapter, optimizer, scheduler, step and RNG from a checkpoint; returns its full state."""
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-
+        """Restore weights (adapter or full), optimizer, scheduler, step and RNG from a checkpoint; returns its full
+        state."""
         state, meta = read_checkpoint(path)
-        set_peft_model_state_dict(self.model, load_peft_weights(str(path), device="cpu"))
+        load_weights(self.model, read_weights(path))
         self.optimizer.load_state_dict(state["optimizer"])  # moments move to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step"]

@@ -1,8 +1,8 @@
-"""The policy: an HF causal LM with a PEFT LoRA adapter, and its per-token log-probabilities."""
+"""The policy: an HF causal LM with a PEFT LoRA adapter (or, for full-parameter RL, the model itself), and its
+per-token log-probabilities. Its weights as saved and loaded: learner/weights.py."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -10,11 +10,12 @@ import torch
 from learner.config import LoraConfig, ModelConfig
 
 
-def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int,
+def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig | None, seed: int,
                 gradient_checkpointing: bool = False):
-    """(peft model, tokenizer): base weights frozen, a fresh LoRA adapter (B = 0, so the policy starts at the base),
-    on model.device in model.dtype. Gradient checkpointing makes the embeddings' output require grad (PEFT's
-    input-grad fix), without which a frozen base gives the checkpointed blocks no graph to recompute."""
+    """(model, tokenizer) on model.device in model.dtype. With lora_cfg: a PEFT model, base weights frozen and a
+    fresh LoRA adapter (B = 0, so the policy starts at the base). Without (learner.lora: null): the model itself,
+    every parameter trained (full-parameter RL). Gradient checkpointing makes the embeddings' output require grad
+    (PEFT's input-grad fix), without which a frozen base gives the checkpointed blocks no graph to recompute."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,26 +30,13 @@ def load_policy(model_dir: str | Path, model_cfg: ModelConfig, lora_cfg: LoraCon
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     torch.manual_seed(seed)
+    if lora_cfg is None:
+        return base.requires_grad_(True), tokenizer
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
     model = get_peft_model(base, peft_cfg)
     model.peft_config["default"].base_model_name_or_path = str(Path(model_dir).resolve())
     return model, tokenizer
-
-
-@contextmanager
-def swapped_adapter(model, adapter_path: str | Path):
-    """Inside the block the PEFT model carries another adapter of the same shape (a leap candidate); its own LoRA
-    weights are restored on the way out."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from peft.utils import load_peft_weights
-
-    current = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
-    set_peft_model_state_dict(model, load_peft_weights(str(adapter_path), device="cpu"))
-    try:
-        yield model
-    finally:
-        set_peft_model_state_dict(model, current)
 
 
 def pad_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int):

@@ -311,7 +311,8 @@ def cmd_export(args) -> int:
     from learner.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, merge=args.merge, base=args.base)
-    kind = "merged model (transformers, vLLM)" if args.merge else "LoRA adapter (PEFT, vLLM --lora-modules)"
+    full = (out / "config.json").is_file()
+    kind = "full model (transformers, vLLM)" if full else "LoRA adapter (PEFT, vLLM --lora-modules)"
     print(f"{kind}: {out}")
     return 0
 

@@ -76,6 +76,10 @@ class JobConfig(BaseModel):
         if self.rollout.task == "dataset" and self.model.path is None:
             raise ValueError("rollout.task: dataset has no bootstrapped default model; set model.path (an HF model "
                              "directory or a registered name such as smollm2-135m-instruct)")
+        if self.learner.lora is None and self.rollout.engine == "vllm":
+            raise ValueError("learner.lora: null (full-parameter RL) publishes the whole model every step, which the "
+                             "vLLM engine here cannot reload (it takes LoRA adapters); set rollout.engine: hf, or "
+                             "train a LoRA adapter")
         if self.data is not None and self.data.system_prompt is not None and self.rollout.system_prompt is not None:
             raise ValueError("data.system_prompt and rollout.system_prompt are both set; keep one")
         return self
@@ -169,9 +173,11 @@ def config_reference() -> str:
             if refs:  # a nested section: one row per field (an optional one gets a row of its own first)
                 nested = defs[refs[0].rsplit("/", 1)[1]]
                 if "anyOf" in field:
-                    out.append(f"| `{name}` | section or null | `null` | {field.get('description', '')} |")
+                    default = "`null`" if field.get("default", 0) is None else "the section"
+                    out.append(f"| `{name}` | section or null | {default} | {field.get('description', '')} |")
                 for sub, subfield in nested["properties"].items():
-                    out.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{json.dumps(subfield.get('default'))}` "
+                    default = json.dumps(subfield["default"]) if "default" in subfield else "(computed)"
+                    out.append(f"| `{name}.{sub}` | {type_of(subfield)} | `{default}` "
                                f"| {subfield.get('description', '')} |")
                 continue
             default = json.dumps(field.get("default")) if "default" in field else "(computed)"

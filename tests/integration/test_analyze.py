@@ -136,12 +136,29 @@ def test_analyze_full_parameter_checkpoints(tiny_model_dir, tmp_path):
         analyze_run(run, progress=False, base=other)
 
 
-def test_extrapolating_a_full_parameter_run_is_refused_clearly(tiny_model_dir, tmp_path):
+def test_extrapolating_a_full_parameter_run_writes_a_full_model(tiny_model_dir, tmp_path):
+    """Another framework's full checkpoints (checkpoint-N): without a recorded base the error names --base; with it,
+    rl_extra's leap is W_0 + (T / t_w)(W_tw - W_0) in every target module, a model directory that loads."""
+    import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from extrapolate.extrapolators import extrapolate_run
 
+    key = "model.layers.0.self_attn.q_proj.weight"
+    bump = torch.randn(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()[key].shape,
+                       generator=torch.Generator().manual_seed(0)) * 1e-2
     for step in (10, 20):
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
-    with pytest.raises(CheckpointReadError, match="leaps are written for LoRA runs only"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        with torch.no_grad():
+            model.get_parameter(key).add_(bump * step / 10)
+        model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    with pytest.raises(CheckpointReadError, match="--base DIR"):
         extrapolate_run(tmp_path / "run", "rl_extra", window_end=20, target_step=40, out_dir=tmp_path / "leap")
+    out = extrapolate_run(tmp_path / "run", "rl_extra", window_end=20, target_step=40, out_dir=tmp_path / "leap",
+                          base=tiny_model_dir)
+    base, leapt = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert torch.allclose(leapt[key], base[key] + 4 * bump, atol=1e-6)
+    other = "model.layers.0.mlp.up_proj.weight"  # untouched by training: its update is zero, and so is its leap
+    assert torch.allclose(leapt[other], base[other], atol=1e-7)
+    AutoModelForCausalLM.from_pretrained(out)
