@@ -22,6 +22,7 @@ pass each) per candidate, per current policy and per judged branch, so extra = s
 speedup_vs_best_lr[f] = mean baseline steps / mean method steps (null when there is no gain to reach); `ci` is
 its 95% bootstrap interval over seeds
 (paired resampling, 4000 draws; crude with few seeds); `steps_ci` (the baseline's `ci`) is mean +- 1.96 SE over seeds.
+Before the JSON it prints the workload's Markdown table (the README's).
 
     .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
         [--steps N] [--eval-every 2] [--eval-size N] [--records FILE]
@@ -58,8 +59,8 @@ WORKLOADS = {  # job file, task override, lr sweep, run length, evaluation set s
               "eval_size": 300},
     "digitsum": {"job": "deploy/jobs/arith.yaml", "task": "digitsum", "lrs": [5e-4, 1e-3, 2e-3, 3e-3], "steps": 60,
                  "eval_size": 300},
-    "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [2e-4, 5e-4, 1e-3], "steps": 20,
-                "eval_size": 96},
+    "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [5e-4, 1e-3, 2e-3], "steps": 12,
+                "eval_size": 64},  # ~30 s per step on one CPU thread: 12-step runs, 2 seeds (--seeds 0 1)
 }
 OUTER = {"every": 4, "mu": 0.0, "guard_margin": 0.0}
 LEAP = {"window": 3, "horizon": 6, "min_horizon": 2, "start_after": 6, "leap_every": 6, "judge_after": 3,
@@ -158,6 +159,32 @@ def ratio_text(ratio: float | None, ci: list[float] | None) -> str:
     return "no gain to reach" if ratio is None or ci is None else f"{ratio:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of one workload: the plain sweep, then each method at the best lr (steps to 50 / 80 / 96%
+    of the gain with 95% CIs, the speedup at each with its bootstrap CI, compute to 80%, final accuracy)."""
+    def steps(fig: dict) -> str:  # (k/n): only k of the n seeds got there (the others count their full run)
+        return " / ".join(f"{fig['steps_to'][f]:.1f} [{fig['steps_ci'][f][0]:.1f}, {fig['steps_ci'][f][1]:.1f}]"
+                          + ("" if all(fig["reached"][f]) else f" ({sum(fig['reached'][f])}/{len(fig['reached'][f])})")
+                          for f in FRACTIONS)
+
+    lines = [f"workload {result['workload']}: base {result['base_acc']:.3f}, gain to reach {result['gain']:.3f}, "
+             f"{len(result['seeds'])} seeds, evaluation every {result['eval_every']} steps on {result['eval_size']} "
+             f"problems (SE {result['eval_stderr']:.3f})", "",
+             "| run | lr | learner steps to 50 / 80 / 96% of the gain [95% CI] | speedup vs best lr at 50 / 80 / 96% "
+             "[95% CI] | compute to 80% | final acc |", "|---|---|---|---|---|---|"]
+    for lr, fig in result["sweep"].items():
+        best = " (best)" if float(lr) == result["baseline"]["lr"] else ""
+        lines.append(f"| plain{best} | {lr} | 80%: {fig['steps_to_80']:.1f} | | | {fig['final_acc']:.3f} |")
+    base = result["baseline"]
+    lines.append(f"| plain, best lr | {base['lr']:g} | {steps(base)} | 1 | {base['compute_to'][80]:.1f} | "
+                 f"{base['final_acc']:.3f} |")
+    for name, m in result["methods"].items():
+        lines.append(f"| {name} | {m['lr']:g} | {steps(m)} | "
+                     + " / ".join(ratio_text(m["speedup_vs_best_lr"][f], m["ci"][f]) for f in FRACTIONS)
+                     + f" | {m['compute_to'][80]:.1f} | {m['final_acc']:.3f} |")
+    return "\n".join(lines)
+
+
 def job(args, workload: dict, seed: int, lr: float, overrides: dict):
     """The workload's job at this seed and lr, evaluated every eval_every steps, with a method's overrides."""
     d = load_config(REPO / workload["job"]).model_dump(mode="json", exclude_unset=True)
@@ -246,6 +273,7 @@ def main() -> None:
               "base_acc": base_acc, "seeds": args.seeds, "steps": args.steps, "eval_every": args.eval_every,
               "eval_size": args.eval_size, "eval_stderr": eval_stderr,
               "sweep_passes_best": any(lr > best_lr for lr in args.lrs)}
+    print(markdown_table(result))
     print(f"base {base_acc:.3f}, gain {gain:.3f} (eval SE {eval_stderr:.3f}); best plain lr {best_lr:g}: steps to "
           + ", ".join(f"{f}% {baseline['steps_to'][f]:.1f}" for f in FRACTIONS))
     for name, m in methods.items():
