@@ -10,7 +10,8 @@ held-out greedy accuracy every --eval-every learner steps on the same --eval-siz
    fewest mean learner steps among the stable ones (mean final accuracy within 2 eval_stderr of the best); the
    sweep should reach past it (`sweep_passes_best`: some larger lr is slower or unstable).
 2. **Methods**, each at the best lr: outer momentum (learner.outer_momentum: `outer_eta*`, `snoo`), no extra
-   passes; checkpoint-based leaps judged by their paired evaluation alone (`*_none`, extrapolate.judge: none) or
+   passes, and outer momentum at a fraction of it (`outer_eta2_half_lr`, `outer_eta3_third_lr`: the outer step
+   amplifies the K-step net displacement of a smaller, less noisy inner step); checkpoint-based leaps judged by their paired evaluation alone (`*_none`, extrapolate.judge: none) or
    against a control branch (`*_control`).
 
 For a run, steps_to[f] is the learner step at which held-out accuracy first reaches base + f% of G, linearly
@@ -72,6 +73,9 @@ METHODS = {
     "growth_none": {"extrapolate": {**LEAP, "method": "growth", "judge": "none"}},
     "rl_extra_none": {"extrapolate": {**LEAP, "method": "rl_extra", "judge": "none"}},
     "growth_control": {"extrapolate": {**LEAP, "method": "growth", "judge": "control"}},
+    # outer momentum on a smaller inner step: does amplifying the K-step net displacement beat the bigger step?
+    "outer_eta2_half_lr": {"lr_factor": 0.5, "outer_momentum": {**OUTER, "eta": 2.0}},
+    "outer_eta3_third_lr": {"lr_factor": 1 / 3, "outer_momentum": {**OUTER, "eta": 3.0}},
 }
 
 
@@ -159,6 +163,11 @@ def ratio_text(ratio: float | None, ci: list[float] | None) -> str:
     return "no gain to reach" if ratio is None or ci is None else f"{ratio:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def method_lr(best_lr: float, name: str) -> float:
+    """A method's inner learning rate: the best plain lr, times its lr_factor when it has one."""
+    return best_lr * METHODS[name].get("lr_factor", 1.0)
+
+
 def markdown_table(result: dict) -> str:
     """The README's table of one workload: the plain sweep, then each method at the best lr (steps to 50 / 80 / 96%
     of the gain with 95% CIs, the speedup at each with its bootstrap CI, compute to 80%, final accuracy)."""
@@ -192,7 +201,8 @@ def job(args, workload: dict, seed: int, lr: float, overrides: dict):
     if workload["task"]:
         d["rollout"]["task"] = workload["task"]
     d["rollout"]["eval_size"] = args.eval_size
-    d["learner"] = {**d["learner"], "lr": lr, **{k: v for k, v in overrides.items() if k != "extrapolate"}}
+    learner = {k: v for k, v in overrides.items() if k not in ("extrapolate", "lr_factor")}
+    d["learner"] = {**d["learner"], "lr": lr, **learner}
     d["run"] = {**d["run"], "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": 2}
     if "extrapolate" in overrides:
         d["extrapolate"] = {**overrides["extrapolate"], "eval_size": args.eval_size}
@@ -246,7 +256,7 @@ def main() -> None:
         best_lr = min(stable, key=lambda lr: mean_steps[lr])
         base_runs = runs[f"lr={best_lr:g}"]
         for name in args.methods:
-            runs[name] = [run(name, seed, best_lr, METHODS[name]) for seed in args.seeds]
+            runs[name] = [run(name, seed, method_lr(best_lr, name), METHODS[name]) for seed in args.seeds]
 
     def figures(records: list[dict]) -> dict:
         out = {"steps_to": {}, "steps_ci": {}, "compute_to": {}, "reached": {}}
@@ -262,7 +272,7 @@ def main() -> None:
     baseline["ci"] = baseline["steps_ci"]
     methods = {}
     for name in args.methods:
-        m = {"lr": best_lr, **figures(runs[name])}
+        m = {"lr": method_lr(best_lr, name), **figures(runs[name])}
         base_steps = {f: [steps_to(r, level[f])[0] for r in base_runs] for f in FRACTIONS}
         m_steps = {f: [steps_to(r, level[f])[0] for r in runs[name]] for f in FRACTIONS}
         m["speedup_vs_best_lr"] = {f: speedup(base_steps[f], m_steps[f]) for f in FRACTIONS}
