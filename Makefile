@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test env browser lock bench clean-env
+.PHONY: demo test env browser bench-tools lock bench clean-env
 
 env: $(STAMP)
 
@@ -21,6 +21,11 @@ env: $(STAMP)
 browser:
 	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) for the dashboard test"; exit 1; }; \
 	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
+
+# Debian's wrk, the load generator of `bench/api_load.py --generator wrk` (and of its smoke test).
+bench-tools:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null || { echo "install wrk for bench/api_load.py --generator wrk"; exit 1; }; \
+	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
@@ -32,7 +37,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/leapfrog demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser bench-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # Re-resolve the lock from requirements/*.in (needs the package registries).

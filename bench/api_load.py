@@ -24,6 +24,10 @@ Ray is not running: the Jobs API address is a closed port, so a submission is va
 every 2 s per job and worker) fails fast, as in a Ray outage.
 
     .venv/bin/python bench/api_load.py [--clients 200] [--listeners 50] [--seconds 20] [--workers 2]
+        [--generator python|wrk]
+With --generator wrk, Debian's wrk (`make bench-tools`) sends the GETs of all three phases from its own process
+(WRK_SCRIPT below); the SSE listeners and the submissions stay in this one. Comparing the two generators' p99 tells
+how much of the tail the generator itself causes on a small machine.
 Last line: JSON {"bare_max_rps", "max_rps", "throughput_ratio", "offered_rps", "requests", "errors", "p50_ms",
 "p99_ms", "rps", "sse_clients", "sse_events", "sse_events_lost", "submissions", "cores", ...}; `cores` says how many
 cores the generator, the server (its workers), Redis and the bare endpoint kept busy in each phase (from /proc).
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +68,23 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 """
 
 JOB_YAML = "run:\n  name: loadsub\n  steps: 2\n"
+# Debian's wrk (`make bench-tools`) as the generator of the GETs (--generator wrk): a C event loop in its own process,
+# ~10x cheaper per request than this one. Saturation: closed loop. Paced: each connection waits a think time before
+# its next request, calibrated on a 2 s trial so that the served rate meets the offered one; latency counts
+# from each request's send (wrk does not correct coordinated omission as the Python pacer does), so the Python
+# pacer's figures stay the strict ones and wrk's say what a cheap generator sees.
+WRK_SCRIPT = """
+local think = tonumber(os.getenv("LEAPFROG_WRK_THINK_MS") or "0")
+if think > 0 then
+  function delay() return think end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
+    .. '"errors": %d}\\n', summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
 GIVE_UP = 10.0  # seconds a paced client may fall behind its schedule before the rest of its requests count as failed
 
 
@@ -243,6 +265,28 @@ async def paced(port: int, path: str, clients: int, total_rps: float, seconds: f
     return sorted(latencies), errors, time.perf_counter() - start
 
 
+async def wrk(port: int, path: str, connections: int, seconds: float, think_ms: float = 0.0) -> dict:
+    """Run wrk against 127.0.0.1:port/path (one thread, `connections` connections, `think_ms` between a
+    connection's requests; 0 = closed loop) as a subprocess, while this event loop keeps serving the SSE listeners;
+    returns its figures {requests, rps, p50_ms, p99_ms, max_ms, errors}."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", f"{GIVE_UP:g}s", "-s",
+            f.name, f"http://127.0.0.1:{port}{path}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "LEAPFROG_WRK_THINK_MS": f"{think_ms:.3f}"})
+        out, err = await proc.communicate()
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {(out + err).decode()[-500:]}")
+    figures = json.loads(out.decode().strip().splitlines()[-1])
+    return {"requests": figures["requests"], "rps": figures["requests"] / (figures["duration_us"] / 1e6),
+            "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000,
+            "max_ms": figures["max_us"] / 1000, "errors": figures["errors"]}
+
+
 async def listen(port: int, path: str, produced: list[str], done: asyncio.Event, got: set[str],
                  reconnects: list[str]) -> None:
     """An EventSource on the job's events: reads the chunked SSE body, reconnects with Last-Event-ID on error, until
@@ -310,6 +354,29 @@ async def submit_jobs(port: int, every: float, done: asyncio.Event, statuses: di
         conn.close()
 
 
+async def saturate_rps(args, port: int, path: str) -> tuple[float, list[str]]:
+    """(requests per second, errors) of one saturation round with the chosen generator."""
+    if args.generator == "python":
+        return await saturate(port, path, args.connections, args.saturate_seconds)
+    figures = await wrk(port, path, args.connections, args.saturate_seconds)
+    return figures["rps"], ["wrk error"] * figures["errors"]
+
+
+async def paced_load(args, port: int, path: str, total_rps: float, seconds: float) -> dict:
+    """The paced GETs with the chosen generator: {p50_ms, p99_ms, max_ms, requests, rps, errors}."""
+    if args.generator == "wrk":  # a 2 s calibration: the think time less each request's own time hits the rate
+        period_ms = 1000 * args.clients / total_rps
+        trial = await wrk(port, path, args.clients, 2, think_ms=period_ms)
+        overhead_ms = max(0.0, 1000 * args.clients / trial["rps"] - period_ms)
+        figures = await wrk(port, path, args.clients, seconds, think_ms=max(0.0, period_ms - overhead_ms))
+        return {**figures, "errors": ["wrk error"] * (trial["errors"] + figures["errors"])}
+    latencies, errors, elapsed = await paced(port, path, args.clients, total_rps, seconds)
+    pick = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies \
+        else None  # noqa: E731
+    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0), "requests": len(latencies),
+            "rps": len(latencies) / elapsed, "errors": errors}
+
+
 async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dict[str, int]) -> dict:
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port), str(doc_path)], cwd=ROOT,
@@ -324,7 +391,7 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
             for name, target, rounds, errors in (("bare", (bare_port, "/"), bare_rounds, bare_errors),
                                                  ("ours", (port, path), our_rounds, sat_errors)):
                 t0, before = time.perf_counter(), snapshot(pids | {"bare": bare.pid})
-                rps, failed = await saturate(*target, args.connections, args.saturate_seconds)
+                rps, failed = await saturate_rps(args, *target)
                 used = cores(before, snapshot(pids | {"bare": bare.pid}), time.perf_counter() - t0)
                 if not rounds or rps > max(rounds):
                     usage[name] = used
@@ -333,8 +400,8 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
         bare_max_rps, max_rps = max(bare_rounds), max(our_rounds)  # a ceiling: the best round of each
         offered = bare_max_rps / 2
         # the control: the same paced load on the bare endpoint shows what this machine and generator add to p99
-        bare_latencies, failed, _ = await paced(bare_port, "/", args.clients, offered, args.seconds / 2)
-        bare_errors += failed
+        bare_paced = await paced_load(args, bare_port, "/", offered, args.seconds / 2)
+        bare_errors += bare_paced["errors"]
     finally:
         stop(bare)
 
@@ -356,9 +423,10 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
     await asyncio.sleep(1.0)  # the listeners connect
     feeder.start()
     submitter = asyncio.create_task(submit_jobs(port, args.submit_every, done, statuses))
-    before = snapshot(pids)
-    latencies, errors, elapsed = await paced(port, path, args.clients, offered, args.seconds)
-    usage["paced"] = cores(before, snapshot(pids), elapsed)
+    before, t0 = snapshot(pids), time.perf_counter()
+    ours = await paced_load(args, port, path, offered, args.seconds)
+    usage["paced"] = cores(before, snapshot(pids), time.perf_counter() - t0)
+    errors = ours["errors"]
     produced_done.set()
     await asyncio.to_thread(feeder.join)
     done.set()
@@ -366,15 +434,15 @@ async def measure(args, store, job_id: str, port: int, doc_path: Path, pids: dic
     await asyncio.gather(*listeners)
     lost = sum(len(set(produced) - got) for got in received)
     bad_submits = {k: v for k, v in statuses.items() if k not in ("201", "503")}
-    pick = lambda xs, q: round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
     all_errors = bare_errors + sat_errors + errors + [f"submit {k}" for k in bad_submits]
-    return {"workers": args.workers, "connections": args.connections, "bare_max_rps": bare_max_rps,
+    return {"generator": args.generator, "workers": args.workers, "connections": args.connections,
+            "bare_max_rps": bare_max_rps,
             "max_rps": max_rps, "throughput_ratio": round(max_rps / bare_max_rps, 3),
             "bare_rounds_rps": bare_rounds, "our_rounds_rps": our_rounds, "cores": usage,
             "clients": args.clients, "offered_rps": round(offered, 1), "seconds": args.seconds,
-            "requests": len(latencies), "rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": pick(latencies, 0.5), "p99_ms": pick(latencies, 0.99), "max_ms": pick(latencies, 1.0),
-            "bare_paced_p50_ms": pick(bare_latencies, 0.5), "bare_paced_p99_ms": pick(bare_latencies, 0.99),
+            "requests": ours["requests"], "rps": round(ours["rps"], 1),
+            "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"], "max_ms": ours["max_ms"],
+            "bare_paced_p50_ms": bare_paced["p50_ms"], "bare_paced_p99_ms": bare_paced["p99_ms"],
             "errors": len(all_errors), "error_kinds": sorted(set(all_errors)),
             "sse_clients": args.listeners, "sse_events": len(produced), "sse_events_lost": lost,
             "sse_reconnects": len(reconnects), "submissions": sum(statuses.values()), "submit_statuses": statuses}
@@ -391,7 +459,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes of `leapfrog serve`")
     parser.add_argument("--submit-every", type=float, default=0.5, help="seconds between job submissions")
     parser.add_argument("--rows", type=int, default=500, help="metrics rows in the job's stream")
+    parser.add_argument("--generator", choices=("python", "wrk"), default="python",
+                        help="what sends the GETs: this process (strict pacing from the schedule) or Debian's wrk in "
+                             "its own process (`make bench-tools`)")
     args = parser.parse_args()
+    if args.generator == "wrk" and shutil.which("wrk") is None:
+        parser.error("--generator wrk needs Debian's wrk on PATH: `make bench-tools` installs it")
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-load-") as tmp:
