@@ -60,8 +60,8 @@ WORKLOADS = {  # job file, task override, lr sweep, run length, evaluation set s
               "eval_size": 300},
     "digitsum": {"job": "deploy/jobs/arith.yaml", "task": "digitsum", "lrs": [5e-4, 1e-3, 2e-3, 3e-3], "steps": 60,
                  "eval_size": 300},
-    "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [5e-4, 1e-3, 2e-3], "steps": 12,
-                "eval_size": 64},  # ~30 s per step on one CPU thread: 12-step runs, 2 seeds (--seeds 0 1)
+    "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [5e-4, 1e-3, 2e-3], "steps": 8,
+                "eval_size": 64},  # ~30 s per step on one CPU thread: 8-step runs, 2 seeds (--seeds 0 1)
 }
 OUTER = {"every": 4, "mu": 0.0, "guard_margin": 0.0}
 LEAP = {"window": 3, "horizon": 6, "min_horizon": 2, "start_after": 6, "leap_every": 6, "judge_after": 3,
