@@ -15,8 +15,8 @@ held-out greedy accuracy every --eval-every learner steps on the same --eval-siz
    against a control branch (`*_control`).
 
 For a run, steps_to[f] is the learner step at which held-out accuracy first reaches base + f% of G, linearly
-interpolated between the two evaluations around the crossing (a run that never gets there counts its full learner
-steps and is flagged in `reached`). Learner steps include a control branch's. compute_to[f] adds each run's extra
+interpolated between the two evaluations around the crossing (a run that never gets there counts the run's whole
+length, run.steps, even when leaps skipped some of it, and is flagged in `reached`). Learner steps include a control branch's. compute_to[f] adds each run's extra
 passes up to that point in step equivalents: a learner step generates and trains P x G sequences (~4 forward
 passes each: one to sample, three for the update), a leap evaluation scores eval_size greedy sequences (~1 forward
 pass each) per candidate, per current policy and per judged branch, so extra = sequences / (4 P G).
@@ -113,8 +113,9 @@ def run_record(run_dir: Path, summary, leap_eval_size: int, step_sequences: int)
 
 
 def steps_to(record: dict, level: float) -> tuple[float, bool]:
+    """(learner steps to `level`, reached); a run that never gets there counts its whole length (`steps`)."""
     s = crossing([(c[0], c[1]) for c in record["curve"]], level)
-    return (s, True) if s is not None else (float(record["learner_steps"]), False)
+    return (s, True) if s is not None else (float(record.get("steps", record["learner_steps"])), False)
 
 
 def compute_to(record: dict, level: float) -> float:
@@ -231,11 +232,12 @@ def main() -> None:
         def run(name: str, seed: int, lr: float, overrides: dict) -> dict:
             key = json.dumps([args.workload, name, seed, lr, args.steps, args.eval_every, args.eval_size, overrides])
             if key in done:
-                return done[key]
+                return {"steps": args.steps, **done[key]}
             cfg = job(args, workload, seed, lr, overrides)
             out = Path(tmp) / f"{name}-s{seed}"
             summary = run_job(cfg, run_dir=out, progress=False)
-            record = run_record(out, summary, args.eval_size, cfg.rollout.prompts_per_step * cfg.rollout.group_size)
+            record = {"steps": args.steps, **run_record(out, summary, args.eval_size,
+                                                          cfg.rollout.prompts_per_step * cfg.rollout.group_size)}
             print(f"{name:18s} seed {seed}: lr {lr:.2g}, final {summary.acc_after:.3f}, {summary.learner_steps} "
                   f"learner steps, {summary.seconds:.0f} s" + (f", leaps {summary.leaps}" if summary.leaps else ""),
                   flush=True)
