@@ -1,6 +1,7 @@
 """Where do leaps pay at our scale? A sweep of gradient signal-to-noise: prompts per step x learning rate.
 
-For each regime, the reference job (deploy/jobs/arith.yaml, its leap policy) with rollout.prompts_per_step and
+For each regime, the job (--config, default deploy/jobs/arith.yaml, with its leap policy; a job without one, such as
+deploy/jobs/smollm2.yaml, gets bench/leap_speedup.py's growth_none policy) with rollout.prompts_per_step and
 learner.lr replaced is run plain and with leaps (same seed). Reported per regime: the growth exponent p of the
 plain run's update (median over modules; 1 = steady drift, 0.5 = random walk), the backtest cosine of the leap
 method on the plain run (forecasting its last checkpoint from the one before), and the leap speedup: learner steps
@@ -8,6 +9,7 @@ for the plain run to reach 96% of its final held-out accuracy over the leaping r
 (the crossing interpolated between evaluations, bench/leap_speedup.py's steps_to).
 
     .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
+        [--config JOB] [--checkpoint-every N] [--eval-every N] [--eval-size N]
 Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
 "final_leap", "net_steps_saved"}]}.
 """
@@ -24,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.leap_speedup import run_record, steps_to  # noqa: E402
+from bench.leap_speedup import LEAP, run_record, steps_to  # noqa: E402
 from extrapolate.analyze import analyze_run  # noqa: E402
-from services.config import load_config  # noqa: E402
+from services.config import ExtrapolateConfig, load_config, parse_config  # noqa: E402
 from services.runner import run_job  # noqa: E402
 
 
@@ -50,18 +52,29 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-4, 5e-4])
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, help="default: the job's")
+    parser.add_argument("--eval-every", type=int, help="default: the job's")
+    parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the job's)")
     args = parser.parse_args()
     regimes = []
-    method = load_config(args.config).extrapolate.method
+    policy = load_config(args.config).extrapolate or ExtrapolateConfig(**LEAP, method="growth", judge="none")
+    method = policy.method
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
         for prompts in args.prompts:
             for lr in args.lrs:
                 def run(name, leaps, prompts=prompts, lr=lr):
-                    cfg = load_config(args.config)
-                    cfg.rollout.prompts_per_step, cfg.learner.lr = prompts, lr
-                    cfg.run.steps, cfg.run.seed = args.steps, args.seed
-                    if not leaps:
-                        cfg.extrapolate = None
+                    d = load_config(args.config).model_dump(mode="json", exclude_unset=True)
+                    d.pop("extrapolate", None)
+                    d["rollout"] = {**d["rollout"], "prompts_per_step": prompts}
+                    d["learner"] = {**d["learner"], "lr": lr}
+                    d["run"] = {**d["run"], "steps": args.steps, "seed": args.seed}
+                    for section, key in (("run", "checkpoint_every"), ("run", "eval_every"), ("rollout", "eval_size")):
+                        if getattr(args, key):
+                            d[section][key] = getattr(args, key)
+                    if leaps:
+                        d["extrapolate"] = policy.model_dump(mode="json") | (
+                            {"eval_size": args.eval_size} if args.eval_size else {})
+                    cfg = parse_config(d)
                     out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
                     summary = run_job(cfg, run_dir=out, progress=False)
                     sequences = cfg.rollout.prompts_per_step * cfg.rollout.group_size
