@@ -48,7 +48,7 @@ def test_live_job_page_fills_from_the_stream_and_survives_a_restart(ray_head, de
     server = LiveServer(app(), port)
     try:
         body = (f"model:\n  path: {default_model_dir}\nrollout:\n  prompts_per_step: 16\n  group_size: 4\n"
-                f"  eval_size: 64\n  worker_cpus: 0.5\nlearner:\n  num_cpus: 0.5\nrun:\n  name: dash\n  steps: 80\n"
+                f"  eval_size: 64\n  worker_cpus: 0.5\nlearner:\n  num_cpus: 0.5\nrun:\n  name: dash\n  steps: 32\n"
                 f"  checkpoint_every: 2\n  eval_every: 4\n" + LEAPS)
         res = httpx.post(f"{server.url}/v1/jobs", content=body, timeout=60,
                          headers={"Authorization": f"Bearer {settings.token}", "Content-Type": "application/yaml"})

@@ -84,16 +84,19 @@ def test_engine_and_learner_logprobs_agree_and_selective_equals_dense(policy, en
 
     import copy
 
-    for net, tol, grad_tol in ((model, 1e-4, 1e-3), (copy.deepcopy(model).double(), 1e-9, 1e-6)):
+    # float64 on 4 of the 12 sequences (4 different prompts): a 135M model in double is slow on CPU, and 4 prompts
+    # of different lengths exercise the same padding and chunk boundaries
+    every, some = list(range(len(flat))), list(range(0, len(flat), 3))
+    for net, tol, grad_tol, rows in ((model, 1e-4, 1e-3, every), (copy.deepcopy(model).double(), 1e-9, 1e-6, some)):
         grads = []
         for fn in (completion_logprobs, dense_completion_logprobs):
             net.zero_grad(set_to_none=True)
             kwargs = {"chunk_tokens": 7} if fn is completion_logprobs else {}
-            out = fn(net, ids, att, plen, mask.shape[1], **kwargs)
-            ((out * mask).sum() / mask.sum()).backward()
+            out = fn(net, ids[rows], att[rows], [plen[i] for i in rows], mask.shape[1], **kwargs)
+            ((out * mask[rows]).sum() / mask[rows].sum()).backward()
             grads.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
         (a, ga), (b, gb) = grads
-        assert ((a - b) * mask).abs().max().item() < tol
+        assert ((a - b) * mask[rows]).abs().max().item() < tol
         assert ga.keys() == gb.keys() and ga
         diff = sum(float((ga[k] - gb[k]).pow(2).sum()) for k in ga) ** 0.5
         norm = sum(float(g.pow(2).sum()) for g in gb.values()) ** 0.5
