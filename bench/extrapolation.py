@@ -166,7 +166,14 @@ def rl_extra_protocol(args, tmp: Path) -> dict:
 def run_protocol(args) -> None:
     from leap_speedup import WORKLOADS
 
+    from rollout.tasks import load_task
+
     args.steps = args.steps or {"smollm2": 20}.get(args.workload, 80)
+    cfg = protocol_job(args, args.seed, 1, args.steps)
+    try:  # the fresh held-out set must exist before any training is spent
+        load_task(cfg.rollout.task, cfg.data).examples("test", args.eval_size, seed=FRESH_SEED)
+    except ValueError as err:
+        raise SystemExit(f"--eval-size {args.eval_size}: {err}") from err
     with tempfile.TemporaryDirectory(prefix="leapfrog-protocol-") as tmp:
         if args.protocol == "alpharl":
             result = offline_leap(args, Path(tmp), "alpharl", 0.30, max(1, round(args.steps / 27)))
