@@ -9,7 +9,7 @@ for the plain run to reach 96% of its final held-out accuracy over the leaping r
 (the crossing interpolated between evaluations, bench/leap_speedup.py's steps_to).
 
     .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
-        [--config JOB] [--checkpoint-every N] [--eval-every N] [--eval-size N]
+        [--config JOB] [--checkpoint-every N] [--eval-every N] [--eval-size N] [--policy '{"horizon": 2}']
 Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
 "final_leap", "net_steps_saved"}]}.
 """
@@ -55,9 +55,13 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, help="default: the job's")
     parser.add_argument("--eval-every", type=int, help="default: the job's")
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the job's)")
+    parser.add_argument("--policy", type=json.loads, default={},
+                        help="JSON object of extrapolate fields over the leap policy (a short run needs a short "
+                             "window and horizon: a proposal needs window + horizon / checkpoint_every checkpoints)")
     args = parser.parse_args()
     regimes = []
     policy = load_config(args.config).extrapolate or ExtrapolateConfig(**LEAP, method="growth", judge="none")
+    policy = ExtrapolateConfig(**{**policy.model_dump(), **args.policy})
     method = policy.method
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
         for prompts in args.prompts:
