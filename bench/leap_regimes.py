@@ -17,6 +17,7 @@ Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -60,15 +61,18 @@ def main() -> None:
                              "window and horizon: a proposal needs window + horizon / checkpoint_every checkpoints)")
     args = parser.parse_args()
     regimes = []
-    policy = load_config(args.config).extrapolate or ExtrapolateConfig(**LEAP, method="growth", judge="none")
-    policy = ExtrapolateConfig(**{**policy.model_dump(), **args.policy})
+    job = load_config(args.config)
+    policy = job.extrapolate or ExtrapolateConfig(**LEAP, method="growth", judge="none")
+    policy = ExtrapolateConfig(**policy.model_dump() | ({"eval_size": args.eval_size} if args.eval_size else {})
+                               | args.policy)
     method = policy.method
+    base = job.model_dump(mode="json", exclude_unset=True)
+    base.pop("extrapolate", None)
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-regimes-") as tmp:
         for prompts in args.prompts:
             for lr in args.lrs:
                 def run(name, leaps, prompts=prompts, lr=lr):
-                    d = load_config(args.config).model_dump(mode="json", exclude_unset=True)
-                    d.pop("extrapolate", None)
+                    d = copy.deepcopy(base)
                     d["rollout"] = {**d["rollout"], "prompts_per_step": prompts}
                     d["learner"] = {**d["learner"], "lr": lr}
                     d["run"] = {**d["run"], "steps": args.steps, "seed": args.seed}
@@ -76,8 +80,7 @@ def main() -> None:
                         if getattr(args, key):
                             d[section][key] = getattr(args, key)
                     if leaps:
-                        d["extrapolate"] = policy.model_dump(mode="json") | (
-                            {"eval_size": args.eval_size} if args.eval_size else {})
+                        d["extrapolate"] = policy.model_dump(mode="json")
                     cfg = parse_config(d)
                     out = Path(tmp) / f"{name}-p{prompts}-lr{lr:g}"
                     summary = run_job(cfg, run_dir=out, progress=False)
