@@ -1,7 +1,8 @@
 """Do leaps beat the best learning rate? Learner steps to 50 / 80 / 96% of the best plain run's gain, at >= 5 seeds.
 
-One workload (`--workload`): arith (the tiny model, deploy/jobs/arith.yaml), digitsum (the same job on the
-sharpening task digitsum) or smollm2 (SmolLM2-135M-Instruct on deploy/jobs/smollm2.yaml). Every run evaluates
+One workload (`--workload`): arith (the tiny model, deploy/jobs/arith.yaml), arith_full (the same job,
+full-parameter: learner.lora null), digitsum (the same job on the sharpening task digitsum) or smollm2
+(SmolLM2-135M-Instruct on deploy/jobs/smollm2.yaml); --prompts replaces the job's prompts per step. Every run evaluates
 held-out greedy accuracy every --eval-every learner steps on the same --eval-size problems (paired across runs;
 `eval_stderr` is one evaluation's binomial standard error at the baseline's final accuracy).
 
@@ -26,11 +27,11 @@ its 95% bootstrap interval over seeds
 Before the JSON it prints the workload's Markdown table (the README's).
 
     .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
-        [--steps N] [--eval-every 2] [--eval-size N] [--records FILE]
+        [--steps N] [--eval-every 2] [--eval-size N] [--prompts N] [--records FILE]
 With --records, every finished run's record is appended to FILE (JSON lines) and a later invocation with the same
 file reuses the runs it holds (same workload, name, seed, lr, steps, eval settings): a bench stopped part-way
 continues where it stopped.
-Last line: JSON {workload, baseline: {lr, final_acc, steps_to {50, 80, 96}, ci}, methods: {m: {lr, steps_to,
+Last line: JSON {workload, prompts_per_step, baseline: {lr, final_acc, steps_to {50, 80, 96}, ci}, methods: {m: {lr, steps_to,
 steps_ci, compute_to, final_acc, speedup_vs_best_lr, ci (of the speedup), reached}}, sweep: {lr: {final_acc, steps_to}}, gain, base_acc,
 seeds, eval_every, eval_stderr, sweep_passes_best}.
 """
@@ -62,6 +63,9 @@ WORKLOADS = {  # job file, task override, lr sweep, run length, evaluation set s
                  "eval_size": 300},
     "smollm2": {"job": "deploy/jobs/smollm2.yaml", "task": None, "lrs": [5e-4, 1e-3, 2e-3], "steps": 8,
                 "eval_size": 64},  # ~30 s per step on one CPU thread: 8-step runs, 2 seeds (--seeds 0 1)
+    # full-parameter RL (learner.lora: null), the regime of three of the four papers; leaps are dense
+    "arith_full": {"job": "deploy/jobs/arith.yaml", "task": None, "lrs": [2.5e-5, 5e-5, 1e-4, 2e-4, 4e-4],
+                   "steps": 60, "eval_size": 300, "learner": {"lora": None}},
 }
 OUTER = {"every": 4, "mu": 0.0, "guard_margin": 0.0}
 LEAP = {"window": 3, "horizon": 6, "min_horizon": 2, "start_after": 6, "leap_every": 6, "judge_after": 3,
@@ -179,7 +183,7 @@ def markdown_table(result: dict) -> str:
 
     lines = [f"workload {result['workload']}: base {result['base_acc']:.3f}, gain to reach {result['gain']:.3f}, "
              f"{len(result['seeds'])} seeds, evaluation every {result['eval_every']} steps on {result['eval_size']} "
-             f"problems (SE {result['eval_stderr']:.3f})", "",
+             f"problems (SE {result['eval_stderr']:.3f}), {result['prompts_per_step']} prompts per step", "",
              "| run | lr | learner steps to 50 / 80 / 96% of the gain [95% CI] | speedup vs best lr at 50 / 80 / 96% "
              "[95% CI] | compute to 80% | final acc |", "|---|---|---|---|---|---|"]
     for lr, fig in result["sweep"].items():
@@ -202,8 +206,10 @@ def job(args, workload: dict, seed: int, lr: float, overrides: dict):
     if workload["task"]:
         d["rollout"]["task"] = workload["task"]
     d["rollout"]["eval_size"] = args.eval_size
+    if getattr(args, "prompts", None):
+        d["rollout"]["prompts_per_step"] = args.prompts
     learner = {k: v for k, v in overrides.items() if k not in ("extrapolate", "lr_factor")}
-    d["learner"] = {**d["learner"], "lr": lr, **learner}
+    d["learner"] = {**d["learner"], **workload.get("learner", {}), "lr": lr, **learner}
     d["run"] = {**d["run"], "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": 2}
     if "extrapolate" in overrides:
         d["extrapolate"] = {**overrides["extrapolate"], "eval_size": args.eval_size}
@@ -219,6 +225,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
+    parser.add_argument("--prompts", type=int, help="rollout.prompts_per_step (default: the job's)")
     parser.add_argument("--records", type=Path, help="JSON-lines file of finished runs, reused and appended to")
     args = parser.parse_args()
     workload = WORKLOADS[args.workload]
@@ -230,7 +237,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-speedup-") as tmp:
         def run(name: str, seed: int, lr: float, overrides: dict) -> dict:
-            key = json.dumps([args.workload, name, seed, lr, args.steps, args.eval_every, args.eval_size, overrides])
+            key = json.dumps([args.workload, name, seed, lr, args.steps, args.eval_every, args.eval_size, overrides]
+                             + ([args.prompts] if args.prompts else []))
             if key in done:
                 return {"steps": args.steps, **done[key]}
             cfg = job(args, workload, seed, lr, overrides)
@@ -281,7 +289,9 @@ def main() -> None:
         m["ci"] = {f: ratio_ci(base_steps[f], m_steps[f]) for f in FRACTIONS}
         methods[name] = m
     sweep = {f"{lr:g}": {"final_acc": finals[lr], "steps_to_80": mean_steps[lr]} for lr in args.lrs}
-    result = {"workload": args.workload, "baseline": baseline, "methods": methods, "sweep": sweep, "gain": gain,
+    prompts = job(args, workload, args.seeds[0], best_lr, {}).rollout.prompts_per_step
+    result = {"workload": args.workload, "prompts_per_step": prompts, "baseline": baseline, "methods": methods,
+              "sweep": sweep, "gain": gain,
               "base_acc": base_acc, "seeds": args.seeds, "steps": args.steps, "eval_every": args.eval_every,
               "eval_size": args.eval_size, "eval_stderr": eval_stderr,
               "sweep_passes_best": any(lr > best_lr for lr in args.lrs)}

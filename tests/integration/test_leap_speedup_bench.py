@@ -16,11 +16,12 @@ pytestmark = pytest.mark.integration
 
 def test_leap_speedup_prints_its_figures(default_model_dir):
     res = subprocess.run([sys.executable, "bench/leap_speedup.py", "--workload", "arith", "--seeds", "0",
-                          "--lrs", "1e-3", "3e-3", "--methods", "outer_eta2", "--steps", "4", "--eval-size", "32"],
+                          "--lrs", "1e-3", "3e-3", "--methods", "outer_eta2", "--steps", "4", "--eval-size", "32", "--prompts", "16"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["eval_every"] == 2 and out["seeds"] == [0] and out["baseline"]["lr"] in (1e-3, 3e-3)
+    assert out["prompts_per_step"] == 16  # --prompts replaced the job's 64
     assert set(out["baseline"]["steps_to"]) == {"50", "80", "96"}
     m = out["methods"]["outer_eta2"]
     assert m["lr"] == out["baseline"]["lr"]
