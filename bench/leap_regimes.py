@@ -4,13 +4,14 @@ For each regime, the job (--config, default deploy/jobs/arith.yaml, with its lea
 deploy/jobs/smollm2.yaml, gets bench/leap_speedup.py's growth_none policy) with rollout.prompts_per_step and
 learner.lr replaced is run plain and with leaps (same seed). Reported per regime: the growth exponent p of the
 plain run's update (median over modules; 1 = steady drift, 0.5 = random walk), the backtest cosine of the leap
-method on the plain run (forecasting its last checkpoint from the one before), and the leap speedup: learner steps
+method on the plain run (forecasting its last checkpoint from the one before; NaN, with `backtest_reason`, when the
+method cannot fit that window), and the leap speedup: learner steps
 for the plain run to reach 96% of its final held-out accuracy over the leaping run's steps to the same target
 (the crossing interpolated between evaluations, bench/leap_speedup.py's steps_to).
 
     .venv/bin/python bench/leap_regimes.py [--prompts 16 64 128] [--lrs 2e-4 5e-4] [--steps 80] [--seed 0]
         [--config JOB] [--checkpoint-every N] [--eval-every N] [--eval-size N] [--policy '{"horizon": 2}']
-Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "speedup", "final_plain",
+Last line: JSON {"regimes": [{"prompts", "lr", "params", "p", "backtest_cos", "backtest_reason", "speedup", "final_plain",
 "final_leap", "net_steps_saved"}]}.
 """
 
@@ -94,13 +95,15 @@ def main() -> None:
                 p = statistics.median(t["growth_p"] for t in analysis["by_type"].values())
                 regime = {"prompts": prompts, "lr": lr, "params": base_params(plain_dir), "p": p,
                           "backtest_cos": analysis["backtest"][method]["cos"],
+                          "backtest_reason": analysis["backtest"][method].get("reason"),
                           "speedup": steps_to(plain_record, target)[0] / steps_to(leap_record, target)[0],
                           "final_plain": plain.acc_after, "final_leap": leap.acc_after,
                           "net_steps_saved": leap.leaps["net_steps_saved"], "leaps": leap.leaps}
                 regimes.append(regime)
                 print(f"prompts {prompts:4d} lr {lr:g}: p {p:.2f}, backtest cos {regime['backtest_cos']:.2f}, "
                       f"speedup {regime['speedup']:.2f}x, final plain {plain.acc_after:.3f} / leaping "
-                      f"{leap.acc_after:.3f}, net steps saved {regime['net_steps_saved']}", flush=True)
+                      f"{leap.acc_after:.3f}, net steps saved {regime['net_steps_saved']}"
+                      + (f" (no backtest: {regime['backtest_reason']})" if regime["backtest_reason"] else ""), flush=True)
     print(json.dumps({"config": args.config, "steps": args.steps, "seed": args.seed, "regimes": regimes}))
 
 

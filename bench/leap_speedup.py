@@ -76,6 +76,9 @@ METHODS = {
     "snoo": {"outer_momentum": {**OUTER, "eta": 1.0, "mu": 0.5}},
     "growth_none": {"extrapolate": {**LEAP, "method": "growth", "judge": "none"}},
     "rl_extra_none": {"extrapolate": {**LEAP, "method": "rl_extra", "judge": "none"}},
+    # the rank-1 leap: the window-end weights plus the line-fitted growth of each module's top direction only
+    # (proposed whatever its backtest: its forecast of the next checkpoint sits below the growth gate of 0.5)
+    "alpharl_none": {"extrapolate": {**LEAP, "method": "alpharl", "judge": "none", "backtest_threshold": -1.0}},
     "growth_control": {"extrapolate": {**LEAP, "method": "growth", "judge": "control"}},
     # outer momentum on a smaller inner step: does amplifying the K-step net displacement beat the bigger step?
     "outer_eta2_half_lr": {"lr_factor": 0.5, "outer_momentum": {**OUTER, "eta": 2.0}},
