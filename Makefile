@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/leapfrog demo
 
 test: $(STAMP) browser bench-tools
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 # Re-resolve the lock from requirements/*.in (needs the package registries).
 lock:
