@@ -174,11 +174,20 @@ def run_protocol(args) -> None:
         load_task(cfg.rollout.task, cfg.data).examples("test", args.eval_size, seed=FRESH_SEED)
     except ValueError as err:
         raise SystemExit(f"--eval-size {args.eval_size}: {err}") from err
+    offline = {"alpharl": (0.30, max(1, round(args.steps / 27))), "relex": (0.15, 1)}  # window share, spacing
+    if args.protocol in offline:  # the fitted window must hold enough checkpoints before any training is spent
+        from extrapolate.extrapolators import EXTRAPOLATORS
+
+        share, spacing = offline[args.protocol]
+        have, need = int(share * args.steps) // spacing, EXTRAPOLATORS.get(args.protocol).min_checkpoints
+        if have < need:
+            shortest = next(t for t in range(args.steps, 100 * args.steps) if int(share * t) // spacing >= need)
+            raise SystemExit(f"--steps {args.steps}: {args.protocol}'s window (the first {share:.0%} of the run, a "
+                             f"checkpoint every {spacing}) holds {have} checkpoint(s), it needs {need}; use "
+                             f"--steps {shortest} or more")
     with tempfile.TemporaryDirectory(prefix="leapfrog-protocol-") as tmp:
-        if args.protocol == "alpharl":
-            result = offline_leap(args, Path(tmp), "alpharl", 0.30, max(1, round(args.steps / 27)))
-        elif args.protocol == "relex":
-            result = offline_leap(args, Path(tmp), "relex", 0.15, 1)
+        if args.protocol in offline:
+            result = offline_leap(args, Path(tmp), args.protocol, *offline[args.protocol])
         elif args.protocol == "next":
             result = next_protocol(args, Path(tmp))
         else:

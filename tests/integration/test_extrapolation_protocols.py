@@ -5,6 +5,7 @@ its JSON with paired [diff, se] figures."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,3 +30,13 @@ def test_alpharl_and_rl_extra_protocols(default_model_dir):
     assert 0 <= alpharl["acc_pred"] <= 1 and 0 <= alpharl["acc_actual"] <= 1
     rl_extra = protocol("--protocol", "rl_extra", "--steps", "4", "--ks", "2")
     assert set(rl_extra["k"]) == {"2"} and len(rl_extra["k"]["2"]["minus_plain_end"]) == 2
+
+
+def test_a_window_too_short_for_relex_is_refused_before_training(tmp_path):
+    """RELEX fits the first 15% of the run at a checkpoint a step: 12 steps give it one checkpoint, and the bench
+    says so (with the shortest run that works) before it trains or writes anything."""
+    res = subprocess.run([sys.executable, "bench/extrapolation.py", "--protocol", "relex", "--workload", "arith",
+                          "--steps", "12"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert res.returncode == 1 and "needs 2" in res.stderr and "--steps 14 or more" in res.stderr, res.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # no run directory was made
