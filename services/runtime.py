@@ -71,6 +71,19 @@ def learner_errors():
         raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
 
 
+def runner_threads(environ) -> int:
+    """Torch threads of the single-process runner: LEAPFROG_THREADS, else OMP_NUM_THREADS (so that two runs given one
+    thread each share two cores instead of oversubscribing them: OpenMP's spinning workers made two 2-thread runs on
+    2 cores ~10x slower than one alone), else every core."""
+    for name in ("LEAPFROG_THREADS", "OMP_NUM_THREADS"):
+        value = environ.get(name, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name}={value!r}: give a whole number of threads >= 1, or unset it")
+            return int(value)
+    return max(1, os.cpu_count() or 1)
+
+
 class LocalRuntime:
     """One process: the HF engine shares the learner's policy object, so publishing is free."""
 
@@ -83,7 +96,7 @@ class LocalRuntime:
         if resolve_engine_name(cfg.rollout.engine) != "hf":
             raise ValueError("rollout.engine: the single-process runner uses the HF engine; run vLLM through the Ray "
                              "driver (python -m services.driver CONFIG) or set rollout.engine: hf")
-        torch.set_num_threads(int(os.environ.get("LEAPFROG_THREADS", max(1, os.cpu_count() or 1))))
+        torch.set_num_threads(runner_threads(os.environ))
         self.run_dir = run_dir
         self.learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
                                max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature)
