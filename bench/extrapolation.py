@@ -24,6 +24,9 @@ digitsum, smollm2), scaled to the run's length T, scored on the same fresh held-
   step 150, 100 more steps, against GRPO at 400); against the plain run at the same learner steps and at T.
 - rl_extra: re-grounding, alpha = 2 every K steps (W <- W_(t-K) + 2 (W_t - W_(t-K)): learner.outer_momentum with
   eta 2, mu 0, no guard), for each K of --ks; against the plain run at T/2 and at T.
+`--lr` runs a protocol at another learning rate than the job's (the best plain lr of bench/leap_speedup.py, say);
+`--curve` (alpharl, relex) also scores the base model and every checkpoint of the run, and reports how many learner
+steps plain training needs to reach the leap's accuracy and 80% of the run's gain, against the window's steps.
 Last line: JSON {protocol, workload, steps, eval_size, ...per protocol: accuracies and [diff, se] pairs}.
 """
 
@@ -77,11 +80,12 @@ def pair(a: list[float], b: list[float]) -> list[float]:
 
 
 def protocol_job(args, seed: int, checkpoint_every: int, steps: int, overrides: dict | None = None):
-    """The workload's job (bench/leap_speedup.py) at the workload's lr, with this checkpoint spacing and length."""
+    """The workload's job (bench/leap_speedup.py) at --lr (default the job's), with this checkpoint spacing and
+    length."""
     from leap_speedup import WORKLOADS, job
 
     workload = WORKLOADS[args.workload]
-    lr = load_config(REPO / workload["job"]).learner.lr
+    lr = args.lr or load_config(REPO / workload["job"]).learner.lr
     ns = argparse.Namespace(eval_size=args.run_eval_size, steps=steps, eval_every=args.target_every)
     cfg = job(ns, workload, seed, lr, overrides or {})
     cfg.run.checkpoint_every = checkpoint_every
@@ -108,27 +112,57 @@ def offline_leap(args, tmp: Path, method: str, window_share: float, checkpoint_e
     scores = fresh_scores(cfg, args.eval_size)
     keep, pred, actual = scores(paths[window_end]), scores(leap), scores(paths[end])
     err = forecast_error(prediction, window[-1][1], read_lora(paths[end]))
-    return {"checkpoint_every": checkpoint_every, "window": [window[0][0], window_end], "target": end,
-            "acc_keep": mean(keep), "acc_pred": mean(pred), "acc_actual": mean(actual),
-            "pred_minus_keep": pair(pred, keep), "pred_minus_actual": pair(pred, actual),
-            "rel_weight_err": err["rel_err"], "cos_disp": err["cos"],
-            "step_speedup": end / window_end}
+    out = {"checkpoint_every": checkpoint_every, "window": [window[0][0], window_end], "target": end,
+           "acc_keep": mean(keep), "acc_pred": mean(pred), "acc_actual": mean(actual),
+           "pred_minus_keep": pair(pred, keep), "pred_minus_actual": pair(pred, actual),
+           "rel_weight_err": err["rel_err"], "cos_disp": err["cos"],
+           "step_speedup": end / window_end}
+    if args.curve:
+        out.update(plain_curve_figures(scores, checkpoints, mean(pred), window_end))
+    return out
+
+
+def plain_curve_figures(scores, checkpoints: list, acc_leap: float, window_end: int) -> dict:
+    """The run's own plain curve on the fresh set (the base model, then every checkpoint) against a leap made at
+    window_end: the learner steps plain training needs to reach the leap's accuracy and to 80% of the run's gain
+    (base + 0.8 (final - base)), each interpolated between checkpoints (None when never reached), and the leap's
+    step ratios: those steps over the window_end learner steps the leap needed (the leap reaches 80% only when
+    its accuracy is at that level)."""
+    from leap_speedup import crossing
+
+    curve = [(0, mean(scores(None)))] + [(s, mean(scores(p))) for s, p in checkpoints]
+    level80 = curve[0][1] + 0.8 * (curve[-1][1] - curve[0][1])
+    to_leap, to_80 = crossing(curve, acc_leap), crossing(curve, level80)
+    return {"plain_curve": curve, "level80": level80, "plain_steps_to_leap_acc": to_leap, "plain_steps_to_80": to_80,
+            "leap_reaches_80": acc_leap >= level80,
+            "leap_steps_ratio": to_leap / window_end if to_leap is not None else None,
+            "speedup_to_80": to_80 / window_end if to_80 is not None and acc_leap >= level80 else None}
+
+
+def next_schedule(steps: int) -> tuple[int, int, int, int]:
+    """(checkpoint spacing, leap step, horizon, RL steps after the leap) of the NExt protocol on a T-step run: a
+    checkpoint every 2 steps (every step below T = 40, so that the window holds NExt's 3 checkpoints), the leap at
+    37.5% of T, T/8 ahead, then T/4 more steps."""
+    spacing = 2 if steps >= 40 else 1
+    return spacing, round(0.375 * steps / spacing) * spacing, max(spacing, steps // 8), steps // 4
 
 
 def next_protocol(args, tmp: Path) -> dict:
     """NExt's one leap in a run, then continued RL, against plain at the same learner steps and at T."""
     from learner.checkpoint import checkpoint_dir
 
-    steps, spacing = args.steps, 2
-    leap_at, horizon, after = round(0.375 * steps / spacing) * spacing, max(spacing, steps // 8), steps // 4
+    steps = args.steps
+    spacing, leap_at, horizon, after = next_schedule(steps)
     leap_cfg = protocol_job(args, args.seed, spacing, leap_at + horizon + after, {"extrapolate": {
         "method": "next", "window": min(64, leap_at // spacing), "horizon": horizon, "min_horizon": 1,
         "max_horizon": max(40, horizon), "scales": [1.5], "start_after": leap_at, "leap_every": 10 * steps,
         "judge": "none", "backtest_threshold": -1, "accept_margin": 1.0, "patience": 1}})
     leap_dir = tmp / "next-run"
     leaping = run_job(leap_cfg, run_dir=leap_dir, progress=False)
-    plain_dir = tmp / "plain-run"
-    run_job(protocol_job(args, args.seed, spacing, steps), run_dir=plain_dir, progress=False)
+    if not leaping.leaps.get("applied"):
+        raise SystemExit(f"NExt made no leap at step {leap_at} (leaps: {leaping.leaps}); see {leap_dir}/events.jsonl")
+    plain_dir = tmp / "plain-run"  # a checkpoint every step: the leaping run's learner steps may be any number
+    run_job(protocol_job(args, args.seed, 1, steps), run_dir=plain_dir, progress=False)
     scores = fresh_scores(leap_cfg, args.eval_size)
     same = leaping.learner_steps
     final, plain_same, plain_end = (scores(checkpoint_dir(leap_dir, leap_cfg.run.steps)),
@@ -175,6 +209,17 @@ def run_protocol(args) -> None:
     except ValueError as err:
         raise SystemExit(f"--eval-size {args.eval_size}: {err}") from err
     offline = {"alpharl": (0.30, max(1, round(args.steps / 27))), "relex": (0.15, 1)}  # window share, spacing
+    if args.protocol == "next":
+        from extrapolate.next import NExt
+
+        def window(t: int) -> int:
+            spacing, leap_at, _, _ = next_schedule(t)
+            return leap_at // spacing
+
+        if window(args.steps) < NExt.min_checkpoints:
+            shortest = next(t for t in range(args.steps, 100 * args.steps) if window(t) >= NExt.min_checkpoints)
+            raise SystemExit(f"--steps {args.steps}: NExt's window before its leap holds {window(args.steps)} "
+                             f"checkpoint(s), it needs {NExt.min_checkpoints}; use --steps {shortest} or more")
     if args.protocol in offline:  # the fitted window must hold enough checkpoints before any training is spent
         from extrapolate.extrapolators import EXTRAPOLATORS
 
@@ -218,6 +263,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="rl_extra: re-grounding periods")
     parser.add_argument("--run-eval-size", type=int, default=200, help="a protocol run's own periodic evaluation")
+    parser.add_argument("--lr", type=float, help="a protocol run's learning rate (default: the workload job's)")
+    parser.add_argument("--curve", action="store_true",
+                        help="alpharl / relex: also score the base model and every checkpoint of the run on the fresh "
+                             "set, and report the learner steps plain training needs to the leap's accuracy and to "
+                             "80%% of the run's gain")
     args = parser.parse_args()
     if args.protocol != "window":
         return run_protocol(args)

@@ -13,7 +13,8 @@ held-out greedy accuracy every --eval-every learner steps on the same --eval-siz
 2. **Methods**, each at the best lr: outer momentum (learner.outer_momentum: `outer_eta*`, `snoo`), no extra
    passes, and outer momentum at a fraction of it (`outer_eta2_half_lr`, `outer_eta3_third_lr`: the outer step
    amplifies the K-step net displacement of a smaller, less noisy inner step); checkpoint-based leaps judged by their paired evaluation alone (`*_none`, extrapolate.judge: none) or
-   against a control branch (`*_control`).
+   against a control branch (`*_control`); `relex_early`, one leap at step 2 from the checkpoints of steps 1 and 2,
+   for runs too short for the leap policy above (a method may set `run` fields too: its checkpoint spacing).
 
 For a run, steps_to[f] is the learner step at which held-out accuracy first reaches base + f% of G, linearly
 interpolated between the two evaluations around the crossing (a run that never gets there counts the run's whole
@@ -80,6 +81,12 @@ METHODS = {
     # (proposed whatever its backtest: its forecast of the next checkpoint sits below the growth gate of 0.5)
     "alpharl_none": {"extrapolate": {**LEAP, "method": "alpharl", "judge": "none", "backtest_threshold": -1.0}},
     "growth_control": {"extrapolate": {**LEAP, "method": "growth", "judge": "control"}},
+    # one early leap for short runs (a pretrained model that gets most of its gain in a few steps): RELEX's line
+    # through the checkpoints of steps 1 and 2 (a checkpoint every step), 4 steps ahead, kept if its paired
+    # evaluation beats the current policy by accept_margin; then training goes on from it
+    "relex_early": {"run": {"checkpoint_every": 1}, "extrapolate": {
+        "method": "relex", "window": 2, "horizon": 4, "min_horizon": 4, "scales": [1.0], "start_after": 2,
+        "leap_every": 1000, "judge": "none", "backtest_threshold": -1.0}},
     # outer momentum on a smaller inner step: does amplifying the K-step net displacement beat the bigger step?
     "outer_eta2_half_lr": {"lr_factor": 0.5, "outer_momentum": {**OUTER, "eta": 2.0}},
     "outer_eta3_third_lr": {"lr_factor": 1 / 3, "outer_momentum": {**OUTER, "eta": 3.0}},
@@ -211,9 +218,10 @@ def job(args, workload: dict, seed: int, lr: float, overrides: dict):
     d["rollout"]["eval_size"] = args.eval_size
     if getattr(args, "prompts", None):
         d["rollout"]["prompts_per_step"] = args.prompts
-    learner = {k: v for k, v in overrides.items() if k not in ("extrapolate", "lr_factor")}
+    learner = {k: v for k, v in overrides.items() if k not in ("extrapolate", "lr_factor", "run")}
     d["learner"] = {**d["learner"], **workload.get("learner", {}), "lr": lr, **learner}
-    d["run"] = {**d["run"], "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": 2}
+    d["run"] = {**d["run"], "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "checkpoint_every": 2,
+                **overrides.get("run", {})}
     if "extrapolate" in overrides:
         d["extrapolate"] = {**overrides["extrapolate"], "eval_size": args.eval_size}
     return parse_config(d)

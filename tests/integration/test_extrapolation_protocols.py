@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 
@@ -24,8 +25,14 @@ def protocol(*args: str) -> dict:
 
 
 def test_alpharl_and_rl_extra_protocols(default_model_dir):
-    alpharl = protocol("--protocol", "alpharl", "--steps", "10")
+    alpharl = protocol("--protocol", "alpharl", "--steps", "10", "--curve")
     assert alpharl["target"] == 10 and alpharl["window"][1] == 3 and alpharl["checkpoint_every"] == 1
+    curve = alpharl["plain_curve"]  # the base model, then every checkpoint, scored on the same fresh set
+    assert [s for s, _ in curve] == list(range(11)) and curve[-1][1] == alpharl["acc_actual"]
+    assert curve[3][1] == alpharl["acc_keep"] and alpharl["level80"] == curve[0][1] + 0.8 * (curve[-1][1] - curve[0][1])
+    to_leap = alpharl["plain_steps_to_leap_acc"]  # plain's steps to the leap's accuracy, interpolated
+    assert to_leap is None or to_leap == 0 or any(s0 < to_leap <= s1 and a < alpharl["acc_pred"] <= b
+                                                  for (s0, a), (s1, b) in pairwise(curve))
     assert len(alpharl["pred_minus_keep"]) == 2 and alpharl["pred_minus_keep"][1] >= 0
     assert 0 <= alpharl["acc_pred"] <= 1 and 0 <= alpharl["acc_actual"] <= 1
     rl_extra = protocol("--protocol", "rl_extra", "--steps", "4", "--ks", "2")
