@@ -75,8 +75,9 @@ def runner_threads(environ) -> int:
     """Torch threads of the single-process runner: LEAPFROG_THREADS, else OMP_NUM_THREADS (so that two runs given one
     thread each share two cores instead of oversubscribing them: OpenMP's spinning workers made two 2-thread runs on
     2 cores ~10x slower than one alone), else every core."""
-    for name in ("LEAPFROG_THREADS", "OMP_NUM_THREADS"):
-        value = environ.get(name, "").strip()
+    for name, value in (("LEAPFROG_THREADS", environ.get("LEAPFROG_THREADS", "")),
+                        ("OMP_NUM_THREADS", environ.get("OMP_NUM_THREADS", ""))):
+        value = value.strip()
         if value:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name}={value!r}: give a whole number of threads >= 1, or unset it")
