@@ -29,3 +29,23 @@ def test_leap_speedup_prints_its_figures(default_model_dir):
         assert set(m[key]) == {"50", "80", "96"}, key
     assert all(m["compute_to"][f] == m["steps_to"][f] for f in m["steps_to"])  # outer momentum: no extra passes
     assert 0 < out["eval_stderr"] < 0.1
+
+
+def test_every_method_makes_a_valid_job_on_every_workload():
+    """Each method's overrides, merged into each workload's job, pass the config's validation (a typo in a method's
+    fields would otherwise surface only after the plain sweep, hours into a run)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("leap_speedup", REPO / "bench" / "leap_speedup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, workload in bench.WORKLOADS.items():
+        args = argparse.Namespace(eval_size=32, prompts=None, steps=workload["steps"], eval_every=2)
+        for method, overrides in bench.METHODS.items():
+            cfg = bench.job(args, workload, 0, bench.method_lr(1e-3, method), overrides)
+            assert cfg.run.steps == workload["steps"], (name, method)
+            if "extrapolate" in overrides:
+                assert cfg.extrapolate.method == overrides["extrapolate"]["method"], (name, method)
+            if "run" in overrides:
+                assert cfg.run.checkpoint_every == overrides["run"]["checkpoint_every"], (name, method)
