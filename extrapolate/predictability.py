@@ -52,7 +52,9 @@ def backtest(states: list, method: str, horizon_checkpoints: int = 1) -> dict[st
     target_step, target = states[-1]
     extrapolator = EXTRAPOLATORS.get(method)()
     if len(window) < extrapolator.min_checkpoints:
-        return {"cos": float("nan"), "rel_err": float("nan")}
+        return {"cos": float("nan"), "rel_err": float("nan"),
+                "reason": f"{len(window)} checkpoint(s) before step {target_step}; {method} needs "
+                          f"{extrapolator.min_checkpoints}"}
     pred = extrapolator.fit(window).predict(target_step)
     return {**forecast_error(pred, window[-1][1], target), "target_step": target_step, "window_end": window[-1][0]}
 

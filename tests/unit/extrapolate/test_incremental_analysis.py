@@ -205,3 +205,5 @@ def test_a_window_that_cannot_be_fitted_is_no_forecast_not_a_crash():
     states = [(2, module(0.0)), (4, module(0.0)), (6, module(0.0))]  # no update yet (all-zero B)
     figures = backtests(states)
     assert math.isnan(figures["growth"]["cos"]) and "nonzero update" in figures["growth"]["reason"]
+    short = backtests(states[-2:])  # one checkpoint before the target: no method with two-checkpoint windows fits
+    assert math.isnan(short["relex"]["cos"]) and "needs 2" in short["relex"]["reason"], short["relex"]
