@@ -14,8 +14,8 @@ held-out greedy accuracy every --eval-every learner steps on the same --eval-siz
    passes, and outer momentum at a fraction of it (`outer_eta2_half_lr`, `outer_eta3_third_lr`: the outer step
    amplifies the K-step net displacement of a smaller, less noisy inner step); checkpoint-based leaps judged by their paired evaluation alone (`*_none`, extrapolate.judge: none) or
    against a control branch (`*_control`); `relex_early`, one leap at step 2 from the checkpoints of steps 1 and 2,
-   for runs too short for the leap policy above, and `relex_early_scales`, the same with a half-length candidate
-   beside it (a method may set `run` fields too: its checkpoint spacing).
+   for runs too short for the leap policy above, `relex_early_logprob`, the same decided by the reference answers'
+   log-prob, and `relex_early_scales`, the same with a half-length candidate beside it (a method may set `run` fields too: its checkpoint spacing).
 
 For a run, steps_to[f] is the learner step at which held-out accuracy first reaches base + f% of G, linearly
 interpolated between the two evaluations around the crossing (a run that never gets there counts the run's whole
@@ -93,6 +93,10 @@ METHODS = {
     "relex_early_scales": {"run": {"checkpoint_every": 1}, "extrapolate": {
         "method": "relex", "window": 2, "horizon": 4, "min_horizon": 4, "scales": [0.5, 1.0], "start_after": 2,
         "leap_every": 1000, "judge": "none", "backtest_threshold": -1.0}},
+    # the same leap decided by the reference answers' mean token log-prob (smooth) instead of greedy accuracy
+    "relex_early_logprob": {"run": {"checkpoint_every": 1}, "extrapolate": {
+        "method": "relex", "window": 2, "horizon": 4, "min_horizon": 4, "scales": [1.0], "start_after": 2,
+        "leap_every": 1000, "judge": "none", "backtest_threshold": -1.0, "decision_metric": "reference_logprob"}},
     # outer momentum on a smaller inner step: does amplifying the K-step net displacement beat the bigger step?
     "outer_eta2_half_lr": {"lr_factor": 0.5, "outer_momentum": {**OUTER, "eta": 2.0}},
     "outer_eta3_third_lr": {"lr_factor": 1 / 3, "outer_momentum": {**OUTER, "eta": 3.0}},

@@ -417,6 +417,9 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                     if leaps.after_checkpoint(done, state.learner_steps, final=done >= last) is not None:
                         rollouts.drop()  # generation for the next step sampled the pre-leap policy
                         log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})
+                        landed = runtime.step_count  # the skipped steps' evaluations never ran: evaluate the landing
+                        if landed % cfg.run.eval_every == 0 or landed >= cfg.run.steps:
+                            evaluate(landed, state)
             except LearnerLost as err:
                 recover_learner(err, runtime, run_dir, state, log, console, step)
                 rollouts.drop()

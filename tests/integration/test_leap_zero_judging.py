@@ -27,7 +27,9 @@ def leaping_job(model_dir, accept_margin: float, **extrapolate):
 
 def test_zero_judging_cost_decides_by_the_paired_score(default_model_dir, tmp_path):
     accept_margin = 0.05  # either decision can happen: the test checks that the paired score alone made it
-    summary = run_job(leaping_job(default_model_dir, accept_margin), run_dir=tmp_path / "run", progress=False)
+    cfg = leaping_job(default_model_dir, accept_margin)
+    cfg.run.eval_every = 2  # every landing (an even step) is an evaluation step
+    summary = run_job(cfg, run_dir=tmp_path / "run", progress=False)
     events = read_jsonl(tmp_path / "run" / "events.jsonl")
     proposals = [e for e in events if e["type"] == "proposal"]
     assert proposals, [e.get("reason") for e in events]
@@ -42,6 +44,14 @@ def test_zero_judging_cost_decides_by_the_paired_score(default_model_dir, tmp_pa
     assert a["steps_lost"] == 0 and a["paid"] == a["applied"] == len(kept)
     assert summary.learner_steps == 14 - a["steps_skipped"]  # skipped steps were not trained
     assert a["applied"] + a["rejected"] == a["proposals"] >= 1
+    # the held-out curve has a point where each kept leap landed, at the learner steps trained before it
+    evals = {e["step"]: e for e in summary.evals}
+    assert len(evals) == len(summary.evals)  # one evaluation per step
+    learner_steps = {r["step"]: r["learner_steps"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")
+                     if "loss" in r}
+    for e in events:
+        if e["type"] == "leap_applied":
+            assert evals[e["to_step"]]["learner_steps"] == learner_steps[e["step"]]
 
 
 def test_reference_logprob_decides_leaps(default_model_dir, tmp_path):
