@@ -37,7 +37,7 @@ class RunConfig(BaseModel):
         "checkpoints/pruned.jsonl), except a leap's pre-leap checkpoint while it is judged and, when the job leaps, "
         "the extrapolation window and its backtest (extrapolate.window + max_horizon / checkpoint_every newest); "
         "rolled_back/ is never touched. null = keep all."))
-    eval_every: int = Field(10, ge=1, description="Greedy held-out evaluation every this many steps (and at 0 and the end).")
+    eval_every: int = Field(10, ge=1, description="Greedy held-out evaluation every this many steps (and at 0, at the end, and where a kept leap lands on such a step).")
     runs_root: str = Field("runs", min_length=1, description="Directory holding run directories (<runs_root>/<name>).")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         [], description="Experiment trackers that receive the metrics rows and the config "
