@@ -118,3 +118,8 @@ def test_growth_extrapolator_follows_a_power_law():
     assert growth.exponent == pytest.approx(0.6, abs=1e-9)
     pb, pa = growth.predict(160)["m"]
     assert torch.allclose(pb @ pa, 2.0 * (b * 16**0.6) @ a, atol=1e-9)
+    # a checkpoint with no update yet (a first step whose groups all scored alike) is left out of the fit
+    unchanged = (5, {"m": LoraModule("m", torch.zeros_like(b), a, 2.0)})
+    assert EXTRAPOLATORS.get("growth")().fit([unchanged, *window]).exponent == pytest.approx(0.6, abs=1e-9)
+    with pytest.raises(ValueError, match="needs 2 checkpoints after step 0 with a nonzero update"):
+        EXTRAPOLATORS.get("growth")().fit([unchanged, window[0]])
