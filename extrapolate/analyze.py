@@ -103,13 +103,13 @@ def growth_by_module_type(rows: list[dict], up_to_step: int) -> dict[str, float]
         if r["step"] > up_to_step:
             continue
         types.add(r["type"])
-        if r["step"] > 0 and r["fro"] > 0:
-            points.setdefault((r["type"], r["module"]), []).append((r["step"], r["fro"]))
+        points.setdefault((r["type"], r["module"]), []).append((r["step"], r["fro"]))
     exponents: dict[str, list[float]] = {t: [] for t in types}
     for (mtype, _), pts in points.items():
-        if len(pts) >= 2:
-            pts.sort()
+        try:
             exponents[mtype].append(growth_exponent([t for t, _ in pts], [f for _, f in pts]))
+        except ValueError:  # fewer than two points with an update: no fit for this module
+            continue
     return {t: statistics.median(ps) if ps else math.nan for t, ps in sorted(exponents.items())}
 
 

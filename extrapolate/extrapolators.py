@@ -145,14 +145,7 @@ class Growth(Extrapolator):
         steps = [s for s, _ in window]
         norms = [sum(float(lora_triplets(*lora_factors_difference(m.b, m.a, m.scale)).fro2) for m in mods.values())
                  ** 0.5 for _, mods in window]
-        # a checkpoint with no update yet (step 0, or a first step whose groups all scored alike) has no log-norm:
-        # the law is fitted on the others
-        points = [(s, n) for s, n in zip(steps, norms, strict=True) if s > 0 and n > 0]
-        if len(points) < 2:
-            raise ValueError(f"the growth law needs 2 checkpoints after step 0 with a nonzero update; the window "
-                             f"{steps} has {len(points)}")
-        fit_steps, fit_norms = zip(*points, strict=True)
-        self.exponent = min(max(growth_exponent(list(fit_steps), list(fit_norms)), 0.0), 1.0)
+        self.exponent = min(max(growth_exponent(steps, norms), 0.0), 1.0)  # unchanged checkpoints left out
         return self
 
     def predict(self, target_step: int):

@@ -114,8 +114,14 @@ def stability(u: torch.Tensor, v: torch.Tensor, u_prev: torch.Tensor, v_prev: to
 
 
 def growth_exponent(steps: list[float], norms: list[float]) -> float:
-    """p of ||W_t - W_0|| ~ a t^p by least squares in log-log (1 = steady drift, 0.5 = random walk)."""
-    t = torch.log(torch.tensor(steps, dtype=torch.float64))
-    y = torch.log(torch.tensor(norms, dtype=torch.float64))
+    """p of ||W_t - W_0|| ~ a t^p by least squares in log-log (1 = steady drift, 0.5 = random walk). Points with
+    t <= 0 or a zero norm (no update yet: step 0, or a first step whose groups all scored alike) have no logarithm
+    and are left out; ValueError when fewer than two remain."""
+    points = [(t, n) for t, n in zip(steps, norms, strict=True) if t > 0 and n > 0]
+    if len(points) < 2:
+        raise ValueError(f"the growth law needs 2 checkpoints after step 0 with a nonzero update; steps {list(steps)} "
+                         f"have {len(points)}")
+    t = torch.log(torch.tensor([t for t, _ in points], dtype=torch.float64))
+    y = torch.log(torch.tensor([n for _, n in points], dtype=torch.float64))
     t_c = t - t.mean()
     return float((t_c * (y - y.mean())).sum() / (t_c**2).sum())
