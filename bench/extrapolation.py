@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.config import load_config  # noqa: E402
-from services.runner import run_job  # noqa: E402
+from services.loop import run_job  # noqa: E402
 
 METHODS = ("rl_extra", "alpharl", "relex", "growth", "next")
 PROTOCOLS = ("window", "alpharl", "relex", "next", "rl_extra")
@@ -55,7 +55,7 @@ def fresh_scores(cfg, eval_size: int):
     from rollout.evaluate import greedy_scores
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
-    from services.runner import job_scorer, max_new_tokens, resolve_model_dir
+    from services.loop import job_scorer, max_new_tokens, resolve_model_dir
 
     task = load_task(cfg.rollout.task, cfg.data)
     examples = task.examples("test", eval_size, seed=FRESH_SEED)
@@ -96,7 +96,7 @@ def offline_leap(args, tmp: Path, method: str, window_share: float, checkpoint_e
     """AlphaRL / RELEX as their authors ran them: fit on the first window_share of one run, leap to its end."""
     from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
     from extrapolate.extrapolators import EXTRAPOLATORS
-    from extrapolate.leap import write_leap_adapter
+    from extrapolate.leap_writer import write_leap_adapter
     from extrapolate.predictability import forecast_error
 
     cfg = protocol_job(args, args.seed, checkpoint_every, args.steps)
@@ -149,7 +149,7 @@ def next_schedule(steps: int) -> tuple[int, int, int, int]:
 
 def next_protocol(args, tmp: Path) -> dict:
     """NExt's one leap in a run, then continued RL, against plain at the same learner steps and at T."""
-    from learner.checkpoint import checkpoint_dir
+    from common.run_dir import checkpoint_dir
 
     steps = args.steps
     spacing, leap_at, horizon, after = next_schedule(steps)
@@ -175,7 +175,7 @@ def next_protocol(args, tmp: Path) -> dict:
 
 def rl_extra_protocol(args, tmp: Path) -> dict:
     """Re-grounding cycles (alpha = 2 every K steps) against plain at T/2 and T."""
-    from learner.checkpoint import checkpoint_dir
+    from common.run_dir import checkpoint_dir
 
     steps, half = args.steps, args.steps // 2 // 2 * 2
     plain_dir = tmp / "plain-run"
@@ -244,7 +244,7 @@ def run_protocol(args) -> None:
 def main() -> None:
     from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
     from extrapolate.extrapolators import EXTRAPOLATORS
-    from extrapolate.leap import write_leap_adapter
+    from extrapolate.leap_writer import write_leap_adapter
     from extrapolate.predictability import forecast_error
     from rollout.evaluate import paired_difference
 

@@ -62,12 +62,12 @@ def main() -> int:
         return 0
     import ray
 
-    from learner.run_dir import read_jsonl
+    from common.run_dir import read_jsonl
     from rollout.engines.base import SamplingParams
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.driver import run_on_ray
-    from services.runner import resolve_model_dir
+    from services.loop import resolve_model_dir
     from services.runtime import RayRuntime
 
     cfg = gpu_job(args)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.leap_speedup import LEAP, run_record, steps_to  # noqa: E402
 from extrapolate.analyze import analyze_run  # noqa: E402
 from services.config import ExtrapolateConfig, load_config, parse_config  # noqa: E402
-from services.runner import run_job  # noqa: E402
+from services.loop import run_job  # noqa: E402
 
 
 def base_params(run_dir: Path) -> int:

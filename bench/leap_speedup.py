@@ -26,7 +26,7 @@ pass each) per candidate, per current policy and per judged branch, so extra = s
 speedup_vs_best_lr[f] = mean baseline steps / mean method steps (null when there is no gain to reach); `ci` is
 its 95% bootstrap interval over seeds
 (paired resampling, 4000 draws; crude with few seeds); `steps_ci` (the baseline's `ci`) is mean +- 1.96 SE over seeds.
-Before the JSON it prints the workload's Markdown table (the README's).
+Before the JSON it prints the workload's Markdown table (docs/results.md's).
 
     .venv/bin/python bench/leap_speedup.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--methods ...]
         [--steps N] [--eval-every 2] [--eval-size N] [--prompts N] [--records FILE]
@@ -52,9 +52,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from learner.run_dir import EVENTS, append_jsonl, read_jsonl  # noqa: E402
+from common.run_dir import EVENTS, append_jsonl, read_jsonl  # noqa: E402
 from services.config import load_config, parse_config  # noqa: E402
-from services.runner import run_job  # noqa: E402
+from services.loop import run_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = (50, 80, 96)
@@ -194,7 +194,7 @@ def method_lr(best_lr: float, name: str) -> float:
 
 
 def markdown_table(result: dict) -> str:
-    """The README's table of one workload: the plain sweep, then each method at the best lr (steps to 50 / 80 / 96%
+    """docs/results.md's table of one workload: the plain sweep, then each method at the best lr (steps to 50 / 80 / 96%
     of the gain with 95% CIs, the speedup at each with its bootstrap CI, compute to 80%, final accuracy)."""
     def steps(fig: dict) -> str:  # (k/n): only k of the n seeds got there (the others count their full run)
         return " / ".join(f"{fig['steps_to'][f]:.1f} [{fig['steps_ci'][f][0]:.1f}, {fig['steps_ci'][f][1]:.1f}]"

@@ -29,7 +29,7 @@ def main() -> None:
     from tiny_job import tiny_job
 
     from learner.bootstrap import bootstrap
-    from services.runner import run_job
+    from services.loop import run_job
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

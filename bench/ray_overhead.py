@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def seconds_per_step(run_dir: Path, warmup: int = 1) -> float:
-    from learner.run_dir import read_jsonl
+    from common.run_dir import read_jsonl
 
     rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]
@@ -37,7 +37,7 @@ def main() -> None:
     from learner.bootstrap import bootstrap
     from services.config import load_config
     from services.driver import run_on_ray
-    from services.runner import run_job
+    from services.loop import run_job
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="deploy/jobs/arith.yaml")

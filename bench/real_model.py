@@ -40,14 +40,14 @@ def mean_tokens(completions) -> float:
 
 
 def run_seed(seed: int, args, tmp: Path) -> dict:
-    from learner.checkpoint import checkpoint_dir
-    from learner.run_dir import read_jsonl
+    from common.run_dir import checkpoint_dir
+    from common.run_dir import read_jsonl
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_completions, paired_difference
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import load_config
-    from services.runner import job_scorer, resolve_model_dir, run_job
+    from services.loop import job_scorer, resolve_model_dir, run_job
 
     cfg = load_config(args.job)
     cfg.run.seed = seed

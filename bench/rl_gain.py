@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.config import load_config  # noqa: E402
-from services.runner import run_job  # noqa: E402
+from services.loop import run_job  # noqa: E402
 
 
 def main() -> None:

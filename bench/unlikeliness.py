@@ -30,13 +30,13 @@ def main() -> None:
     from tiny_job import tiny_job
 
     from learner.bootstrap import bootstrap
-    from learner.checkpoint import checkpoint_dir
+    from common.run_dir import checkpoint_dir
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import sampled_pass_at_k
     from rollout.prompts import PromptEncoder
     from rollout.rewards import Scorer
     from rollout.tasks import load_task
-    from services.runner import run_job
+    from services.loop import run_job
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

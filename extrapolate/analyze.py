@@ -40,8 +40,8 @@ from extrapolate.rank1 import (
     lora_triplets,
     stability,
 )
-from learner.checkpoint import PRUNED
-from learner.run_dir import RANK1, read_jsonl
+from common.run_dir import PRUNED
+from common.run_dir import RANK1, read_jsonl
 
 BACKTEST_CHECKPOINTS = 16  # the backtests forecast the newest checkpoint from at most the 15 before it
 LINEAR_R2_FIT, LINEAR_R2_PREDICT = 10, 5  # at most: linear_r2 fits 10 checkpoints and predicts the next 5
@@ -337,7 +337,7 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
     the base: recovery = (acc_rank1 - acc_base) / (acc_t - acc_base), greedy, on the task's held-out set."""
     import tempfile
 
-    from extrapolate.leap import write_leap_adapter
+    from extrapolate.leap_writer import write_leap_adapter
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_accuracy
     from rollout.prompts import PromptEncoder

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from learner.checkpoint import LEAPFROG_LAYOUT, list_step_dirs
-from learner.run_dir import CHECKPOINTS
+from common.run_dir import CHECKPOINTS, LEAPFROG_LAYOUT, list_step_dirs
+from common.weights import TARGET_TYPES, module_name
 
-TARGET_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def numbered(prefix: str):
@@ -38,7 +37,6 @@ def numbered(prefix: str):
 ADAPTER_LAYOUTS = (LEAPFROG_LAYOUT, (numbered("checkpoint-"), ""), (numbered("global_step_"), "actor/lora_adapter"))
 FULL_LAYOUTS = (LEAPFROG_LAYOUT, (numbered("checkpoint-"), ""), (numbered("global_step_"), "actor/huggingface"))
 
-WEIGHT_KEY = re.compile(r"^(?:model\.)?(.*layers\.\d+\.(?:self_attn|mlp)\.(?:" + "|".join(TARGET_TYPES) + r"))\.weight$")
 
 
 class CheckpointReadError(ValueError):
@@ -78,14 +76,6 @@ def find_full_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, model dir) of every full HF model checkpoint under run_dir (a full-parameter run)."""
     return _find_step_dirs(run_dir, FULL_LAYOUTS, lambda d: (d / "config.json").is_file() and
                            any(d.glob("model*.safetensors")))
-
-
-def module_name(key: str) -> str | None:
-    """The target-module name (model.layers.0.self_attn.q_proj) of a weight's key in a model's state dict or
-    safetensors (model.layers.0.self_attn.q_proj.weight, with or without the model. prefix); None for a weight that
-    is not a target module's matrix (embeddings, norms, biases)."""
-    match = WEIGHT_KEY.match(key)
-    return "model." + match.group(1).removeprefix("model.") if match else None
 
 
 def find_run_checkpoints(run_dir: Path) -> tuple[str, list[tuple[int, Path]]]:

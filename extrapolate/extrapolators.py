@@ -30,8 +30,8 @@ import torch
 
 from extrapolate.base import Extrapolator, line_fit
 from extrapolate.next import NExt
-from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets
-from rollout.registry import Registry
+from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, norm_from_square
+from common.registry import Registry
 
 LINEAR_METHODS = ("rl_extra", "alpharl", "relex", "growth")  # closed-form fits (cheap enough to backtest on every analysis)
 
@@ -143,8 +143,8 @@ class Growth(Extrapolator):
     def fit(self, window):
         super().fit(window)
         steps = [s for s, _ in window]
-        norms = [sum(float(lora_triplets(*lora_factors_difference(m.b, m.a, m.scale)).fro2) for m in mods.values())
-                 ** 0.5 for _, mods in window]
+        norms = [norm_from_square(sum(lora_triplets(*lora_factors_difference(m.b, m.a, m.scale)).fro2
+                                      for m in mods.values())) for _, mods in window]
         self.exponent = min(max(growth_exponent(steps, norms), 0.0), 1.0)  # unchanged checkpoints left out
         return self
 
@@ -163,7 +163,7 @@ for _builtin in (RLExtra, AlphaRL, Relex, Growth, NExt):
 
 def run_accuracies(run_dir) -> dict[int, float]:
     """{step: held-out accuracy} from a Leapfrog run's metrics.jsonl (empty for runs of other frameworks)."""
-    from learner.run_dir import METRICS, read_jsonl
+    from common.run_dir import METRICS, read_jsonl
 
     return {r["step"]: r["eval_accuracy"] for r in read_jsonl(Path(run_dir) / METRICS) if "eval_accuracy" in r}
 
@@ -184,7 +184,7 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
         read_full_update,
         read_lora,
     )
-    from extrapolate.leap import LeapError, check_prediction, write_full_leap, write_leap_adapter
+    from extrapolate.leap_writer import LeapError, check_prediction, write_full_leap, write_leap_adapter
 
     if method not in EXTRAPOLATORS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(EXTRAPOLATORS.names())}")
@@ -221,7 +221,7 @@ def extrapolate_run(run_dir, method: str, window_end: int, target_step: int, out
         return write_leap_adapter(Path(out_dir), window[-1][1], prediction, norms, max_norm_ratio, report)
     import tempfile
 
-    from extrapolate.leap import merge_adapter
+    from extrapolate.leap_writer import merge_adapter
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-leap-") as tmp:
         adapter = write_leap_adapter(Path(tmp) / "adapter", window[-1][1], prediction, norms, max_norm_ratio, report)

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from extrapolate.base import line_fit
 from extrapolate.extrapolators import EXTRAPOLATORS
-from extrapolate.rank1 import lora_factors_difference
+from extrapolate.rank1 import cosine_from_squares, lora_factors_difference, norm_from_square
 
 
 def lowrank_inner(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> float:
@@ -42,8 +44,12 @@ def forecast_error(prediction: dict, window_end: dict, target: dict) -> dict[str
         act_sq += lowrank_inner(*a_disp, *a_disp)
         err_sq += lowrank_inner(*err, *err)
         total_sq += lowrank_inner(*actual, *actual)
-    return {"cos": dot / max((pred_sq * act_sq) ** 0.5, 1e-300),
-            "rel_err": (max(err_sq, 0.0) / max(total_sq, 1e-300)) ** 0.5}
+    out = {"cos": cosine_from_squares(dot, pred_sq, act_sq),
+           "rel_err": norm_from_square(err_sq) / norm_from_square(total_sq) if total_sq > 0 else math.nan}
+    if math.isnan(out["cos"]):
+        out["reason"] = ("the target checkpoint holds no update yet" if not total_sq > 0 else
+                         "no displacement to compare: the prediction or the target equals the window end")
+    return out
 
 
 def backtest(states: list, method: str, horizon_checkpoints: int = 1) -> dict[str, float]:

@@ -18,6 +18,7 @@ if given), all r x r work and every difference of states in float64.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,20 @@ def lora_factors_difference(b1: torch.Tensor, a1: torch.Tensor, scale1: float,
         b = torch.cat([b, -scale0 * b0.to(work)], dim=1)
         a = torch.cat([a, a0.to(work)], dim=0)
     return b, a
+
+
+def norm_from_square(square: float) -> float:
+    """||x|| from ||x||^2. A squared norm computed from factors as a sum of terms that cancel (e.g. ||B1 A1 - B2 A2||^2
+    = <B1 A1, B1 A1> - 2 <B1 A1, B2 A2> + <B2 A2, B2 A2> for two nearly equal states) can round to slightly below
+    zero: that is a zero norm, never a complex one."""
+    return math.sqrt(max(square, 0.0))
+
+
+def cosine_from_squares(dot: float, square_x: float, square_y: float) -> float:
+    """cos(x, y) = <x, y> / (||x|| ||y||) from the inner product and the two squared norms, clipped to [-1, 1]; NaN
+    when either vector is zero (a checkpoint with no update: it has no direction to compare)."""
+    norms = norm_from_square(square_x) * norm_from_square(square_y)
+    return max(-1.0, min(1.0, dot / norms)) if norms > 0 else math.nan
 
 
 def lora_triplets(b: torch.Tensor, a: torch.Tensor, k: int = 1) -> Triplets:

@@ -29,7 +29,7 @@ from extrapolate.checkpoints import (
 )
 from extrapolate.config import ExtrapolateConfig
 from extrapolate.extrapolators import EXTRAPOLATORS
-from extrapolate.leap import write_full_leap, write_learner_leap
+from extrapolate.leap_writer import write_full_leap, write_learner_leap
 from extrapolate.predictability import backtest
 from extrapolate.rank1 import lora_triplets
 

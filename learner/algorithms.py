@@ -17,8 +17,8 @@ import torch
 
 from learner.losses import ADVANTAGES, LossSettings
 from learner.rank_grpo import parsed_items, rank_advantages, rank_rewards, rank_segments, token_advantages
-from learner.rewards import informative_groups, unlikeliness_rewards
-from rollout.registry import Registry
+from learner.reward_shaping import informative_groups, unlikeliness_rewards
+from common.registry import Registry
 
 
 @dataclass

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from learner.run_dir import CHECKPOINTS, append_jsonl, parse_step_name, step_name
+from common.run_dir import PRUNED, append_jsonl, checkpoint_dir, list_checkpoints
 
-PRUNED = "pruned.jsonl"  # in checkpoints/: one {"step", "time"} row per checkpoint deleted by prune_checkpoints
 PRUNING = ".tmp-pruned"  # the suffix a checkpoint gets while it is deleted (a partial name: never read)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 STATE_FILES = ("state.pt", "meta.json")
@@ -31,38 +30,6 @@ STATE_FILES = ("state.pt", "meta.json")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, partial or corrupt."""
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / step_name(step)
-
-
-# A checkpoint layout: (parse, sub) where parse(directory name) is the step or None, and `sub` the path inside
-# that directory where the checkpoint lives ("" = the directory itself). Ours: checkpoints/step-NNNNNN/.
-LEAPFROG_LAYOUT: tuple[Callable[[str], int | None], str] = (parse_step_name, "")
-
-
-def list_step_dirs(run_dir: Path, layouts=(LEAPFROG_LAYOUT,), roots: tuple[str, ...] = (CHECKPOINTS,),
-                   is_complete: Callable[[Path], bool] | None = None) -> list[tuple[int, Path]]:
-    """(step, checkpoint path) of every checkpoint under run_dir, by step: the directories of each root (relative to
-    run_dir; "" = run_dir itself) whose name a layout recognises, the layout's `sub` path inside them, kept when
-    `is_complete(path)` holds (default: it is a directory). On a step found twice, the later root wins."""
-    found: dict[int, Path] = {}
-    for root in (Path(run_dir) / r if r else Path(run_dir) for r in roots):
-        if not root.is_dir():
-            continue
-        for d in root.iterdir():
-            for parse, sub in layouts:
-                step, target = parse(d.name), d / sub if sub else d
-                if step is not None and (is_complete(target) if is_complete else target.is_dir()):
-                    found[step] = target
-    return sorted(found.items())
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run (<run_dir>/checkpoints/step-NNNNNN), by step; partial `.tmp` writes never
-    match the layout. extrapolate/checkpoints.py lists other frameworks' layouts with the same list_step_dirs."""
-    return list_step_dirs(run_dir)
 
 
 def prune_checkpoints(run_dir: Path, keep: int, protect: set[int] = frozenset()) -> list[int]:

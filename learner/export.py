@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from learner.checkpoint import list_checkpoints
+from common.run_dir import list_checkpoints
 from learner.models import saved_chat_template, seal_tree
-from learner.run_dir import CHECKPOINTS
+from common.run_dir import CHECKPOINTS
 
 EXPORT_RECORD = "leapfrog_export.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

@@ -27,7 +27,7 @@ from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
 from learner.outer import OuterMomentum
 from learner.policy import completion_logprobs, load_policy, pad_sequences
-from learner.weights import is_lora, load_weights, read_weights, swapped_weights
+from common.weights import is_lora, load_weights, read_weights, swapped_weights
 
 __all__ = ["Learner", "RolloutBatch"]
 
@@ -215,11 +215,11 @@ class Learner:
         return str(final), version
 
     def apply_leap(self, adapter_path: str | Path, horizon: int, reset_optimizer: bool = False) -> int:
-        """Continue from a leap: load its weights (an adapter of our shape, extrapolate.leap.write_learner_leap, or a
+        """Continue from a leap: load its weights (an adapter of our shape, extrapolate.leap_writer.write_learner_leap, or a
         full model's, write_full_leap), advance the step counter and the learning-rate schedule by `horizon`, keep
         Adam's moments unless reset_optimizer (then the moments of the weights a leap changes start afresh: the
         LoRA B matrices, or the full model's projection matrices). Returns the new step."""
-        from extrapolate.checkpoints import module_name
+        from common.weights import module_name
 
         load_weights(self.model, read_weights(adapter_path))
         if reset_optimizer:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rollout.registry import Registry
+from common.registry import Registry
 
 RATIO_LEVELS = ("token", "sequence", "segment")
 

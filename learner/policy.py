@@ -1,5 +1,5 @@
 """The policy: an HF causal LM with a PEFT LoRA adapter (or, for full-parameter RL, the model itself), and its
-per-token log-probabilities. Its weights as saved and loaded: learner/weights.py."""
+per-token log-probabilities. Its weights as saved and loaded: common/weights.py."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
 
     from services.checks import require_valid
     from services.config import load_config
-    from services.runner import run_job
+    from services.loop import run_job
 
     console = Console()
     if args.resume:
@@ -173,7 +173,7 @@ def cmd_demo(args) -> int:
 
     from services.api import create_app
     from services.config import JobConfig, dump_config
-    from services.runner import RunSummary, resolve_model_dir
+    from services.loop import RunSummary, resolve_model_dir
     from services.serve import control_plane
     from services.store import TERMINAL, free_port
 
@@ -428,7 +428,7 @@ def cmd_analyze_with_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from extrapolate.checkpoints import CheckpointReadError
-    from extrapolate.leap import LeapError
+    from extrapolate.leap_writer import LeapError
     from learner.checkpoint import CheckpointError
     from services.config import ConfigError
 

@@ -140,7 +140,7 @@ def dump_config(cfg: JobConfig) -> str:
 
 def config_reference() -> str:
     """The job config as Markdown tables, one per section (field, type, default, description), from the schema:
-    the README's config reference is this text (a test keeps them equal)."""
+    docs/config.md's configuration reference is this text (a test keeps them equal)."""
     import json
 
     schema = JobConfig.model_json_schema()

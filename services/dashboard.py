@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from learner.run_dir import SAMPLES, read_jsonl
+from common.run_dir import SAMPLES, read_jsonl
 
 STATIC = Path(__file__).parent / "static"
 MAX_SAMPLES = 500  # the newest sampled completions a page holds

@@ -6,7 +6,7 @@ becomes RUNNING, metrics / rank-1 / events go to its streams, and it ends SUCCEE
 (with the error) — unless it was cancelled meanwhile, which the store's atomic transitions keep.
 It connects to Ray (RAY_ADDRESS, the address a Ray job is given, or a local instance when unset), starts one
 Learner and rollout.num_workers RolloutWorker actors, and runs the same driver loop as `leapfrog run`
-(`services.runner.drive`). Its last stdout line is the run summary as JSON.
+(`services.loop.drive`). Its last stdout line is the run summary as JSON.
 Started again with the same job and run directory (a driver that died, resubmitted or retried), it continues from
 the run's last checkpoint; the rows the dead attempt logged after it are set aside under rolled_back/.
 """
@@ -42,7 +42,7 @@ def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, 
     """The job on the Ray cluster. restart: this job may have run in run_dir before (a driver started again after it
     died): it continues from its last checkpoint instead of refusing the run directory."""
     from rollout.tasks import load_task
-    from services.runner import drive, max_new_tokens, prepare_job
+    from services.loop import drive, max_new_tokens, prepare_job
     from services.runtime import RayRuntime
 
     model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False, restart=restart)

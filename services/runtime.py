@@ -1,5 +1,5 @@
 """Where the loop's pieces run: in this process (`LocalRuntime`) or as Ray actors (`RayRuntime`). Both implement
-the `Runtime` protocol, so `services.runner.drive` is one loop for both."""
+the `Runtime` protocol, so `services.loop.drive` is one loop for both."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class LearnerLost(RuntimeError):
 
 
 class Runtime(Protocol):
-    """What the driver loop and the leap controller (services/leaps.py) call."""
+    """What the driver loop and the leap controller (services/leap_protocol.py) call."""
 
     @property
     def step_count(self) -> int:
@@ -117,7 +117,7 @@ class LocalRuntime:
 
     def generate_with(self, adapter_path: str, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """Swap the candidate's weights (LoRA, or full) into the shared policy, sample, and swap the learner's back."""
-        from learner.weights import swapped_weights
+        from common.weights import swapped_weights
 
         with swapped_weights(self.learner.model, adapter_path):
             return self.engine.generate(prompt_ids, params)

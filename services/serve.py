@@ -60,7 +60,7 @@ def local_ray(env: dict):
 @contextmanager
 def control_plane():
     """(store, jobs, settings, redis_url) with Redis and Ray up; tears down what it started."""
-    from services.jobs import RayJobs
+    from services.ray_jobs import RayJobs
     from services.store import EmbeddedRedis, connect
 
     redis = None
@@ -101,7 +101,7 @@ def worker_app():
     """uvicorn's app factory for `--workers N`: each worker process builds its app over the Redis and Ray that
     `serve` started or was given (REDIS_URL, RAY_ADDRESS in its environment)."""
     from services.api import create_app
-    from services.jobs import RayJobs
+    from services.ray_jobs import RayJobs
     from services.store import connect
 
     url, address = os.environ["REDIS_URL"], os.environ["RAY_ADDRESS"]

@@ -1,6 +1,6 @@
 """Experiment trackers (`run.report_to`): TensorBoard, Weights & Biases and MLflow receive what metrics.jsonl
 receives — every numeric field of every row that has a step (learner steps and evaluations), by step — and the job
-config. The driver's RunLog (services/runner.py) feeds them; they are opened when the loop starts and closed when
+config. The driver's RunLog (services/loop.py) feeds them; they are opened when the loop starts and closed when
 it ends, marked failed when it raises. The same in `leapfrog run` and in the Ray driver (the driver process logs).
 
     tensorboard   event files in <run_dir>/tensorboard/ (torch.utils.tensorboard), the config as text
@@ -24,8 +24,8 @@ import re
 import time
 from pathlib import Path
 
-from learner.run_dir import MLRUNS, TENSORBOARD, WANDB
-from rollout.registry import Registry
+from common.run_dir import MLRUNS, TENSORBOARD, WANDB
+from common.registry import Registry
 from services.config import JobConfig, dump_config
 
 TRACKERS: Registry[type] = Registry("tracker")

@@ -55,7 +55,7 @@ class HFEngine:
         from peft import PeftModel, set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        from learner.weights import is_adapter_dir, load_weights, read_weights
+        from common.weights import is_adapter_dir, load_weights, read_weights
 
         if not is_adapter_dir(adapter_path):
             load_weights(self.model, read_weights(adapter_path))

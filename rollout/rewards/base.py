@@ -21,7 +21,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 
-from rollout.registry import Registry
+from common.registry import Registry
 
 RewardFn = Callable[..., list]
 REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")

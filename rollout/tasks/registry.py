@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from rollout.registry import Registry
+from common.registry import Registry
 from rollout.tasks.base import Task
 
 TASKS: Registry[type[Task]] = Registry("task")

@@ -49,7 +49,7 @@ class ControlPlaneApp(FastAPI):
 
 def create_app(store, jobs_client, settings: Settings, warm: bool = False) -> FastAPI:
     """The app over a JobStore (services/store.py; its Redis also feeds the SSE readers and the documents cache)
-    and a RayJobs (services/jobs.py). `app.state.reconcile_all()` brings every job in line with Ray. `warm`: at
+    and a RayJobs (services/ray_jobs.py). `app.state.reconcile_all()` brings every job in line with Ray. `warm`: at
     startup, load in the background what the first submission's checks would (`leapfrog serve` does)."""
     plane = Plane(store, jobs_client, settings)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi.concurrency import run_in_threadpool
 
 from services.api.models import Settings, job_json
-from services.jobs import RAY_TO_JOB_STATE, RayUnavailable
+from services.ray_jobs import RAY_TO_JOB_STATE, RayUnavailable
 from services.store import TERMINAL, TransitionError
 
 log = logging.getLogger("leapfrog.api")

@@ -1,7 +1,8 @@
-"""Every command in the README is exercised: the cheap ones run for real, the others are parsed by the program that
-would run them (leapfrog's and the driver's argument parsers, make's dry run, the API's OpenAPI routes, the files
-they name). An unknown kind of command fails the test, so new README commands must be covered here. The config
-reference in the README is the generated one."""
+"""Every command in the README and in the docs it moved its reference material to (docs/results.md, docs/config.md)
+is exercised: the cheap ones run for real, the others are parsed by the program that would run them (leapfrog's and
+the driver's argument parsers, make's dry run, the API's OpenAPI routes, the files they name). An unknown kind of
+command fails the test, so new commands in those files must be covered here. The config reference in docs/config.md
+is the generated one."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import pytest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
-README = (REPO / "README.md").read_text()
+DOCUMENTS = ("README.md", "docs/results.md", "docs/config.md")  # every ```bash block command of these is checked
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+def readme_commands(document: str = "README.md") -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / document).read_text(), re.S)
     commands = []
     for block in blocks:
         for line in block.splitlines():
@@ -27,6 +28,11 @@ def readme_commands() -> list[str]:
             if line and not line.startswith("#"):
                 commands.append(line)
     return commands
+
+
+def test_every_document_has_commands():
+    for document in DOCUMENTS:
+        assert readme_commands(document), f"no ```bash command found in {document}: the pattern or the file is wrong"
 
 
 def test_the_two_commands_come_first_and_ci_runs_the_second():
@@ -97,10 +103,11 @@ def check(command: str) -> str:
     if program == "kubectl":
         assert (REPO / words[words.index("-f") + 1]).exists()
         return "manifests exist (validated in tests/deploy)"
-    raise AssertionError(f"README command not covered by this test: {command}")
+    raise AssertionError(f"documented command not covered by this test: {command}")
 
 
-@pytest.mark.parametrize("command", readme_commands())
+@pytest.mark.parametrize("command", [pytest.param(command, id=f"{document}: {command}")
+                                     for document in DOCUMENTS for command in readme_commands(document)])
 def test_readme_command(command):
     assert check(command)
 
@@ -108,8 +115,9 @@ def test_readme_command(command):
 def test_config_reference_is_generated():
     from services.config import config_reference
 
-    section = README.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
-    assert section.strip() == config_reference().strip(), "README config reference is stale: run " \
+    config_md = (REPO / "docs" / "config.md").read_text()
+    section = config_md.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->", 1)[0]
+    assert section.strip() == config_reference().strip(), "docs/config.md's config reference is stale: run " \
                                                           "`leapfrog config reference` and paste it"
 
 

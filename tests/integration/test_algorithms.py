@@ -67,8 +67,8 @@ def test_one_completion_limit_everywhere(tmp_path):
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import parse_config
-    from services.leaps import LeapController
-    from services.runner import Evaluator, LoopState, RunLog, job_scorer
+    from services.leap_protocol import LeapController
+    from services.loop import Evaluator, LoopState, RunLog, job_scorer
     from services.runtime import LocalRuntime
 
     model_dir = bootstrap("ranklist", 0, progress=False)

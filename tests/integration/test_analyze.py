@@ -11,7 +11,7 @@ import torch
 from extrapolate.analyze import analyze_run
 from extrapolate.checkpoints import CheckpointReadError, find_adapter_checkpoints, read_lora
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +162,34 @@ def test_extrapolating_a_full_parameter_run_writes_a_full_model(tiny_model_dir, 
     other = "model.layers.0.mlp.up_proj.weight"  # untouched by training: its update is zero, and so is its leap
     assert torch.allclose(leapt[other], base[other], atol=1e-7)
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_analyze_a_trl_run_whose_first_checkpoints_hold_no_update(run_dir, tmp_path):
+    """TRL GRPOTrainer + PEFT on a hard task: every group's rewards alike in the first steps, so the zero-initialised
+    LoRA B never moved. Those checkpoints are analysed as zero updates (no rank-1 direction), and every figure that
+    divides by a norm is a real number or NaN, never complex (this used to fail in the backtests)."""
+    import math
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    trl = tmp_path / "trl-run"
+    ours = find_adapter_checkpoints(run_dir)
+    unchanged = ours[0][1]
+    for i, (_, path) in enumerate([(0, unchanged), (0, unchanged), *ours]):
+        target = trl / f"checkpoint-{2 * (i + 1)}"
+        target.mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy(path / name, target / name)
+        if i < 2:  # B of the first two checkpoints is still its zero initialisation
+            weights = load_file(str(target / "adapter_model.safetensors"))
+            save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
+                      str(target / "adapter_model.safetensors"))
+    result = analyze_run(trl, progress=False)
+    assert result["steps"] == [2, 4, 6, 8, 10]
+    for method, check in result["backtest"].items():
+        for key in ("cos", "rel_err"):
+            assert isinstance(check[key], float) and not isinstance(check[key], complex), (method, check)
+        assert math.isnan(check["cos"]) or -1.0 <= check["cos"] <= 1.0, (method, check)
+    rows = [json.loads(x) for x in (trl / "rank1" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {2, 4, 6, 8, 10}

@@ -10,7 +10,7 @@ import pytest
 
 from services.api import Settings, create_app
 from services.cli import main
-from services.jobs import RayJobs
+from services.ray_jobs import RayJobs
 from services.store import EmbeddedRedis, connect
 from tests.conftest import free_port
 from tests.integration.control_plane import LiveServer

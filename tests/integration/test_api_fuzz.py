@@ -8,7 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from services.api import Settings, create_app
-from services.jobs import RayJobs
+from services.ray_jobs import RayJobs
 from services.store import EmbeddedRedis, connect
 from tests.conftest import free_port
 

@@ -1,5 +1,5 @@
 """Smoke version of bench/api_load.py with each generator (this process's strict pacer, and Debian's wrk in its own
-process): a few seconds per phase, few clients; the last line is the JSON the README's row is made from."""
+process): a few seconds per phase, few clients; the last line is the JSON docs/results.md's row is made from."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.cuda]
 def test_learner_on_cuda_bf16_writes_cpu_checkpoints(smollm2_dir, tmp_path):
     from learner.checkpoint import read_checkpoint
     from services.config import parse_config
-    from services.runner import run_job
+    from services.loop import run_job
 
     cfg = parse_config({"model": {"path": str(smollm2_dir), "device": "cuda", "dtype": "bfloat16"},
                         "rollout": {"task": "sums", "prompts_per_step": 8, "group_size": 4, "eval_size": 16},

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from learner.run_dir import METRICS, SAMPLES, SUMMARY, read_jsonl
+from common.run_dir import METRICS, SAMPLES, SUMMARY, read_jsonl
 from rollout.config import DataConfig
 from rollout.data import DataError, check_data
 from rollout.prompts import PromptEncoder
 from rollout.rewards import RewardFailure
 from rollout.tasks import load_task
 from services.config import ConfigError, parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 QUESTION = "What is 2 + 3? Answer with just the number."

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from extrapolate.extrapolators import LINEAR_METHODS, extrapolate_run
-from extrapolate.leap import LeapError
-from learner.checkpoint import checkpoint_dir
+from extrapolate.leap_writer import LeapError
+from common.run_dir import checkpoint_dir
 from learner.config import LoraConfig, ModelConfig
 from learner.policy import load_policy
 

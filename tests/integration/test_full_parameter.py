@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from extrapolate.analyze import analyze_run
-from learner.checkpoint import checkpoint_dir, list_checkpoints
-from learner.run_dir import read_jsonl
+from common.run_dir import checkpoint_dir, list_checkpoints
+from common.run_dir import read_jsonl
 from services.config import ConfigError, parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.api import Settings, create_app
 from services.dashboard import JOB_SLOT, live_page_template, page
-from services.jobs import RayJobs
+from services.ray_jobs import RayJobs
 from services.store import EmbeddedRedis, connect
 from tests.conftest import free_port
 

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from learner.checkpoint import PRUNED, list_checkpoints
-from learner.run_dir import read_jsonl
+from common.run_dir import PRUNED, list_checkpoints
+from common.run_dir import read_jsonl
 from services.config import parse_config
-from services.runner import checkpoints_to_keep, run_job
+from services.loop import checkpoints_to_keep, run_job
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Smoke version of bench/leap_speedup.py: a two-lr sweep and one outer-momentum method on the default model, a few
-steps; the last line is the JSON the README's table is made from."""
+steps; the last line is the JSON docs/results.md's table is made from."""
 
 from __future__ import annotations
 

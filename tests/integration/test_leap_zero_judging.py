@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from learner.run_dir import read_jsonl
+from common.run_dir import read_jsonl
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def leaping_job(model_dir, accept_margin: float, **extrapolate):
         "rollout": {"prompts_per_step": 8, "group_size": 4, "eval_size": 32},
         "learner": {"lr": 2e-3},
         "run": {"steps": 14, "checkpoint_every": 2, "eval_every": 14},
-        "extrapolate": {"method": "rl_extra", "window": 2, "horizon": 2, "min_horizon": 1, "max_horizon": 4,
+        "extrapolate": {"method": "rl_extra", "window": 2, "horizon": 2, "min_horizon": 2, "max_horizon": 4,
                         "scales": [2.0], "start_after": 2, "leap_every": 2, "backtest_threshold": -1.0,
                         "judge": "none", "accept_margin": accept_margin, "eval_size": 20, **extrapolate}})
 
@@ -70,7 +70,7 @@ def test_reference_logprob_decides_leaps(default_model_dir, tmp_path):
 
 
 def test_candidate_logprobs_leave_the_policy_unchanged(default_model_dir, tmp_path):
-    from learner.checkpoint import checkpoint_dir
+    from common.run_dir import checkpoint_dir
     from services.runtime import LocalRuntime
 
     cfg = parse_config({"model": {"path": str(default_model_dir)}, "learner": {"lr": 5e-3},

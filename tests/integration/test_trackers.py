@@ -11,9 +11,9 @@ import struct
 
 import pytest
 
-from learner.run_dir import METRICS, read_jsonl
+from common.run_dir import METRICS, read_jsonl
 from services.config import parse_config
-from services.runner import run_job
+from services.loop import run_job
 from services.trackers import Trackers
 
 pytestmark = pytest.mark.integration

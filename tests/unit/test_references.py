@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Paths are recognised only when they start with one of the project's top-level directories (and are not the tail of
 # a longer path such as /tmp/learner/x or .venv/lib/.../trainer/x): few false positives, and no known path slips by.
-TOP_DIRS = ("rollout", "learner", "extrapolate", "services", "bench", "deploy", "tests", "docs", "requirements")
+TOP_DIRS = ("common", "rollout", "learner", "extrapolate", "services", "bench", "deploy", "tests", "docs",
+            "requirements")
 PATH_RE = re.compile(r"(?<![\w./~-])((?:" + "|".join(TOP_DIRS) + r")/[\w./-]*[\w/])")
 DOC_ANCHOR_RE = re.compile(r"(?<![\w./~-])(docs/[\w./-]+\.md)#([\w-]+)")
 MD_LINK_RE = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)\)")

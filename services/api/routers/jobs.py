@@ -16,7 +16,7 @@ from services.api.models import CheckpointInfo, Job, JobPage, StreamItem, Stream
 from services.api.plane import Plane
 from services.checks import check_job, split_field
 from services.config import JobConfig, dump_config
-from services.jobs import RayUnavailable
+from services.ray_jobs import RayUnavailable
 from services.store import STATES, JobNotFound, TransitionError
 
 router = APIRouter(tags=["jobs"])

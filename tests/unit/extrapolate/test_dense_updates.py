@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from extrapolate.checkpoints import dense_factors, module_name, read_full_update
+from common.weights import module_name
+from extrapolate.checkpoints import dense_factors, read_full_update
 from extrapolate.extrapolators import EXTRAPOLATORS
-from extrapolate.leap import LeapError, check_prediction, write_full_leap
+from extrapolate.leap_writer import LeapError, check_prediction, write_full_leap
 from extrapolate.predictability import forecast_error
 from extrapolate.rank1 import lora_triplets
 

@@ -8,7 +8,7 @@ import json
 import torch
 
 from extrapolate.checkpoints import pattern_value, read_lora
-from extrapolate.leap import write_leap_adapter
+from extrapolate.leap_writer import write_leap_adapter
 
 
 def tiny_base(path):

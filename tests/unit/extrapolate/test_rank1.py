@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -123,3 +125,47 @@ def test_growth_extrapolator_follows_a_power_law():
     assert EXTRAPOLATORS.get("growth")().fit([unchanged, *window]).exponent == pytest.approx(0.6, abs=1e-9)
     with pytest.raises(ValueError, match="needs 2 checkpoints after step 0 with a nonzero update"):
         EXTRAPOLATORS.get("growth")().fit([unchanged, window[0]])
+
+
+def test_norms_and_cosines_survive_zero_and_rounding_negative_squares():
+    from extrapolate.rank1 import cosine_from_squares, norm_from_square
+
+    assert norm_from_square(-1e-18) == 0.0 and norm_from_square(4.0) == 2.0
+    assert math.isnan(cosine_from_squares(1e-20, -1e-18, 3.0))  # a zero vector has no direction
+    assert math.isnan(cosine_from_squares(0.0, 0.0, 0.0))
+    assert cosine_from_squares(2.0, 1.0, 4.0) == 1.0 and cosine_from_squares(-2.0000001, 1.0, 4.0) == -1.0
+
+
+def lora_state(b: torch.Tensor, a: torch.Tensor) -> dict:
+    from extrapolate.checkpoints import LoraModule
+
+    return {"model.layers.0.self_attn.q_proj": LoraModule("model.layers.0.self_attn.q_proj", b, a, 2.0)}
+
+
+@pytest.mark.parametrize("method", ["rl_extra", "alpharl", "relex", "growth"])
+def test_backtest_of_a_run_whose_first_checkpoints_are_unchanged(method):
+    """TRL + PEFT on a hard task: every group's rewards alike in the first steps, so the zero-initialised B never
+    moved. The backtests give a real number or NaN with a reason, never a complex number or an error."""
+    from extrapolate.predictability import backtest, forecast_error
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 24, generator=gen, dtype=torch.float64)
+    b = torch.randn(32, 4, generator=gen, dtype=torch.float64)
+    states = [(s, lora_state(torch.zeros(32, 4, dtype=torch.float64), a)) for s in (1, 2, 3)]
+    states += [(s, lora_state(b * (s - 3), a)) for s in (4, 5, 6)]
+    for end in range(2, len(states) + 1):
+        window = states[:end]
+        try:
+            check = backtest(window, method)
+        except ValueError as err:  # the method's own refusal (e.g. growth with one nonzero checkpoint) names why
+            assert "nonzero update" in str(err) or "checkpoint" in str(err), err
+            continue
+        assert isinstance(check["cos"], float) and isinstance(check["rel_err"], float), check
+        assert math.isnan(check["cos"]) or -1.0 <= check["cos"] <= 1.0
+        assert math.isnan(check["rel_err"]) or check["rel_err"] >= 0.0
+        if math.isnan(check["cos"]):
+            assert check["reason"]
+    # identical prediction and target from an unchanged window end: no displacement, cos NaN with its reason
+    same = states[0][1]
+    found = forecast_error({n: (m.b, m.a) for n, m in same.items()}, same, same)
+    assert math.isnan(found["cos"]) and math.isnan(found["rel_err"]) and found["reason"]

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    list_checkpoints,
-    read_checkpoint,
-    write_checkpoint,
-)
+from learner.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from common.run_dir import checkpoint_dir, list_checkpoints
 
 
 class FakeAdapterModel:
@@ -55,8 +50,8 @@ def test_one_lister_for_every_layout(tmp_path):
     """learner.checkpoint.list_step_dirs lists ours (checkpoints/step-NNNNNN, partial writes skipped) for the learner
     and, with the layouts as a parameter, TRL's and verl's for the analysis; both name our directories the same."""
     from extrapolate.checkpoints import find_adapter_checkpoints
-    from learner.checkpoint import list_step_dirs
-    from learner.run_dir import step_name
+    from common.run_dir import list_step_dirs
+    from common.run_dir import step_name
 
     ours = write_checkpoint(tmp_path, 10, FakeAdapterModel(), {"step": 10}, {})
     assert ours.name == step_name(10) == "step-000010"

@@ -271,7 +271,7 @@ def test_the_readme_job_and_reward_function_work_as_shown(tmp_path, monkeypatch)
     from services.config import parse_config
 
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    section = readme.split("## Your data and rewards", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("\n## Your model, data and rewards\n", 1)[1].split("\n## ", 1)[0]
     job = parse_config(yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1)), "README")
     assert job.rollout.task == "dataset" and [r.metric_name for r in job.rewards] == ["math_accuracy", "format",
                                                                                       "concise"]

@@ -1,4 +1,4 @@
-"""The leap protocol's state machine (`LeapState` in services/leaps.py), every transition, with no model: propose ->
+"""The leap protocol's state machine (`LeapState` in services/leap_protocol.py), every transition, with no model: propose ->
 evaluate -> apply -> (control branch) -> judge -> keep / roll back, the accounting of steps saved and lost, and the
 transitions each phase refuses."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.leaps import LeapState, LeapStateError, PendingLeap, Phase
+from services.leap_protocol import LeapState, LeapStateError, PendingLeap, Phase
 
 
 def state(judge="control", **kw) -> LeapState:

@@ -61,13 +61,13 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 40 and "services.runner" in graph["services.driver"]  # the graph is really built
+    assert len(graph) > 40 and "services.loop" in graph["services.driver"]  # the graph is really built
     assert cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # and the search finds a cycle when there is one
     assert cycles(graph) == []
 
 
 def test_drive_fits_on_one_screen():
-    from services.runner import drive
+    from services.loop import drive
 
     lines = inspect.getsource(drive).splitlines()
     assert len(lines) < 70, f"drive() is {len(lines)} lines"

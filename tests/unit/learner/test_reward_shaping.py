@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.rewards import informative_groups, unlikeliness_rewards
+from learner.reward_shaping import informative_groups, unlikeliness_rewards
 
 
 def test_unlikeliness_ranks_within_each_group():

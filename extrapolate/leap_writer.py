@@ -81,7 +81,7 @@ def write_full_leap(out_dir: Path, source_checkpoint: Path, weights_0: dict[str,
     (path, 0.0): a dense leap loses nothing to a projection. Refuses NaN/Inf; writes atomically."""
     from safetensors.torch import load_file, save_file
 
-    from extrapolate.checkpoints import module_name
+    from common.weights import module_name
 
     out_dir, source = Path(out_dir), Path(source_checkpoint)
     tensors = {k: v for f in sorted(source.glob("model*.safetensors")) for k, v in load_file(str(f)).items()}

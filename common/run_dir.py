@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIG = "config.yaml"
@@ -34,6 +35,7 @@ ROLLED_BACK = "rolled_back"
 TENSORBOARD = "tensorboard"
 WANDB = "wandb"
 MLRUNS = "mlruns"
+PRUNED = "pruned.jsonl"  # in checkpoints/: one {"step", "time"} row per checkpoint deleted by pruning
 
 
 def step_name(step: int) -> str:
@@ -59,3 +61,35 @@ def append_jsonl(path: Path, record: dict) -> None:
     """Append one record as a line of JSON."""
     with Path(path).open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / step_name(step)
+
+
+# A checkpoint layout: (parse, sub) where parse(directory name) is the step or None, and `sub` the path inside
+# that directory where the checkpoint lives ("" = the directory itself). Ours: checkpoints/step-NNNNNN/.
+LEAPFROG_LAYOUT: tuple[Callable[[str], int | None], str] = (parse_step_name, "")
+
+
+def list_step_dirs(run_dir: Path, layouts=(LEAPFROG_LAYOUT,), roots: tuple[str, ...] = (CHECKPOINTS,),
+                   is_complete: Callable[[Path], bool] | None = None) -> list[tuple[int, Path]]:
+    """(step, checkpoint path) of every checkpoint under run_dir, by step: the directories of each root (relative to
+    run_dir; "" = run_dir itself) whose name a layout recognises, the layout's `sub` path inside them, kept when
+    `is_complete(path)` holds (default: it is a directory). On a step found twice, the later root wins."""
+    found: dict[int, Path] = {}
+    for root in (Path(run_dir) / r if r else Path(run_dir) for r in roots):
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            for parse, sub in layouts:
+                step, target = parse(d.name), d / sub if sub else d
+                if step is not None and (is_complete(target) if is_complete else target.is_dir()):
+                    found[step] = target
+    return sorted(found.items())
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run (<run_dir>/checkpoints/step-NNNNNN), by step; partial `.tmp` writes never
+    match the layout. extrapolate/checkpoints.py lists other frameworks' layouts with the same list_step_dirs."""
+    return list_step_dirs(run_dir)

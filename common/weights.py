@@ -1,12 +1,24 @@
 """A policy's weights as saved and loaded: a PEFT LoRA adapter directory, or (full-parameter RL) a full HF model
-directory's model*.safetensors. No project imports, so the learner and the rollout engines share it."""
+directory's model*.safetensors. No project imports: the learner, the rollout engines and the extrapolation service share it,
+and module_name names the target-module matrices the same way for all of them."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+TARGET_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+WEIGHT_KEY = re.compile(r"^(?:model\.)?(.*layers\.\d+\.(?:self_attn|mlp)\.(?:" + "|".join(TARGET_TYPES) + r"))\.weight$")
+
+def module_name(key: str) -> str | None:
+    """The target-module name (model.layers.0.self_attn.q_proj) of a weight's key in a model's state dict or
+    safetensors (model.layers.0.self_attn.q_proj.weight, with or without the model. prefix); None for a weight that
+    is not a target module's matrix (embeddings, norms, biases)."""
+    match = WEIGHT_KEY.match(key)
+    return "model." + match.group(1).removeprefix("model.") if match else None
 
 
 def is_lora(model) -> bool:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from learner.checkpoint import checkpoint_dir, list_checkpoints
-from learner.run_dir import EVENTS, ROLLED_BACK, append_jsonl
+from common.run_dir import checkpoint_dir, list_checkpoints
+from common.run_dir import EVENTS, ROLLED_BACK, append_jsonl
 from rollout.evaluate import greedy_scores, paired_difference
 from rollout.rewards import Scorer
 

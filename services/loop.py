@@ -16,8 +16,9 @@ from pathlib import Path
 
 from learner.algorithms import ALGORITHMS
 from learner.bootstrap import bootstrap, default_model_dir
-from learner.checkpoint import checkpoint_dir, list_checkpoints, prune_checkpoints
-from learner.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
+from learner.checkpoint import prune_checkpoints
+from common.run_dir import checkpoint_dir, list_checkpoints
+from common.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
 from rollout.metrics import completion_metrics
@@ -26,7 +27,7 @@ from rollout.rewards import Scorer, Scores
 from rollout.tasks import load_task
 from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
-from services.leaps import LeapController, leap_controller
+from services.leap_protocol import LeapController, leap_controller
 from services.runtime import LearnerLost
 from services.trackers import Trackers
 
@@ -43,7 +44,7 @@ class RunSummary:
     seconds: float
     evals: list[dict] = field(default_factory=list)
     learner_steps: int = 0
-    leaps: dict | None = None  # accounting of services/leaps.py when the job leaps
+    leaps: dict | None = None  # accounting of services/leap_protocol.py when the job leaps
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
