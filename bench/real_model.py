@@ -40,8 +40,7 @@ def mean_tokens(completions) -> float:
 
 
 def run_seed(seed: int, args, tmp: Path) -> dict:
-    from common.run_dir import checkpoint_dir
-    from common.run_dir import read_jsonl
+    from common.run_dir import checkpoint_dir, read_jsonl
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_completions, paired_difference
     from rollout.prompts import PromptEncoder

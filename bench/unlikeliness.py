@@ -29,8 +29,8 @@ METHODS = {"grpo": {},
 def main() -> None:
     from tiny_job import tiny_job
 
-    from learner.bootstrap import bootstrap
     from common.run_dir import checkpoint_dir
+    from learner.bootstrap import bootstrap
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import sampled_pass_at_k
     from rollout.prompts import PromptEncoder

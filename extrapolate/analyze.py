@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from common.run_dir import PRUNED, RANK1, read_jsonl
 from extrapolate.checkpoints import (
     CheckpointReadError,
     find_adapter_checkpoints,
@@ -40,8 +41,6 @@ from extrapolate.rank1 import (
     lora_triplets,
     stability,
 )
-from common.run_dir import PRUNED
-from common.run_dir import RANK1, read_jsonl
 
 BACKTEST_CHECKPOINTS = 16  # the backtests forecast the newest checkpoint from at most the 15 before it
 LINEAR_R2_FIT, LINEAR_R2_PREDICT = 10, 5  # at most: linear_r2 fits 10 checkpoints and predicts the next 5

@@ -21,7 +21,6 @@ from common.run_dir import CHECKPOINTS, LEAPFROG_LAYOUT, list_step_dirs
 from common.weights import TARGET_TYPES, module_name
 
 
-
 def numbered(prefix: str):
     """A directory-name parser for `<prefix><digits>` (TRL's checkpoint-N, verl's global_step_N): the step or None."""
     pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")

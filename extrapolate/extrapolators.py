@@ -28,10 +28,16 @@ from pathlib import Path
 
 import torch
 
+from common.registry import Registry
 from extrapolate.base import Extrapolator, line_fit
 from extrapolate.next import NExt
-from extrapolate.rank1 import align_sign, growth_exponent, lora_factors_difference, lora_triplets, norm_from_square
-from common.registry import Registry
+from extrapolate.rank1 import (
+    align_sign,
+    growth_exponent,
+    lora_factors_difference,
+    lora_triplets,
+    norm_from_square,
+)
 
 LINEAR_METHODS = ("rl_extra", "alpharl", "relex", "growth")  # closed-form fits (cheap enough to backtest on every analysis)
 

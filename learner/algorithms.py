@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from common.registry import Registry
 from learner.losses import ADVANTAGES, LossSettings
 from learner.rank_grpo import parsed_items, rank_advantages, rank_rewards, rank_segments, token_advantages
 from learner.reward_shaping import informative_groups, unlikeliness_rewards
-from common.registry import Registry
 
 
 @dataclass

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common.run_dir import list_checkpoints
+from common.run_dir import CHECKPOINTS, list_checkpoints
 from learner.models import saved_chat_template, seal_tree
-from common.run_dir import CHECKPOINTS
 
 EXPORT_RECORD = "leapfrog_export.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

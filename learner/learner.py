@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.weights import is_lora, load_weights, read_weights, swapped_weights
 from learner.algorithms import ALGORITHMS, RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
 from learner.outer import OuterMomentum
 from learner.policy import completion_logprobs, load_policy, pad_sequences
-from common.weights import is_lora, load_weights, read_weights, swapped_weights
 
 __all__ = ["Learner", "RolloutBatch"]
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from common.run_dir import checkpoint_dir, list_checkpoints
-from common.run_dir import EVENTS, ROLLED_BACK, append_jsonl
+from common.run_dir import EVENTS, ROLLED_BACK, append_jsonl, checkpoint_dir, list_checkpoints
 from rollout.evaluate import greedy_scores, paired_difference
 from rollout.rewards import Scorer
 

@@ -14,11 +14,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from common.run_dir import (
+    CONFIG,
+    METRICS,
+    ROLLED_BACK,
+    SAMPLES,
+    SUMMARY,
+    append_jsonl,
+    checkpoint_dir,
+    list_checkpoints,
+    read_jsonl,
+)
 from learner.algorithms import ALGORITHMS
 from learner.bootstrap import bootstrap, default_model_dir
 from learner.checkpoint import prune_checkpoints
-from common.run_dir import checkpoint_dir, list_checkpoints
-from common.run_dir import CONFIG, METRICS, ROLLED_BACK, SAMPLES, SUMMARY, append_jsonl, read_jsonl
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
 from rollout.metrics import completion_metrics

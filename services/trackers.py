@@ -24,8 +24,8 @@ import re
 import time
 from pathlib import Path
 
-from common.run_dir import MLRUNS, TENSORBOARD, WANDB
 from common.registry import Registry
+from common.run_dir import MLRUNS, TENSORBOARD, WANDB
 from services.config import JobConfig, dump_config
 
 TRACKERS: Registry[type] = Registry("tracker")

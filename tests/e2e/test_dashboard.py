@@ -17,8 +17,8 @@ import pytest
 from common.run_dir import METRICS, SAMPLES, append_jsonl, read_jsonl
 from services.api import Settings, create_app
 from services.config import dump_config, parse_config
-from services.ray_jobs import RayJobs
 from services.loop import run_job
+from services.ray_jobs import RayJobs
 from services.store import EmbeddedRedis, connect
 from tests.conftest import free_port
 from tests.e2e.browser import browser_page, chart_points

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from common.run_dir import list_checkpoints
-from common.run_dir import read_jsonl
+from common.run_dir import list_checkpoints, read_jsonl
 from tests.integration.test_ray_job_submit import ray_cli, write_job
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from common.run_dir import checkpoint_dir
 from extrapolate.extrapolators import LINEAR_METHODS, extrapolate_run
 from extrapolate.leap_writer import LeapError
-from common.run_dir import checkpoint_dir
 from learner.config import LoraConfig, ModelConfig
 from learner.policy import load_policy
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.run_dir import checkpoint_dir, list_checkpoints, read_jsonl
 from extrapolate.analyze import analyze_run
-from common.run_dir import checkpoint_dir, list_checkpoints
-from common.run_dir import read_jsonl
 from services.config import ConfigError, parse_config
 from services.loop import run_job
 

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from common.run_dir import PRUNED, list_checkpoints
-from common.run_dir import read_jsonl
+from common.run_dir import PRUNED, list_checkpoints, read_jsonl
 from services.config import parse_config
 from services.loop import checkpoints_to_keep, run_job
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from common.run_dir import checkpoint_dir
-from common.run_dir import read_jsonl
+from common.run_dir import checkpoint_dir, read_jsonl
 from services.config import parse_config
 from services.loop import run_job
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from learner.checkpoint import read_checkpoint
 from common.run_dir import list_checkpoints
+from learner.checkpoint import read_checkpoint
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.run_dir import checkpoint_dir
 from extrapolate.analyze import RunAnalysis, analyze_run, growth_by_module_type
 from extrapolate.config import ExtrapolateConfig
 from extrapolate.service import ExtrapolationService
-from common.run_dir import checkpoint_dir
 
 SHAPES = {"self_attn.q_proj": (8, 6), "mlp.down_proj": (6, 10)}  # (out, in) of each target module type
 STEPS = list(range(10, 130, 10))  # 12 checkpoints

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from common.run_dir import checkpoint_dir, list_checkpoints
+from learner.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 
 
 class FakeAdapterModel:
@@ -49,9 +49,8 @@ def test_partial_and_corrupt_checkpoints_are_refused(tmp_path):
 def test_one_lister_for_every_layout(tmp_path):
     """learner.checkpoint.list_step_dirs lists ours (checkpoints/step-NNNNNN, partial writes skipped) for the learner
     and, with the layouts as a parameter, TRL's and verl's for the analysis; both name our directories the same."""
+    from common.run_dir import list_step_dirs, step_name
     from extrapolate.checkpoints import find_adapter_checkpoints
-    from common.run_dir import list_step_dirs
-    from common.run_dir import step_name
 
     ours = write_checkpoint(tmp_path, 10, FakeAdapterModel(), {"step": 10}, {})
     assert ours.name == step_name(10) == "step-000010"
