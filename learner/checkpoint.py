@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common.run_dir import PRUNED, append_jsonl, checkpoint_dir, list_checkpoints
+from common.run_dir import CHECKPOINTS, PRUNED, append_jsonl, checkpoint_dir, list_checkpoints
 
 PRUNING = ".tmp-pruned"  # the suffix a checkpoint gets while it is deleted (a partial name: never read)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
