@@ -62,7 +62,7 @@ def main() -> int:
         return 0
     import ray
 
-    from common.run_dir import read_jsonl
+    from common.run_dir import METRICS, read_jsonl
     from rollout.engines.base import SamplingParams
     from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
@@ -77,7 +77,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="leapfrog-gpu-check-") as tmp:
         started = time.time()
         summary = run_on_ray(cfg, Path(tmp) / "run", progress=False)
-        rows = read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
+        rows = read_jsonl(Path(tmp) / "run" / METRICS)
         steps = [r for r in rows if "loss" in r]
         checks["all_steps_ran"] = summary.steps == args.steps and len(steps) == args.steps
         checks["loss_finite"] = all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e6 for r in steps)

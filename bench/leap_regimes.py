@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.run_dir import CHECKPOINTS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.leap_speedup import LEAP, run_record, steps_to  # noqa: E402
@@ -38,7 +40,7 @@ def base_params(run_dir: Path) -> int:
     """Parameter count of the run's base model (from its safetensors headers)."""
     from safetensors import safe_open
 
-    meta = json.loads(next((run_dir / "checkpoints").glob("step-*")).joinpath("meta.json").read_text())
+    meta = json.loads(next((run_dir / CHECKPOINTS).glob("step-*")).joinpath("meta.json").read_text())
     total = 0
     for file in Path(meta["base_model"]).glob("model*.safetensors"):
         with safe_open(str(file), framework="pt") as handle:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.run_dir import EVENTS, append_jsonl, read_jsonl  # noqa: E402
+from common.run_dir import EVENTS, METRICS, append_jsonl, read_jsonl  # noqa: E402
 from services.config import load_config, parse_config  # noqa: E402
 from services.loop import run_job  # noqa: E402
 
@@ -129,7 +129,7 @@ def extra_sequences(run_dir: Path, eval_size: int) -> list[tuple[float, int]]:
 
 def run_record(run_dir: Path, summary, leap_eval_size: int, step_sequences: int) -> dict:
     """A run's accuracy curve (learner steps, accuracy, time) and its extra passes."""
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "eval_accuracy" in r]
+    rows = [r for r in read_jsonl(run_dir / METRICS) if "eval_accuracy" in r]
     times = {(r["step"], r["learner_steps"]): r["time"] for r in rows}
     curve = [(e["learner_steps"], e["accuracy"], times[(e["step"], e["learner_steps"])]) for e in summary.evals]
     return {"curve": curve, "final_acc": summary.acc_after, "learner_steps": summary.learner_steps,

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def seconds_per_step(run_dir: Path, warmup: int = 1) -> float:
-    from common.run_dir import read_jsonl
+    from common.run_dir import METRICS, read_jsonl
 
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / METRICS)
     steps = [r for r in rows if "loss" in r]
     times = [r["time"] for r in steps]
     gen = sum(r["gen_s"] for r in steps[warmup:]) / (len(steps) - warmup)

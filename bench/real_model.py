@@ -40,7 +40,7 @@ def mean_tokens(completions) -> float:
 
 
 def run_seed(seed: int, args, tmp: Path) -> dict:
-    from common.run_dir import checkpoint_dir, read_jsonl
+    from common.run_dir import METRICS, checkpoint_dir, read_jsonl
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_completions, paired_difference
     from rollout.prompts import PromptEncoder
@@ -74,7 +74,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     for ex, b, a in list(zip(examples, base_completions, final_completions, strict=True))[:3]:
         gold = str(ex.answer).rsplit("\n", 1)[-1]  # a GSM8K answer's last line is "#### N"
         print(f"  {gold}: base {b.text[:160]!r} | final {a.text[:160]!r}", flush=True)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / METRICS)
     step_s = [r["step_s"] for r in rows if "step_s" in r]
     out = {"seed": seed, "acc_before": sum(before) / len(before), "acc_after": sum(after) / len(after),
            "gain": gain, "stderr": stderr, "gain_over_stderr": gain / stderr if stderr > 0 else float("inf"),

@@ -1,6 +1,6 @@
-"""One registry type for everything looked up by name in a job config (tasks, advantages, aggregations, policy
-losses, extrapolators): registration refuses duplicates, lookups of an unknown name list the valid ones, and a
-config Literal is checked against the keys so the two cannot drift apart."""
+"""One registry type for everything looked up by name in a job config (tasks, reward functions, algorithms,
+advantage scalings, policy losses, extrapolators, trackers): registration refuses duplicates, lookups of an unknown
+name list the valid ones, and a config Literal is checked against the keys so the two cannot drift apart."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common.run_dir import PRUNED, RANK1, read_jsonl
+from common.run_dir import CHECKPOINTS, METRICS, PRUNED, RANK1, read_jsonl
 from extrapolate.checkpoints import (
     CheckpointReadError,
     find_adapter_checkpoints,
@@ -56,9 +56,9 @@ class TrajectoryStore:
         self.out_dir = out_dir
         self.tensors: dict = {}
         self.rows: list[dict] = []
-        if (out_dir / "trajectory.safetensors").is_file() and (out_dir / "metrics.jsonl").is_file():
+        if (out_dir / "trajectory.safetensors").is_file() and (out_dir / METRICS).is_file():
             self.tensors = load_file(str(out_dir / "trajectory.safetensors"))
-            self.rows = read_jsonl(out_dir / "metrics.jsonl")
+            self.rows = read_jsonl(out_dir / METRICS)
 
     def add(self, module: str, step: int, u, s, v) -> None:
         self.tensors[f"{module}@{step}.u"] = u.float().contiguous()
@@ -87,7 +87,7 @@ class TrajectoryStore:
         os.replace(tmp, self.out_dir / "trajectory.safetensors")
         tmp = self.out_dir / f"metrics.jsonl.tmp-{os.getpid()}"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        os.replace(tmp, self.out_dir / "metrics.jsonl")
+        os.replace(tmp, self.out_dir / METRICS)
 
 
 def growth_by_module_type(rows: list[dict], up_to_step: int) -> dict[str, float]:
@@ -245,7 +245,7 @@ class RunAnalysis:
                                       f"global_step_N/actor/lora_adapter; full models: checkpoint-N or step-N with "
                                       f"config.json and model*.safetensors)")
         steps = [s for s, _ in checkpoints]
-        pruned = {r["step"] for r in read_jsonl(self.run_dir / "checkpoints" / PRUNED)}  # run.keep_checkpoints
+        pruned = {r["step"] for r in read_jsonl(self.run_dir / CHECKPOINTS / PRUNED)}  # run.keep_checkpoints
         present, recent = set(steps) | pruned, set(steps[-BACKTEST_CHECKPOINTS:])
         kept = [r for r in self.store.rows if r["step"] in present]  # rows of checkpoints moved aside are dropped
         changed = len(kept) != len(self.store.rows)
@@ -324,12 +324,6 @@ def analyze_run(run_dir: Path, progress: bool = True, base: Path | None = None) 
     return RunAnalysis(run_dir, base).update(progress)
 
 
-def checkpoint_record(run_dir: Path, step: int) -> dict:
-    """One checkpoint's record (RunAnalysis.record) from a fresh analysis object, which reads rank1/ and the
-    newest checkpoints again: a run analysed at every checkpoint should keep one RunAnalysis instead."""
-    return RunAnalysis(run_dir).record(step)
-
-
 def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: int | None = None) -> dict:
     """AlphaRL's rank-1 recovery (docs/methods.md#rank-1-recovery): evaluate the norm-matched rank-1 model
     W_0 + (||Delta||_F / s_1) s_1 u_1 v_1^T of a checkpoint (every target module) against the full checkpoint and
@@ -360,7 +354,7 @@ def rank1_recovery(run_dir: Path, task_name: str, eval_size: int = 1000, step: i
     encoder = PromptEncoder.from_model_dir(base_dir)
     scorer, limit = Scorer.for_job([], task, task.max_new_tokens), task.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = write_leap_adapter(Path(tmp) / "rank1", path, rank1, {}, report={"rank1_of": str(path)})
+        adapter = write_leap_adapter(Path(tmp) / "rank1-adapter", path, rank1, {}, report={"rank1_of": str(path)})
         acc_rank1 = greedy_accuracy(HFEngine(base_dir, adapter_path=adapter), scorer, examples, encoder, limit)
     acc_full = greedy_accuracy(HFEngine(base_dir, adapter_path=path), scorer, examples, encoder, limit)
     acc_base = greedy_accuracy(HFEngine(base_dir), scorer, examples, encoder, limit)
@@ -390,7 +384,7 @@ def cmd_analyze(args) -> int:
     for method, bt in result["backtest"].items():
         print(f"backtest {method:9s}: forecast of the newest checkpoint from one checkpoint earlier: "
               f"cos(predicted, actual displacement) {bt['cos']:.3f}, relative error {bt['rel_err']:.3f}")
-    print(f"per module and step: {Path(args.run_dir) / 'rank1' / 'metrics.jsonl'}")
+    print(f"per module and step: {Path(args.run_dir) / RANK1 / METRICS}")
 
     if args.task:
         rec = rank1_recovery(Path(args.run_dir), args.task, args.eval_size)

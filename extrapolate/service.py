@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from common.run_dir import LEAPS
 from extrapolate.analyze import RunAnalysis
 from extrapolate.checkpoints import (
     find_run_checkpoints,
@@ -117,7 +118,7 @@ class ExtrapolationService:
         watched = watched[:2] + watched[-2:] if len(watched) > 4 else watched
         predicted_s1 = {n: float(lora_triplets(*prediction[n]).s[0]) for n in watched}
         self.proposals += 1
-        leap_dir = self.run_dir / "leaps" / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
+        leap_dir = self.run_dir / LEAPS / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
         candidates = []
         report = {"method": cfg.method, "from_step": step, "horizon": self.horizon, "backtest": check}
         for scale in cfg.scales:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.run_dir import CONFIG
+
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -149,8 +151,8 @@ def cmd_run(args) -> int:
 
     console = Console()
     if args.resume:
-        cfg = load_config(Path(args.resume) / "config.yaml")
-        require_valid(cfg, str(Path(args.resume) / "config.yaml"))
+        cfg = load_config(Path(args.resume) / CONFIG)
+        require_valid(cfg, str(Path(args.resume) / CONFIG))
         summary = run_job(cfg, run_dir=Path(args.resume), resume=True, console=console, stop_after=args.stop_after)
     else:
         cfg = read_job(args.config, args.set)

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from common.run_dir import SAMPLES, read_jsonl
+from common.run_dir import CONFIG, EVENTS, METRICS, SAMPLES, read_jsonl
 
 STATIC = Path(__file__).parent / "static"
 MAX_SAMPLES = 500  # the newest sampled completions a page holds
@@ -37,15 +37,15 @@ def run_view(run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     analyze_run(run_dir, progress=False)
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / METRICS)
     evals = {}
     for r in metrics:
         if "eval_accuracy" in r:
             evals[r["step"]] = {"step": r["step"], "accuracy": r["eval_accuracy"]}
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    config = (run_dir / CONFIG).read_text() if (run_dir / CONFIG).is_file() else ""
     return {"job": {"name": run_dir.name}, "config": config, "metrics": [r for r in metrics if "loss" in r],
             "evals": sorted(evals.values(), key=lambda e: e["step"]), "rank1": rank1_records(run_dir),
-            "events": leap_events(read_jsonl(run_dir / "events.jsonl")),
+            "events": leap_events(read_jsonl(run_dir / EVENTS)),
             "samples": read_jsonl(run_dir / SAMPLES)[-MAX_SAMPLES:]}
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from common.run_dir import EVENTS, ROLLED_BACK, append_jsonl, checkpoint_dir, list_checkpoints
+from common.run_dir import CHECKPOINTS, EVENTS, ROLLED_BACK, append_jsonl, checkpoint_dir, list_checkpoints
 from rollout.evaluate import greedy_scores, paired_difference
 from rollout.rewards import Scorer
 
@@ -303,7 +303,7 @@ class LeapController:
 
     def _restore_checkpoints(self, source: Path) -> None:
         for ckpt in sorted(source.glob("step-*")):
-            shutil.move(str(ckpt), self.run_dir / "checkpoints" / ckpt.name)
+            shutil.move(str(ckpt), self.run_dir / CHECKPOINTS / ckpt.name)
         source.rmdir()
 
     def _close(self, judgement: Judgement, learner_steps: int, step: int, **record) -> None:
@@ -328,7 +328,7 @@ class LeapController:
                 return None
             self._move_checkpoints_after(leap.from_step, aside / f"{leap.id}-control")
             self._restore_checkpoints(aside / f"{leap.id}-leap")
-            state = self.runtime.resume(self.run_dir / "checkpoints" / leap.branch_checkpoint)
+            state = self.runtime.resume(self.run_dir / CHECKPOINTS / leap.branch_checkpoint)
             self._close(judgement, learner_steps, step, leap_minus_control=judgement.diff, judge="control")
             return state
         now = self._scores()

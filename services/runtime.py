@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.run_dir import ADAPTERS
 from learner.learner import Learner, RolloutBatch
 from rollout.engines.base import Completion, SamplingParams
 
@@ -185,8 +186,6 @@ class RayRuntime:
                 raise ValueError("learner.lora: null (full-parameter RL) publishes the whole model every step, which "
                                  "the vLLM engine here cannot reload (it takes LoRA adapters); set rollout.engine: hf, "
                                  "or train a LoRA adapter")
-        elif engine != "hf":
-            raise ValueError(f"rollout.engine: unknown engine {engine!r}; use hf, vllm or auto")
         need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
         need_gpu = cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
         have = ray.cluster_resources()
@@ -195,7 +194,7 @@ class RayRuntime:
                 f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_cpus + rollout.num_workers x "
                 f"rollout.worker_cpus, same for GPUs) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
                 f"{have.get('GPU', 0):g} GPUs; lower rollout.num_workers / the per-actor resources or add nodes")
-        self.adapters_dir = self.run_dir / "adapters"
+        self.adapters_dir = self.run_dir / ADAPTERS
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.pointer = self.adapters_dir / "current.json"
         env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

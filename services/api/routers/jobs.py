@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
+from common.run_dir import CHECKPOINTS
 from services.api.deps import JobDep, PlaneDep, require_token
 from services.api.models import CheckpointInfo, Job, JobPage, StreamItem, StreamPage, job_model
 from services.api.plane import Plane
@@ -167,7 +168,7 @@ def job_samples(job_id: str, record: JobDep, plane: PlaneDep, after: str = curso
 def job_checkpoints(record: JobDep) -> list[CheckpointInfo]:
     run_dir = Path(record["run_dir"] or "/nonexistent")
     out = []
-    for meta_file in sorted((run_dir / "checkpoints").glob("step-*/meta.json")):
+    for meta_file in sorted((run_dir / CHECKPOINTS).glob("step-*/meta.json")):
         meta = json.loads(meta_file.read_text())
         out.append(CheckpointInfo(step=meta["step"], path=str(meta_file.parent), meta=meta))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from common.run_dir import LEAPS
 from services.api.deps import JobDep, PlaneDep, require_token
 from services.api.models import Accepted, LeapInfo, LeapRequest
 from services.store import TERMINAL
@@ -19,7 +20,7 @@ router = APIRouter(tags=["leaps"])
 def job_leaps(record: JobDep) -> list[LeapInfo]:
     run_dir = Path(record["run_dir"] or "/nonexistent")
     out = []
-    for leap in sorted((run_dir / "leaps").glob("leap-*")):
+    for leap in sorted((run_dir / LEAPS).glob("leap-*")):
         candidates = [json.loads(r.read_text()) | {"path": str(r.parent)} for r in sorted(leap.glob("*/report.json"))]
         out.append(LeapInfo(name=leap.name, candidates=candidates))
     return out

@@ -1,6 +1,7 @@
 """Structure the code keeps: no import cycle among the project's modules (module- and function-level imports alike),
 the driver loop on one screen, both runtimes implement the Runtime protocol, and every config choice that names a
-registry entry is one of its keys."""
+registry entry is one of its keys (the extrapolators' in tests/unit/extrapolate/test_registry.py). Imports point down
+the layers, and the run directory's names come from common/run_dir.py alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import typing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-PACKAGES = ("rollout", "learner", "extrapolate", "services")
+PACKAGES = ("common", "rollout", "learner", "extrapolate", "services")
+# The layers, bottom up (docs/architecture.md#layout): a package imports only from the layers below it; learner and
+# extrapolate are one layer and import nothing of each other.
+LAYERS = {"common": 0, "rollout": 1, "learner": 2, "extrapolate": 2, "services": 3}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -88,8 +92,6 @@ def test_both_runtimes_implement_the_protocol():
 
 
 def test_config_choices_are_registry_keys():
-    from extrapolate.config import ExtrapolateConfig
-    from extrapolate.extrapolators import EXTRAPOLATORS
     from learner.algorithms import ALGORITHMS
     from learner.config import ALGORITHM_CONFIGS, GRPOConfig
     from learner.losses import ADVANTAGES
@@ -98,4 +100,30 @@ def test_config_choices_are_registry_keys():
     for name, cls in ALGORITHM_CONFIGS.items():
         assert typing.get_args(cls.model_fields["algorithm"].annotation) == (name,)
     ADVANTAGES.check_literal(GRPOConfig.model_fields["scale_rewards"].annotation)
-    EXTRAPOLATORS.check_literal(ExtrapolateConfig.model_fields["method"].annotation)
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps
+                    if m.split(".")[0] != d.split(".")[0] and LAYERS[d.split(".")[0]] >= LAYERS[m.split(".")[0]])
+    assert "rollout.worker" in graph["services.runtime"]  # imported inside RayRuntime: function-level imports count
+    assert upward == [], f"imports from a package to one at its layer or above: {upward}"
+
+
+def test_run_directory_names_come_from_one_module():
+    """No code joins a run-directory name as a literal (run_dir / "checkpoints"): each is a constant of
+    common/run_dir.py, so renaming one is one edit."""
+    from common import run_dir
+
+    names = {v for k, v in vars(run_dir).items() if k.isupper() and isinstance(v, str)}
+    assert {"checkpoints", "metrics.jsonl", "leaps", "adapters", "rolled_back"} <= names
+    found = []
+    for pkg in (*PACKAGES, "bench"):
+        for f in (REPO / pkg).rglob("*.py"):
+            if f == REPO / "common" / "run_dir.py":
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                    found += [f"{f.relative_to(REPO)}:{node.lineno} {side.value!r}" for side in (node.left, node.right)
+                              if isinstance(side, ast.Constant) and side.value in names]
+    assert found == [], found
