@@ -53,18 +53,14 @@ def fresh_scores(cfg, eval_size: int):
     """scores(adapter dir) -> per-problem greedy accuracies on eval_size fresh held-out problems of the job's task."""
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_scores
-    from rollout.prompts import PromptEncoder
-    from rollout.tasks import load_task
-    from services.loop import job_scorer, max_new_tokens, resolve_model_dir
+    from services.prepare import prepare_model
 
-    task = load_task(cfg.rollout.task, cfg.data)
-    examples = task.examples("test", eval_size, seed=FRESH_SEED)
-    base_dir = resolve_model_dir(cfg, progress=False)
-    encoder = PromptEncoder.from_model_dir(base_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    scorer, max_new = job_scorer(cfg, task), max_new_tokens(cfg, task)
+    job = prepare_model(cfg, progress=False)
+    examples = job.task.examples("test", eval_size, seed=FRESH_SEED)
 
     def scores(adapter) -> list[float]:
-        return greedy_scores(HFEngine(base_dir, adapter_path=adapter), scorer, examples, encoder, max_new)
+        return greedy_scores(HFEngine(job.model_dir, adapter_path=adapter), job.scorer, examples, job.encoder,
+                             job.max_new_tokens)
 
     return scores
 

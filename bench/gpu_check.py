@@ -64,10 +64,8 @@ def main() -> int:
 
     from common.run_dir import METRICS, read_jsonl
     from rollout.engines.base import SamplingParams
-    from rollout.prompts import PromptEncoder
-    from rollout.tasks import load_task
     from services.driver import run_on_ray
-    from services.loop import resolve_model_dir
+    from services.prepare import prepare_job
     from services.runtime import RayRuntime
 
     cfg = gpu_job(args)
@@ -88,13 +86,11 @@ def main() -> int:
         free, total = torch.cuda.mem_get_info()
         device_used = (total - free) / 2**20  # before the runtime below is torn down: vLLM's share is still held
 
-        model_dir = resolve_model_dir(cfg, progress=False)
-        task = load_task(cfg.rollout.task)
-        encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-        runtime = RayRuntime(cfg, model_dir, Path(tmp) / "agree", cfg.rollout.max_new_tokens or task.max_new_tokens)
+        job = prepare_job(cfg, "bench/gpu_check.py", runtime="ray", progress=False)
+        runtime = RayRuntime(job, Path(tmp) / "agree")
         try:
             runtime.publish()
-            prompts = encoder.ids(task.examples("test", 32, seed=3))
+            prompts = job.encoder.ids(job.task.examples("test", 32, seed=3))
             flat = [c for g in runtime.generate(prompts, SamplingParams(n=4, max_new_tokens=32, seed=0)) for c in g]
             learner_logp = runtime._learner("logprobs", [c.prompt_ids for c in flat], [c.token_ids for c in flat])
         finally:

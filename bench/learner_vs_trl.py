@@ -29,8 +29,9 @@ warnings.filterwarnings("ignore")
 
 
 def ours(model_dir, task, examples, args) -> float:
+    from learner.algorithms import GRPO
     from learner.config import GRPOConfig, LoraConfig, ModelConfig
-    from learner.learner import Learner, RolloutBatch
+    from learner.learner import Learner
     from rollout.engines.base import SamplingParams
     from rollout.engines.hf import HFEngine
     from rollout.prompts import PromptEncoder, stop_token_ids
@@ -46,9 +47,8 @@ def ours(model_dir, task, examples, args) -> float:
         batch_examples = examples[step * args.prompts:(step + 1) * args.prompts]
         groups = engine.generate(encoder.ids(batch_examples),
                                  SamplingParams(n=args.group, max_new_tokens=task.max_new_tokens, seed=step))
-        flat = [c for g in groups for c in g]
         rewards = [task.score(ex, c.text) for ex, g in zip(batch_examples, groups, strict=True) for c in g]
-        learner.step(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat], rewards, args.group))
+        learner.step(GRPO(cfg).make_batch(groups, rewards))
         stamps.append(time.perf_counter())
     return (stamps[-1] - stamps[args.warmup - 1]) / args.steps
 

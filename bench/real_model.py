@@ -43,10 +43,9 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     from common.run_dir import METRICS, checkpoint_dir, read_jsonl
     from rollout.engines.hf import HFEngine
     from rollout.evaluate import greedy_completions, paired_difference
-    from rollout.prompts import PromptEncoder
-    from rollout.tasks import load_task
     from services.config import load_config
-    from services.loop import job_scorer, resolve_model_dir, run_job
+    from services.loop import run_job
+    from services.prepare import prepare_model
 
     cfg = load_config(args.job)
     cfg.run.seed = seed
@@ -56,13 +55,10 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     run_dir = tmp / f"seed{seed}"
     summary = run_job(cfg, run_dir=run_dir, progress=sys.stderr.isatty())
     seconds = time.time() - started
-    model_dir = resolve_model_dir(cfg, progress=False)
-    task = load_task(cfg.rollout.task, cfg.data)
-    examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
-    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
+    job = prepare_model(cfg, progress=False)
+    model_dir, encoder, scorer, max_new = job.model_dir, job.encoder, job.scorer, job.max_new_tokens
+    examples = job.task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
     final = checkpoint_dir(run_dir, cfg.run.steps)
-    scorer = job_scorer(cfg, task)
 
     def greedy(engine) -> tuple[list[float], list]:
         completions = greedy_completions(engine, examples, encoder, max_new)

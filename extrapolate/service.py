@@ -1,13 +1,13 @@
-"""The extrapolation service (docs/methods.md#leap-protocol, docs/architecture.md#data-flow-of-a-leap): watches a run's checkpoints,
-keeps the rank-1 trajectory and the predictability figures up to date, and proposes leaps when the trajectory is
-forecastable. A plain class, used in the single-process runner as is and on Ray as an actor.
+"""The extrapolation service (docs/methods.md#leap-protocol, docs/architecture.md#data-flow-of-a-leap): watches a
+run's checkpoints, keeps the rank-1 trajectory and the predictability figures up to date, and writes leap candidates
+on request. A plain class, used in the single-process runner as is and on Ray as an actor.
 
-The leap policy (beyond the papers' single fixed leap): the horizon starts at `horizon`, doubles (up to
-`max_horizon`) after a leap that paid and halves (down to `min_horizon`) after one that was rejected or rolled
-back; after `patience` such failures in a row the service stops proposing (MKOR-H's fall-back: stop a trick once
-it stops paying). The gate: before each proposal, the chosen extrapolator forecasts the newest checkpoint from the
-window that ends one horizon earlier; below `backtest_threshold` (cosine of predicted vs actual displacement) it
-says why it is not leaping instead.
+It holds no protocol state: the horizon, the failures, the gates of the leap policy and the proposal count live in
+the driver's LeapState (services/leap_protocol.py), which is checkpointed with the run, and come here as arguments.
+What it keeps is a cache of what it has read (the rank-1 analysis of each checkpoint, a full run's base weights), which
+a new service rebuilds from the run directory. Its one gate is the backtest: the chosen extrapolator forecasts the
+newest checkpoint from the window that ends one horizon earlier; below `backtest_threshold` (cosine of predicted vs
+actual displacement) it says why it is not leaping instead.
 
 LoRA runs leap as adapters of the learner's own shape; full-parameter runs (learner.lora: null) read each
 checkpoint's update W_t - W_0 against the base model `base` as exact dense factors and leap as full model
@@ -43,9 +43,6 @@ class ExtrapolationService:
         self.weights_0 = None  # its target-module weights, read at the first full checkpoint
         self.cfg = cfg
         self.checkpoint_every = checkpoint_every
-        self.horizon = cfg.horizon
-        self.failures = 0
-        self.proposals = 0
         self.analysis: RunAnalysis | None = None  # made at the first checkpoint, then kept: each checkpoint read once
 
     def on_checkpoint(self, step: int) -> dict:
@@ -68,33 +65,21 @@ class ExtrapolationService:
             self.weights_0 = read_full(full_base_dir(self.run_dir, path, self.base))
         return read_full_update(path, self.weights_0)
 
-    def status(self) -> dict:
-        return {"horizon": self.horizon, "failures": self.failures, "stopped": self.stopped,
-                "proposals": self.proposals}
-
-    @property
-    def stopped(self) -> bool:
-        return self.failures >= self.cfg.patience
-
-    def propose(self, step: int, force: bool = False) -> dict:
-        """Candidates for a leap from the checkpoint at `step`: {"candidates": [{"scale", "path", "lost"}],
-        "horizon", "backtest_cos", "method"} — or {"reason": why not}. force (a user's leap request) skips the
-        policy's gates (patience, start_after, backtest threshold); the candidates are still evaluated and judged."""
+    def propose(self, step: int, horizon: int, number: int, force: bool = False) -> dict:
+        """Candidates for a `horizon`-step leap from the checkpoint at `step`, written under
+        leaps/leap-<number>-step<step>-<method>/: {"candidates": [{"scale", "path", "lost"}], "horizon",
+        "backtest_cos", "method", "predicted_s1", "leap_dir"}, or {"reason": why not}. force (a user's leap request)
+        skips the backtest gate; the candidates are still evaluated and judged."""
         cfg = self.cfg
-        if self.stopped and not force:
-            return {"reason": f"stopped proposing: the last {self.failures} leaps did not pay (patience "
-                              f"{cfg.patience})"}
-        if step < cfg.start_after and not force:
-            return {"reason": f"step {step} is before extrapolate.start_after ({cfg.start_after})"}
         kind, found = find_run_checkpoints(self.run_dir)
         checkpoints = [(s, p) for s, p in found if s <= step]
         if not checkpoints or checkpoints[-1][0] != step:
             return {"reason": f"no checkpoint at step {step}"}
-        horizon_ckpts = max(1, round(self.horizon / self.checkpoint_every))
+        horizon_ckpts = max(1, round(horizon / self.checkpoint_every))
         need = cfg.window + horizon_ckpts
         gated = cfg.backtest_threshold > -1  # -1: the gate is off, a leap needs only its window
         if len(checkpoints) < (need if gated else cfg.window):
-            return {"reason": f"{len(checkpoints)} checkpoints; the backtest of a {self.horizon}-step horizon with a "
+            return {"reason": f"{len(checkpoints)} checkpoints; the backtest of a {horizon}-step horizon with a "
                               f"{cfg.window}-checkpoint window needs {need}"}
         started = time.time()
         check = {"cos": None}
@@ -110,32 +95,21 @@ class ExtrapolationService:
                                   f"forecastable now", "backtest_cos": check["cos"]}
         window = [(s, self._state(kind, p)) for s, p in checkpoints[-cfg.window:]]
         try:
-            prediction = EXTRAPOLATORS.get(cfg.method)().fit(window).predict(step + self.horizon)
+            prediction = EXTRAPOLATORS.get(cfg.method)().fit(window).predict(step + horizon)
         except ValueError as err:
             return {"reason": f"{cfg.method} cannot predict: {err}"}
         names = sorted(prediction)
         watched = [n for n in names if n.endswith(("q_proj", "down_proj"))]  # a few modules for the dashboard
         watched = watched[:2] + watched[-2:] if len(watched) > 4 else watched
         predicted_s1 = {n: float(lora_triplets(*prediction[n]).s[0]) for n in watched}
-        self.proposals += 1
-        leap_dir = self.run_dir / LEAPS / f"leap-{self.proposals:03d}-step{step:06d}-{cfg.method}"
+        leap_dir = self.run_dir / LEAPS / f"leap-{number:03d}-step{step:06d}-{cfg.method}"
         candidates = []
-        report = {"method": cfg.method, "from_step": step, "horizon": self.horizon, "backtest": check}
+        report = {"method": cfg.method, "from_step": step, "horizon": horizon, "backtest": check}
         for scale in cfg.scales:
             out = leap_dir / f"scale-{scale:g}"
             path, lost = (write_learner_leap(out, checkpoints[-1][1], prediction, scale, report) if kind == "lora"
                           else write_full_leap(out, checkpoints[-1][1], self.weights_0, prediction, scale, report))
             candidates.append({"scale": scale, "path": str(path), "lost": lost})
-        return {"candidates": candidates, "horizon": self.horizon, "backtest_cos": check["cos"], "method": cfg.method,
+        return {"candidates": candidates, "horizon": horizon, "backtest_cos": check["cos"], "method": cfg.method,
                 "predicted_s1": predicted_s1,
                 "leap_dir": str(leap_dir), "seconds": time.time() - started}
-
-    def verdict(self, paid: bool) -> dict:
-        """A leap paid (horizon doubles, failures reset) or did not (rejected or rolled back: horizon halves)."""
-        if paid:
-            self.failures = 0
-            self.horizon = min(self.cfg.max_horizon, 2 * self.horizon)
-        else:
-            self.failures += 1
-            self.horizon = max(self.cfg.min_horizon, self.horizon // 2)
-        return self.status()

@@ -1,12 +1,15 @@
-"""RL algorithms as small objects: each turns a step's scored groups into the learner's batch (driver side) and
-owns its loss (learner side: advantages and the policy-loss settings). `ALGORITHMS.get(cfg.algorithm)(cfg)`.
+"""RL algorithms as small objects, each in one place: `make_batch` turns a step's scored groups into the learner's
+batch with its final advantages and its loss settings, so the learner trains on what it is given and looks nothing
+up. `ALGORITHMS.get(cfg.algorithm)(cfg)`.
 
     GRPO        one advantage per sequence from the group's rewards (optionally unlikeliness-shaped, uniform
-                groups dropped); the loss's ratio per token or per sequence (GSPO).
+                groups dropped), scaled by learner.scale_rewards (learner/losses.py ADVANTAGES); the loss's ratio
+                per token or per sequence (GSPO).
     Rank-GRPO   per-rank advantages from each line's relevance, the ratio per rank (docs/methods.md#rank-grpo).
 
-A new algorithm: a subclass with `make_batch`, `advantages` and `loss_settings`, registered under the name its
-config class (learner/config.py) gives `algorithm`.
+A new algorithm: a subclass with `make_batch` (and `ratio_level`, or its own `loss_settings`), registered under the
+name its config class (learner/config.py) gives `algorithm`. A new advantage estimator or policy loss: one function
+registered in learner/losses.py (ADVANTAGES, POLICY_LOSSES) and its name in the config's Literal.
 """
 
 from __future__ import annotations
@@ -23,16 +26,32 @@ from learner.reward_shaping import informative_groups, unlikeliness_rewards
 
 @dataclass
 class RolloutBatch:
-    """Scored rollouts of one step: num_prompts x group_size completions, grouped consecutively."""
+    """Scored rollouts of one step, ready to train on: completions grouped consecutively, with their final
+    advantages (one per sequence, or one per token) and the loss settings of the algorithm that made them."""
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
-    rewards: list[float]
+    rewards: list[float]  # the rewards the advantages came from (reported as reward_mean / reward_std)
     group_size: int
-    sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
-    token_advantages: list[list[float]] | None = None  # per-token advantages (Rank-GRPO); else from rewards
+    loss: LossSettings
+    advantages: list[float] | None = None  # per sequence (GRPO), or
+    token_advantages: list[list[float]] | None = None  # per token (Rank-GRPO)
     segments: list[list[int]] | None = None  # per-token segment ids for segment-level ratios (Rank-GRPO ranks)
+    sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
     policy_version: int | None = None  # learner step whose weights sampled this batch
+
+    def __post_init__(self):
+        if (self.advantages is None) == (self.token_advantages is None):
+            raise ValueError("a RolloutBatch has advantages per sequence or per token: exactly one of the two")
+
+    def advantage_tensor(self, width: int) -> torch.Tensor:
+        """[B] per-sequence or [B, width] per-token advantages."""
+        if self.token_advantages is not None:
+            return pad_rows(self.token_advantages, width, torch.float32)
+        return torch.tensor(self.advantages, dtype=torch.float32)
+
+    def segment_tensor(self, width: int) -> torch.Tensor | None:
+        return pad_rows(self.segments, width, torch.long) if self.segments is not None else None
 
 
 def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
@@ -43,31 +62,26 @@ def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
     return out
 
 
-def batch_of(completions: list, rewards: list[float], group_size: int, policy_version: int, **fields) -> RolloutBatch:
-    return RolloutBatch(prompt_ids=[c.prompt_ids for c in completions], completion_ids=[c.token_ids for c in completions],
-                        rewards=rewards, group_size=group_size, sampling_logprobs=[c.logprobs for c in completions],
-                        policy_version=policy_version, **fields)
-
-
 class Algorithm:
-    """Base: `make_batch` on the driver, `advantages` and `loss_settings` in the learner."""
+    """Base: `make_batch` turns scored groups into the learner's batch (advantages and loss settings included)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def check_task(self, task) -> None:
-        """Raise ValueError when the algorithm cannot train on this task."""
+    def check_task(self, task_class: type) -> None:
+        """Raise ValueError when the algorithm cannot train on tasks of this class (checked before any instance)."""
 
-    def make_batch(self, task, tokenizer, examples: list, groups: list, rewards: list[float], group_size: int,
-                   policy_version: int) -> RolloutBatch:
+    def make_batch(self, groups: list[list], rewards: list[float], policy_version: int | None = None, *,
+                   task=None, examples: list | None = None, tokenizer=None) -> RolloutBatch:
+        """The learner's batch from groups[i] (Completions of examples[i]) and their rewards, flattened in order."""
         raise NotImplementedError
 
-    def advantages(self, batch: RolloutBatch, width: int) -> torch.Tensor:
-        """[B] per-sequence or [B, width] per-token advantages."""
-        raise NotImplementedError
-
-    def segments(self, batch: RolloutBatch, width: int) -> torch.Tensor | None:
-        return None
+    def batch_of(self, completions: list, rewards: list[float], group_size: int, policy_version: int | None,
+                 **fields) -> RolloutBatch:
+        return RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
+                            completion_ids=[c.token_ids for c in completions], rewards=rewards, group_size=group_size,
+                            loss=self.loss_settings, sampling_logprobs=[c.logprobs for c in completions],
+                            policy_version=policy_version, **fields)
 
     @property
     def loss_settings(self) -> LossSettings:
@@ -89,8 +103,8 @@ class GRPO(Algorithm):
     """GRPO (arXiv 2402.03300) with the reward shaping of "Rewarding the Unlikely" (arXiv 2506.02355) and DAPO's
     dynamic sampling (arXiv 2503.14476) as options."""
 
-    def make_batch(self, task, tokenizer, examples, groups, rewards, group_size, policy_version):
-        completions = [c for group in groups for c in group]
+    def make_batch(self, groups, rewards, policy_version=None, *, task=None, examples=None, tokenizer=None):
+        completions, group_size = [c for group in groups for c in group], len(groups[0])
         raw = torch.tensor(rewards, dtype=torch.float32)
         shaped = raw
         if self.cfg.reward_shaping == "unlikeliness":
@@ -101,13 +115,10 @@ class GRPO(Algorithm):
             keep = informative_groups(raw, group_size)
             if bool(keep.any()):  # a batch with no signal at all is kept whole (its advantages are all zero)
                 rows = [i for i in rows if bool(keep[i // group_size])]
-        return batch_of([completions[i] for i in rows], [float(shaped[i]) for i in rows], group_size, policy_version)
-
-    def advantages(self, batch, width):
-        if batch.token_advantages is not None:
-            return pad_rows(batch.token_advantages, width, torch.float32)
-        return ADVANTAGES.get(self.cfg.scale_rewards)(torch.tensor(batch.rewards, dtype=torch.float32),
-                                                      batch.group_size)
+        kept = [float(shaped[i]) for i in rows]
+        advantages = ADVANTAGES.get(self.cfg.scale_rewards)(torch.tensor(kept, dtype=torch.float32), group_size)
+        return self.batch_of([completions[i] for i in rows], kept, group_size, policy_version,
+                             advantages=advantages.tolist())
 
     @property
     def ratio_level(self) -> str:
@@ -119,15 +130,15 @@ class RankGRPO(Algorithm):
     """Rank-GRPO (ConvRec-R1, arXiv 2510.20150): ranks and parsed lines come from the same per-token decoding, so
     they cannot disagree."""
 
-    def check_task(self, task) -> None:
+    def check_task(self, task_class: type) -> None:
         from rollout.tasks.base import ListTask
 
-        if not isinstance(task, ListTask):
+        if not issubclass(task_class, ListTask):
             raise ValueError(f"learner.algorithm: rank_grpo needs a ranked-list task (a rollout.tasks.base.ListTask "
-                             f"with relevance() and list_length, e.g. ranklist); {task.name!r} is not one")
+                             f"with relevance() and list_length, e.g. ranklist); {task_class.name!r} is not one")
 
-    def make_batch(self, task, tokenizer, examples, groups, rewards, group_size, policy_version):
-        k = task.list_length
+    def make_batch(self, groups, rewards, policy_version=None, *, task=None, examples=None, tokenizer=None):
+        k, group_size = task.list_length, len(groups[0])
         relevance, segments, n_items, ended = [], [], [], []
         for ex, group in zip(examples, groups, strict=True):
             for c in group:
@@ -141,16 +152,9 @@ class RankGRPO(Algorithm):
                 n_items.append(sum(1 for line in "".join(texts).split("\n") if line.strip()))
                 ended.append(stop)
         advantages = rank_advantages(rank_rewards(torch.tensor(relevance), self.cfg.rank_reward), group_size)
-        return batch_of([c for group in groups for c in group], rewards, group_size, policy_version,
-                        token_advantages=token_advantages(advantages, segments, n_items, k, ended), segments=segments)
-
-    def advantages(self, batch, width):
-        if batch.token_advantages is None:
-            raise ValueError("a Rank-GRPO batch needs per-token advantages (built by RankGRPO.make_batch)")
-        return pad_rows(batch.token_advantages, width, torch.float32)
-
-    def segments(self, batch, width):
-        return pad_rows(batch.segments, width, torch.long)
+        return self.batch_of([c for group in groups for c in group], rewards, group_size, policy_version,
+                             token_advantages=token_advantages(advantages, segments, n_items, k, ended),
+                             segments=segments)
 
     @property
     def ratio_level(self) -> str:

@@ -1,13 +1,13 @@
-"""The learner: one step of the job's algorithm (learner/algorithms.py) on a batch of scored rollouts
-(docs/methods.md#grpo):
+"""The learner: one step on a batch of scored rollouts that the job's algorithm made (learner/algorithms.py), with its
+advantages and loss settings (docs/methods.md#grpo):
 
-    advantages A = algorithm.advantages(batch)   (per sequence for GRPO, per token for Rank-GRPO)
+    advantages A = batch.advantages   (per sequence for GRPO, per token for Rank-GRPO)
     for mu optimizer steps:
         logp = log pi_theta(o_t | q, o_<t)   (LoRA policy, tokens of the completions)
         old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates, or the
                              rollout engine's when an overlapped batch was sampled by the previous policy)
         ref  = log pi_ref   (adapter disabled, or a frozen copy of the base under full-parameter RL; beta > 0 only)
-        loss = policy_loss(logp, old, A, ref; algorithm.loss_settings)   (learner/losses.py POLICY_LOSSES)
+        loss = policy_loss(logp, old, A, ref; batch.loss)   (learner/losses.py POLICY_LOSSES)
         AdamW step with gradient clipping and the LR schedule
     every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.weights import is_lora, load_weights, read_weights, swapped_weights
-from learner.algorithms import ALGORITHMS, RolloutBatch, pad_rows
+from learner.algorithms import RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
@@ -63,7 +63,6 @@ class Learner:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
-        self.algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
         self.base_model = str(Path(model_dir).resolve())  # recorded in every checkpoint's meta.json
         self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed, cfg.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
@@ -108,9 +107,9 @@ class Learner:
         input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
                                                               self.tokenizer.pad_token_id)
         width = completion_mask.shape[1]
-        advantages = self.algorithm.advantages(batch, width).to(self.device)
-        segments = self.algorithm.segments(batch, width)
-        settings = self.algorithm.loss_settings
+        advantages = batch.advantage_tensor(width).to(self.device)
+        segments = batch.segment_tensor(width)
+        settings = batch.loss
         completion_mask = completion_mask.to(self.device)
         segments = segments.to(self.device) if segments is not None else None
         prompt_lengths = [len(p) for p in batch.prompt_ids]

@@ -51,14 +51,15 @@ def user_code(cfg) -> list[tuple[str, str]]:
 
 
 def import_user_code(specs: list[tuple[str, str]]) -> list[Problem]:
-    """Import each (field, spec) as the driver will (rollout.tasks.load_task, rollout.rewards.load_reward), here."""
+    """Import each (field, spec) as the driver will (rollout.tasks.task_class, rollout.rewards.load_reward), here;
+    a task class is imported and checked, not instantiated."""
     from rollout.rewards import load_reward
-    from rollout.tasks import load_task
+    from rollout.tasks import task_class
 
     problems = []
     for field, spec in specs:
         try:
-            load_task(spec) if field == "rollout.task" else load_reward(spec)
+            task_class(spec) if field == "rollout.task" else load_reward(spec)
         except Exception as err:  # user code fails in any way on import or construction
             problems.append(Problem(field, str(err) if isinstance(err, ValueError) else
                                     f"{spec!r} failed: {type(err).__name__}: {err}"))
@@ -121,13 +122,11 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
     if ":" not in task and task not in TASKS:
         problems.append(Problem("rollout.task", f"unknown task {task!r}; built-in tasks: {', '.join(TASKS.names())}; "
                                                 f"or a user task 'module:Class'"))
-    data_ok = True
     if cfg.data is not None:
         try:
             check_data(cfg.data)
         except DataError as err:
             problems.append(split_field(str(err), "data"))
-            data_ok = False
     if cfg.model.path is not None:
         problem = model_problem(cfg.model.path)
         if problem is not None:
@@ -138,11 +137,9 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
         problems.append(Problem("model.path", f"unset, but the user task {task!r} has no bootstrapped default model; "
                                               f"set model.path to an HF model directory, a .gguf file or a "
                                               f"registered name"))
-    if task in TASKS and (task != "dataset" or (cfg.data is not None and data_ok)):
-        from rollout.tasks import load_task
-
+    if task in TASKS:  # the class alone: the job's task instance is made once, when the job is prepared
         try:
-            ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner).check_task(load_task(task, cfg.data))
+            ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner).check_task(TASKS.get(task))
         except ValueError as err:
             problems.append(split_field(str(err), "learner.algorithm"))
     return problems

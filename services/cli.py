@@ -145,20 +145,18 @@ def print_summary(summary, console) -> None:
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from services.checks import require_valid
     from services.config import load_config
     from services.loop import run_job
 
     console = Console()
     if args.resume:
         cfg = load_config(Path(args.resume) / CONFIG)
-        require_valid(cfg, str(Path(args.resume) / CONFIG))
-        summary = run_job(cfg, run_dir=Path(args.resume), resume=True, console=console, stop_after=args.stop_after)
+        summary = run_job(cfg, run_dir=Path(args.resume), resume=True, console=console, stop_after=args.stop_after,
+                          source=str(Path(args.resume) / CONFIG))
     else:
         cfg = read_job(args.config, args.set)
-        require_valid(cfg, args.config)
         summary = run_job(cfg, run_dir=Path(args.run_dir) if args.run_dir else None, console=console,
-                          stop_after=args.stop_after)
+                          stop_after=args.stop_after, source=args.config)
     print_summary(summary, console)
     return 0
 
@@ -175,7 +173,8 @@ def cmd_demo(args) -> int:
 
     from services.api import create_app
     from services.config import JobConfig, dump_config
-    from services.loop import RunSummary, resolve_model_dir
+    from services.loop import RunSummary
+    from services.prepare import resolve_model_dir
     from services.serve import control_plane
     from services.store import TERMINAL, free_port
 

@@ -38,18 +38,20 @@ def connect_ray(num_cpus: int | None = None):
 
 
 def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-               sink=None, requests=None, restart: bool = False):
-    """The job on the Ray cluster. restart: this job may have run in run_dir before (a driver started again after it
-    died): it continues from its last checkpoint instead of refusing the run directory."""
-    from rollout.tasks import load_task
-    from services.loop import drive, max_new_tokens, prepare_job
+               sink=None, requests=None, restart: bool = False, source: str = "job config"):
+    """The job on the connected Ray cluster: prepared (services/prepare.py, every stage), the run directory made,
+    the actors started, the loop. restart: this job may have run in run_dir before (a driver started again after
+    it died): it continues from its last checkpoint instead of refusing the run directory."""
+    from services.loop import drive, prepare_run_dir
+    from services.prepare import prepare_job
     from services.runtime import RayRuntime
 
-    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=False, restart=restart)
-    runtime = RayRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task, cfg.data)))
+    job = prepare_job(cfg, source, runtime="ray", progress=progress)
+    resume_from = prepare_run_dir(cfg, run_dir, resume, restart)
+    runtime = RayRuntime(job, run_dir)
     try:
-        return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress,
-                     stop_after=stop_after, sink=sink, requests=requests)
+        return drive(job, runtime, run_dir, resume_from=resume_from, progress=progress, stop_after=stop_after,
+                     sink=sink, requests=requests)
     finally:
         runtime.close()
 
@@ -73,12 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
     store, job_id, sink, requests = control_plane()
     try:
-        from services.checks import require_valid
-
-        require_valid(cfg, args.config)  # what the control plane checks at submission, for `ray job submit` too
-        connect_ray()
+        connect_ray()  # the job's checks, the static stage included (for `ray job submit` too), run in run_on_ray
         summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
-                             sink=sink, requests=requests, restart=True)
+                             sink=sink, requests=requests, restart=True, source=args.config)
     except BaseException as err:
         if store is not None:
             finish(store, job_id, "FAILED", error=f"{type(err).__name__}: {err}"[:2000])

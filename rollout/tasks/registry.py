@@ -24,33 +24,49 @@ def register_task(name: str):
     return register
 
 
+def task_class(spec: str) -> type[Task]:
+    """The task class of a registered name ("arith") or a module path ("my_pkg.my_task:MyTask"), imported but not
+    instantiated: what a check needs (the job's one task instance is made by load_task, once)."""
+    if ":" in spec:
+        return _user_task(spec)[0]
+    if spec not in TASKS:
+        raise ValueError(f"unknown task {spec!r}; built-in tasks: {', '.join(TASKS.names())}; "
+                         f"or give a user task as 'module:Class'")
+    return TASKS.get(spec)
+
+
 def load_task(spec: str, data=None, encoder=None) -> Task:
     """A task instance from a registered name ("arith") or a module path ("my_pkg.my_task:MyTask"). The `dataset`
     task reads the job's data: section (`data`, a rollout.config.DataConfig); given the run's PromptEncoder it drops
     the prompts longer than data.max_prompt_tokens."""
     if ":" in spec:
-        return _load_user_task(spec)
-    if spec not in TASKS:
-        raise ValueError(f"unknown task {spec!r}; built-in tasks: {', '.join(TASKS.names())}; "
-                         f"or give a user task as 'module:Class'")
+        cls, instance = _user_task(spec)
+        return instance if instance is not None else _checked_user_task(spec, cls())
+    cls = task_class(spec)
     if spec == "dataset":
         if data is None:
             raise ValueError("rollout.task: dataset reads the job's data: section, and there is none; add data: "
                              "with path, prompt_key (or messages_key) and answer_key")
-        return TASKS.get(spec)(data, encoder)
-    return TASKS.get(spec)()
+        return cls(data, encoder)
+    return cls()
 
 
-def _load_user_task(spec: str) -> Task:
+def _user_task(spec: str) -> tuple[type, Task | None]:
+    """(class, the instance when the module path names one instead of a class) of a user task."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"task {spec!r}: cannot import module {module_name!r} ({err}); check PYTHONPATH") from err
-    cls = getattr(module, attr, None)
-    if cls is None:
+    found = getattr(module, attr, None)
+    if found is None:
         raise ValueError(f"task {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    task = cls() if isinstance(cls, type) else cls
+    if isinstance(found, type):
+        return _checked_user_task(spec, found), None
+    return type(found), _checked_user_task(spec, found)
+
+
+def _checked_user_task(spec: str, task):
     for needed in ("name", "examples", "score", "max_new_tokens"):
         if not hasattr(task, needed):
             raise ValueError(f"task {spec!r} lacks {needed!r}: subclass rollout.tasks.base.Task")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learner.algorithms import GRPO
 from learner.config import GRPOConfig, LoraConfig, ModelConfig
-from learner.learner import Learner, RolloutBatch
+from learner.learner import Learner
 from learner.losses import POLICY_LOSSES, LossInputs, LossSettings, token_mean
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
@@ -33,9 +34,9 @@ def test_a_registered_toy_loss_trains_two_learner_steps(tiny_model_dir):
         prompts = [learner.tokenizer(p)["input_ids"] for p in ("12+34=", "987+6=")]
         before = {n: p.detach().clone() for n, p in learner.model.named_parameters() if "lora_B" in n}
         for step in range(2):
-            flat = [c for g in engine.generate(prompts, SamplingParams(n=4, max_new_tokens=6, seed=step)) for c in g]
-            rewards = [float(i % 2) for i in range(len(flat))]
-            stats = learner.step(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat], rewards, 4))
+            groups = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=6, seed=step))
+            rewards = [float(i % 2) for i in range(4 * len(groups))]
+            stats = learner.step(GRPO(cfg).make_batch(groups, rewards))
             assert stats["grad_norm"] > 0 and torch.isfinite(torch.tensor(stats["loss"]))
         assert len(calls) == 2 and learner.step_count == 2
         moved = max(float((p.detach() - before[n]).abs().max()) for n, p in learner.model.named_parameters() if n in before)
@@ -64,11 +65,11 @@ class RecordingRuntime:
 
 def test_one_completion_limit_everywhere(tmp_path):
     from learner.bootstrap import bootstrap
-    from rollout.prompts import PromptEncoder
     from rollout.tasks import load_task
     from services.config import parse_config
     from services.leap_protocol import LeapController
-    from services.loop import Evaluator, LoopState, RunLog, job_scorer
+    from services.loop import Evaluator, LoopState, RunLog
+    from services.prepare import prepare_job
     from services.runtime import LocalRuntime
 
     model_dir = bootstrap("ranklist", 0, progress=False)
@@ -78,11 +79,11 @@ def test_one_completion_limit_everywhere(tmp_path):
                         "rollout": {"task": "ranklist", "max_new_tokens": limit, "eval_size": 4, "eval_pass_n": 2,
                                     "eval_pass_size": 2},
                         "run": {"steps": 4}, "extrapolate": {"eval_size": 20}})
-    runtime = RecordingRuntime(LocalRuntime(cfg, model_dir, tmp_path, limit))
-    encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
-    Evaluator(cfg, runtime, task, encoder, RunLog(tmp_path), job_scorer(cfg, task))(0, LoopState())  # greedy (list
-    # metrics on the same completions), pass@k
-    leaps = LeapController(cfg, runtime, tmp_path, task, lambda kind, record: None, encoder=encoder,
-                           max_new_tokens=limit)
+    prepared = prepare_job(cfg, "test", progress=False)
+    assert prepared.max_new_tokens == limit
+    runtime = RecordingRuntime(LocalRuntime(prepared, tmp_path))
+    Evaluator(prepared, runtime, RunLog(tmp_path))(0, LoopState())  # greedy (list metrics on the same
+    # completions), pass@k
+    leaps = LeapController(prepared, runtime, tmp_path, lambda kind, record: None)
     leaps._scores()
     assert len(runtime.limits) == 3 and set(runtime.limits) == {limit}

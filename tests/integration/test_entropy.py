@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
+from learner.algorithms import GRPO
 from learner.config import GRPOConfig, LoraConfig, ModelConfig
-from learner.learner import Learner, RolloutBatch
+from learner.learner import Learner
 from learner.policy import completion_logprobs, completion_positions, dense_completion_logprobs, pad_sequences
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
@@ -65,6 +66,5 @@ def test_entropy_matches_the_dense_reference(tiny_model_dir):
 
     expected = float((reference * mask).sum() / mask.sum())
     assert 0 < expected < math.log(vocab)
-    stats = learner.step(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat],
-                                      [float(i % 2) for i in range(len(flat))], 4))
+    stats = learner.step(GRPO(learner.cfg).make_batch(groups, [float(i % 2) for i in range(len(flat))]))
     assert stats["entropy"] == pytest.approx(expected, rel=1e-5)

@@ -71,13 +71,14 @@ def test_reference_logprob_decides_leaps(default_model_dir, tmp_path):
 
 def test_candidate_logprobs_leave_the_policy_unchanged(default_model_dir, tmp_path):
     from common.run_dir import checkpoint_dir
+    from services.prepare import prepare_job
     from services.runtime import LocalRuntime
 
     cfg = parse_config({"model": {"path": str(default_model_dir)}, "learner": {"lr": 5e-3},
                         "rollout": {"prompts_per_step": 8, "group_size": 4, "eval_size": 16},
                         "run": {"steps": 2, "checkpoint_every": 2, "eval_every": 2}})
     run_job(cfg, run_dir=tmp_path / "trained", progress=False)
-    runtime = LocalRuntime(cfg, default_model_dir, tmp_path / "fresh", max_new_tokens=6)
+    runtime = LocalRuntime(prepare_job(cfg, "test", progress=False), tmp_path / "fresh")
     tok = runtime.learner.tokenizer
     prompts = [tok(p)["input_ids"] for p in ("12+34=", "987+6=")]
     answers = [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in ("64", "399")]

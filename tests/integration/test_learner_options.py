@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learner.algorithms import GRPO
 from learner.config import GRPOConfig, LoraConfig, ModelConfig
-from learner.learner import Learner, RolloutBatch
+from learner.learner import Learner
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
 
@@ -22,13 +23,13 @@ def one_step(model_dir, **options):
     tok = learner.tokenizer
     prompts = [tok(p)["input_ids"] for p in ("12+34=", "987+6=", "5+55=")]
     engine = HFEngine(model=learner.model, tokenizer=tok)
-    flat = [c for g in engine.generate(prompts, SamplingParams(n=4, max_new_tokens=6, seed=0)) for c in g]
-    rewards = [float(i % 3 == 0) for i in range(len(flat))]
+    groups = engine.generate(prompts, SamplingParams(n=4, max_new_tokens=6, seed=0))
+    rewards = [float(i % 3 == 0) for i in range(4 * len(groups))]
     grads: dict[str, torch.Tensor] = {}
     for name, p in learner.model.named_parameters():
         if "lora_" in name:  # the last accumulation is the full gradient (chunks accumulate into p.grad)
             p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
-    stats = learner.step(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat], rewards, 4))
+    stats = learner.step(GRPO(cfg).make_batch(groups, rewards))
     return stats, grads
 
 

@@ -136,12 +136,18 @@ def test_vllm_requested_without_vllm_fails_at_start(ray_local, default_model_dir
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
 
 
-def test_unreadable_model_on_a_worker_fails_at_start(ray_local, tmp_path):
+def test_unreadable_model_on_a_worker_fails_at_start(ray_local, default_model_dir, tmp_path):
+    import shutil
+
+    from services.prepare import prepare_job
     from services.runtime import RayRuntime
 
-    cfg = job(tmp_path / "only-on-the-driver")
+    model = tmp_path / "only-on-the-driver"
+    shutil.copytree(default_model_dir, model)
+    prepared = prepare_job(job(model), "test", runtime="ray", progress=False)
+    shutil.rmtree(model)  # as if the driver's copy were on a disk the workers cannot read
     with pytest.raises(Exception, match="cannot read the model directory"):
-        RayRuntime(cfg, tmp_path / "only-on-the-driver", tmp_path / "run", 6)
+        RayRuntime(prepared, tmp_path / "run")
 
 
 def test_leaps_run_on_ray_with_the_service_as_an_actor(ray_local, default_model_dir, tmp_path):

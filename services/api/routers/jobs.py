@@ -15,8 +15,9 @@ from common.run_dir import CHECKPOINTS
 from services.api.deps import JobDep, PlaneDep, require_token
 from services.api.models import CheckpointInfo, Job, JobPage, StreamItem, StreamPage, job_model
 from services.api.plane import Plane
-from services.checks import check_job, split_field
+from services.checks import JobCheckError, split_field
 from services.config import JobConfig, dump_config
+from services.prepare import prepare_job
 from services.ray_jobs import RayUnavailable
 from services.store import STATES, JobNotFound, TransitionError
 
@@ -64,9 +65,11 @@ def parse_job(plane: Plane, raw: bytes, content_type: str) -> JobConfig:
         bad.append({"field": "data.path", "message": "must lie under an allowed root (LEAPFROG_ALLOWED_ROOTS)"})
     if bad:  # nothing else is looked at (no probing of paths outside the roots)
         raise HTTPException(422, bad)
-    problems = check_job(cfg, "subprocess" if plane.settings.allow_user_code else "forbidden")
-    if problems:
-        raise HTTPException(422, [asdict(p) for p in problems])
+    try:  # the static stage of the job's preparation (services/prepare.py); the driver runs every stage
+        prepare_job(cfg, "POST /v1/jobs", through="static",
+                    user_code_mode="subprocess" if plane.settings.allow_user_code else "forbidden")
+    except JobCheckError as err:
+        raise HTTPException(422, [asdict(p) for p in err.problems]) from None
     return cfg
 
 

@@ -1,6 +1,7 @@
 """The leap protocol's state machine (`LeapState` in services/leap_protocol.py), every transition, with no model: propose ->
 evaluate -> apply -> (control branch) -> judge -> keep / roll back, the accounting of steps saved and lost, and the
-transitions each phase refuses."""
+transitions each phase refuses; the leap policy (horizon, patience, start_after, a request's horizon) and the whole
+state's round trip through a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from services.leap_protocol import LeapState, LeapStateError, PendingLeap, Phase
 
 
 def state(judge="control", **kw) -> LeapState:
-    return LeapState(judge=judge, judge_after=4, leap_every=10, accept_margin=0.02, judge_margin=0.01, **kw)
+    policy = {"horizon": 8, "min_horizon": 2, "max_horizon": 16, "patience": 2, "start_after": 0, **kw}
+    return LeapState(judge=judge, judge_after=4, leap_every=10, accept_margin=0.02, judge_margin=0.01, **policy)
 
 
 def leap(at=10, pre=(1.0, 0.0, 1.0, 0.0)) -> PendingLeap:
@@ -114,3 +116,38 @@ def test_zero_judging_cost_keeps_an_accepted_leap_at_once():
     a = st.summary(10)
     assert (a["applied"], a["paid"], a["rejected"], a["steps_skipped"], a["steps_lost"]) == (1, 1, 1, 20, 0)
     assert a["net_steps_saved"] == 20 and st.phase == Phase.IDLE and st.next_proposal_at == 20
+
+
+def test_the_policy_doubles_the_horizon_after_a_paid_leap_halves_it_after_a_failure_and_stops_at_patience():
+    st = state("none", start_after=10)
+    assert st.gate(5) == "step 5 is before extrapolate.start_after (10)" and st.gate(10) is None
+    st.proposed()
+    st.apply(leap())
+    st.close(True, learner_steps=10)
+    assert (st.horizon, st.failures) == (16, 0)  # doubled, capped at max_horizon 16
+    for expected in (8, 4):
+        st.proposed()
+        st.reject(learner_steps=20)
+        assert st.horizon == expected
+    assert st.stopped and "patience 2" in st.gate(100)
+    assert st.policy() == {"horizon": 4, "failures": 2, "stopped": True, "proposals": 3}
+    st.request(horizon=3)  # a user's request passes every gate, with its own horizon
+    assert st.gate(100) is None and st.proposal_horizon() == 3 and st.may_propose(21)
+    st.proposed()
+    assert not st.requested and st.proposal_horizon() == 4
+
+
+def test_the_whole_state_survives_a_checkpoint_in_every_phase():
+    import json
+
+    st = state("control")
+    st.proposed()
+    st.apply(leap(at=10))
+    st.start_control([1.0, 0.0, 1.0, 0.0], learner_steps=14, branch_checkpoint="step-000034")
+    st.checked_through, st.accounting["extrapolation_s"] = 30, 1.5
+    for snapshot in (state("trend").as_dict(), st.as_dict()):
+        again = LeapState.from_dict(json.loads(json.dumps(snapshot)))  # as written into meta.json and state.pt
+        assert again.as_dict() == snapshot
+    again = LeapState.from_dict(json.loads(json.dumps(st.as_dict())))
+    assert again.phase == Phase.CONTROL and again.pending.branch_checkpoint == "step-000034"
+    assert again.judge_control([1.0, 0.0, 1.0, 0.0]).paid  # the judgement goes on where it stopped
