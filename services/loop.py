@@ -87,12 +87,12 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool =
     when it had none; either way the log rows of the interrupted attempt after that point are set aside."""
     checkpoints = list_checkpoints(run_dir)
     if restart and (run_dir / CONFIG).is_file() and (run_dir / CONFIG).read_text() == dump_config(cfg):
-        set_aside_after(run_dir, checkpoints[-1][0] if checkpoints else -1)
+        set_aside_after(run_dir, checkpoints[-1][1] if checkpoints else None)
         return checkpoints[-1][1] if checkpoints else None
     if resume:
         if not checkpoints:
             raise ConfigError(f"--resume {run_dir}: no complete checkpoint there to resume from")
-        set_aside_after(run_dir, checkpoints[-1][0])
+        set_aside_after(run_dir, checkpoints[-1][1])
         return checkpoints[-1][1]
     if checkpoints or (run_dir / METRICS).exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}, "
@@ -102,36 +102,40 @@ def prepare_run_dir(cfg: JobConfig, run_dir: Path, resume: bool, restart: bool =
     return None
 
 
-DECISION_EVENTS = ("no_leap", "proposal", "leap_rejected", "leap_applied")  # made after a checkpoint, at its step
+LOGS = (METRICS, SAMPLES, EVENTS)
 
 
-def made_after(row: dict, step: int) -> bool:
-    """A log row written after the checkpoint of `step`: a later step's, or the leap decision at that checkpoint
-    (made once it was written, so the resumed run makes it again)."""
-    at = row.get("step", row.get("at_step", 0))
-    return at > step or (at == step and (row.get("type") in DECISION_EVENTS or row.get("event") == "leap_applied"))
+def log_positions(run_dir: Path) -> dict[str, int]:
+    """How many rows each log holds now (written into every checkpoint: what a resume from it keeps)."""
+    return {name: len(read_jsonl(run_dir / name)) for name in LOGS}
 
 
-def set_aside_after(run_dir: Path, step: int) -> None:
-    """Move what an interrupted attempt wrote after its last checkpoint (`step`) to rolled_back/: the rows of
-    metrics.jsonl, samples.jsonl and events.jsonl (to <name>-after-<step>.jsonl) and the leap candidates it proposed
-    (to leaps-after-<step>/), so the resumed run logs each step and decision once and nothing is lost."""
+def set_aside_after(run_dir: Path, checkpoint: Path | None) -> None:
+    """Move what an interrupted attempt wrote after its last checkpoint (None: it had none) to rolled_back/: the log
+    rows past the checkpoint's positions (to <name>-after-<step>.jsonl; rows are cut by position, not by step,
+    because a run that switched branch logs steps out of order) and the leap candidates it proposed after it (to
+    leaps-after-<step>/), so the resumed run logs each step and decision once and nothing is lost."""
+    meta = json.loads((checkpoint / "meta.json").read_text()) if checkpoint is not None else {}
+    step = meta.get("step", int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint is not None else 0)
+    positions = meta.get("log_rows", {name: 0 for name in LOGS} if checkpoint is None else None)
     aside_dir = run_dir / ROLLED_BACK
-    for name in (METRICS, SAMPLES, EVENTS):
+    for name in LOGS:
         rows = read_jsonl(run_dir / name)
-        after = [r for r in rows if made_after(r, step)]
-        if not after:
+        keep = positions[name] if positions is not None else \
+            sum(1 for r in rows if r.get("step", r.get("at_step", 0)) <= step)  # a checkpoint from before positions
+        if len(rows) <= keep:
             continue
-        aside = aside_dir / f"{Path(name).stem}-after-{max(step, 0)}.jsonl"
+        aside = aside_dir / f"{Path(name).stem}-after-{step}.jsonl"
         aside.parent.mkdir(parents=True, exist_ok=True)
-        for row in after:
+        for row in rows[keep:]:
             append_jsonl(aside, row)
         tmp = run_dir / f"{name}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if not made_after(r, step)))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows[:keep]))
         tmp.replace(run_dir / name)
-    for leap in sorted((run_dir / LEAPS).glob("leap-*-step*")):
-        if int(leap.name.split("-step", 1)[1].split("-", 1)[0]) >= step:
-            target = aside_dir / f"{LEAPS}-after-{max(step, 0)}"
+    proposals = meta.get("leap_state", {}).get("accounting", {}).get("proposals", 0)
+    for leap in sorted((run_dir / LEAPS).glob("leap-*")):
+        if int(leap.name.split("-")[1]) > proposals:
+            target = aside_dir / f"{LEAPS}-after-{step}"
             target.mkdir(parents=True, exist_ok=True)
             shutil.move(str(leap), target / leap.name)
 
@@ -395,7 +399,7 @@ def save_checkpoint(job: PreparedJob, runtime, run_dir: Path, state: LoopState, 
         return checkpoint_dir(run_dir, done)
     cfg, leap_state = job.cfg, leaps.checkpoint_state()
     meta = {"metrics": row, "evals": state.evals[-1:], "wall_time": time.time() - state.started,
-            "base_model": str(job.model_dir), **leap_state}
+            "base_model": str(job.model_dir), "log_rows": log_positions(run_dir), **leap_state}
     path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
                                      "learner_steps": state.learner_steps, **leap_state})
     if cfg.run.keep_checkpoints is not None:

@@ -12,3 +12,14 @@ class Sums3(Arith):
 
 def exact(prompts, completions, answer, **columns):
     return [float(c.strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+class CountedSums(Arith):
+    """A user task that counts its instances (tests/integration/test_prepare_once.py)."""
+
+    name = "counted_sums"
+    instances = 0
+
+    def __init__(self):
+        super().__init__()
+        type(self).instances += 1
