@@ -25,21 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def connect_ray(num_cpus: int | None = None):
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-
-
 def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
                sink=None, requests=None, restart: bool = False, source: str = "job config"):
-    """The job on the connected Ray cluster: prepared (services/prepare.py, every stage), the run directory made,
+    """The job on the Ray cluster: prepared (services/prepare.py, every stage; it connects to Ray after the checks that
+    need no cluster), the run directory made,
     the actors started, the loop. restart: this job may have run in run_dir before (a driver started again after
     it died): it continues from its last checkpoint instead of refusing the run directory."""
     from services.loop import drive, prepare_run_dir
@@ -75,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"leapfrog driver pid {os.getpid()} run_dir {run_dir.resolve()}", flush=True)
     store, job_id, sink, requests = control_plane()
     try:
-        connect_ray()  # the job's checks, the static stage included (for `ray job submit` too), run in run_on_ray
+        # the job's checks (for `ray job submit` too) run in run_on_ray, before it connects to Ray or writes anything
         summary = run_on_ray(cfg, run_dir, resume=args.resume, progress=sys.stdout.isatty(), stop_after=args.stop_after,
                              sink=sink, requests=requests, restart=True, source=args.config)
     except BaseException as err:

@@ -47,7 +47,7 @@ def prepare_job(cfg: JobConfig, source: str, *, runtime: Literal["local", "ray"]
                 through: Literal["static", "model", "runtime"] = "runtime", user_code_mode: str = "here",
                 progress: bool = True, console=None) -> PreparedJob | None:
     """Run the stages up to `through` (the module's docstring); the PreparedJob, or None after the static stage
-    alone. `runtime: ray` needs Ray connected (the cluster's resources are checked)."""
+    alone. `runtime: ray` connects to Ray after the static and model stages, to check the cluster's resources."""
     require_valid(cfg, source, user_code_mode)
     if through == "static":
         return None
@@ -145,9 +145,12 @@ def check_runtime(cfg: JobConfig, runtime: Literal["local", "ray"]) -> None:
 
 
 def check_cluster(cfg: JobConfig) -> None:
-    """The connected Ray cluster has the CPUs and GPUs the job's actors reserve."""
+    """The Ray cluster (connected now, if it was not) has the CPUs and GPUs the job's actors reserve."""
     import ray
 
+    from services.runtime import connect_ray
+
+    connect_ray()
     need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
     need_gpu = cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
     have = ray.cluster_resources()

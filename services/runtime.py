@@ -109,6 +109,19 @@ def learner_errors():
         raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
 
 
+def connect_ray(num_cpus: int | None = None) -> None:
+    """Connect to the Ray cluster of RAY_ADDRESS (the address a Ray job is given), or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
 def runner_threads(environ) -> int:
     """Torch threads of the single-process runner: LEAPFROG_THREADS, else OMP_NUM_THREADS (so that two runs given one
     thread each share two cores instead of oversubscribing them: OpenMP's spinning workers made two 2-thread runs on
