@@ -26,6 +26,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.config import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 USER_CODE_MODES = ("here", "subprocess", "forbidden")
 IMPORT_TIMEOUT_S = 60.0
@@ -145,12 +147,13 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
     return problems
 
 
-class JobCheckError(ValueError):
+class JobCheckError(ConfigError):
     """A job that fails check_job: every problem, one per line, each with its field."""
 
     def __init__(self, problems: list[Problem], source: str):
         self.problems = problems
-        super().__init__("\n".join([f"job config {source} cannot run (nothing was started or written):"] +
+        super().__init__("\n".join([f"job config{' ' + source if source else ''} cannot run (nothing was started or "
+                                    f"written):"] +
                                    [f"  {p.field}: {p.message}" for p in problems]))
 
 

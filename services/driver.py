@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run_on_ray(cfg, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-               sink=None, requests=None, restart: bool = False, source: str = "job config"):
+               sink=None, requests=None, restart: bool = False, source: str = ""):
     """The job on the Ray cluster: prepared (services/prepare.py, every stage; it connects to Ray after the checks that
     need no cluster), the run directory made,
     the actors started, the loop. restart: this job may have run in run_dir before (a driver started again after

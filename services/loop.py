@@ -141,7 +141,7 @@ def set_aside_after(run_dir: Path, checkpoint: Path | None) -> None:
 
 
 def run_job(cfg: JobConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-            console=None, stop_after: int | None = None, sink=None, source: str = "job config") -> RunSummary:
+            console=None, stop_after: int | None = None, sink=None, source: str = "") -> RunSummary:
     """Run (or resume) a job in this process to cfg.run.steps, or stop once `stop_after` steps are done: prepared
     (services/prepare.py), then the run directory made (or checked for the resume), then the loop."""
     from services.runtime import LocalRuntime

@@ -105,7 +105,7 @@ def test_unreadable_gguf_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch)
 
 def test_bad_inputs_say_what_is_expected(tmp_path):
     from services.config import ConfigError, JobConfig
-    from services.loop import resolve_model_dir
+    from services.prepare import resolve_model_dir
 
     empty = tmp_path / "empty"
     empty.mkdir()
