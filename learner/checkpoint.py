@@ -103,3 +103,17 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err}); "
                               f"resume from an earlier complete checkpoint") from err
     return state, meta
+
+
+def update_checkpoint_record(path: Path, state_record: dict, meta_record: dict) -> None:
+    """Replace the run's bookkeeping (evaluations, learner steps, leap state, log positions) in a complete checkpoint:
+    the keys of `state_record` in state.pt, of `meta_record` in meta.json; its weights, optimizer, scheduler and RNG
+    stay as written. For a run that switched branch to this checkpoint: a resume from it must continue the run as it
+    is now, not as it was when the checkpoint was written. Each file is replaced atomically."""
+    state, meta = read_checkpoint(path)
+    tmp = Path(path) / f".state.pt.tmp-{os.getpid()}"
+    torch.save({**state, **state_record}, tmp)
+    os.replace(tmp, Path(path) / "state.pt")
+    tmp = Path(path) / f".meta.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({**meta, **meta_record}, indent=2))
+    os.replace(tmp, Path(path) / "meta.json")

@@ -392,6 +392,13 @@ class LeapController:
                             "type": "leap_paid" if judgement.paid else "leap_rolled_back",
                             "step": step, "se": judgement.se, **record, "policy": self.state.policy()})
 
+    def _switch_to(self, checkpoint: Path) -> dict:
+        """Continue from another branch's checkpoint. Its leap decision is not made again (the run decided there
+        already, or the branch it starts is the protocol's own); the driver records the run's state in it."""
+        saved = self.runtime.resume(checkpoint)
+        self.state.checked_through = max(self.state.checked_through, self.runtime.step_count)
+        return saved
+
     def after_step(self, learner_steps: int, evals: list[dict], checkpoint) -> dict | None:
         """Judge a pending leap once judge_after learner steps have run (in the leap branch, then in the control
         branch). Returns the restored state when the run switches branch (the driver continues from it).
@@ -407,7 +414,7 @@ class LeapController:
                 return None
             self._move_checkpoints_after(leap.from_step, aside / f"{leap.id}-control")
             self._restore_checkpoints(aside / f"{leap.id}-leap")
-            state = self.runtime.resume(self.run_dir / CHECKPOINTS / leap.branch_checkpoint)
+            state = self._switch_to(self.run_dir / CHECKPOINTS / leap.branch_checkpoint)
             self._close(judgement, learner_steps, step, leap_minus_control=judgement.diff, judge="control")
             return state
         now = self._scores()
@@ -418,13 +425,13 @@ class LeapController:
             self.emit("event", {"id": leap.id, "from_step": leap.from_step, "horizon": leap.horizon,
                                 "method": leap.method, "type": "control_branch", "step": step,
                                 "leap_acc": sum(now) / len(now)})
-            return self.runtime.resume(Path(leap.pre_path))
+            return self._switch_to(Path(leap.pre_path))
         expected_gain = trend_slope(evals, leap.from_step, self.x.trend_evals) * self.x.judge_after
         judgement = st.judge_trend(now, expected_gain)
         state = None
         if not judgement.paid:
             self._move_checkpoints_after(leap.from_step, aside / leap.id)
-            state = self.runtime.resume(Path(leap.pre_path))
+            state = self._switch_to(Path(leap.pre_path))
         self._close(judgement, learner_steps, step, gain_since_leap=judgement.diff, trend_gain=expected_gain, judge="trend")
         return state
 

@@ -28,7 +28,7 @@ from common.run_dir import (
     list_checkpoints,
     read_jsonl,
 )
-from learner.checkpoint import prune_checkpoints
+from learner.checkpoint import prune_checkpoints, update_checkpoint_record
 from rollout.engines.base import SamplingParams
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
 from rollout.metrics import completion_metrics
@@ -377,6 +377,8 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                     state.evals = restored.get("evals", state.evals)
                     rollouts.drop()
                     log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
+                    update_checkpoint_record(checkpoint_dir(run_dir, runtime.step_count),
+                                             *run_record(run_dir, state, leaps))
                     continue
                 if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
                     evaluate(done, state)
@@ -393,15 +395,20 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
     return finish_run(run_dir, runtime, state, leaps)
 
 
+def run_record(run_dir: Path, state: LoopState, leaps) -> tuple[dict, dict]:
+    """The run's bookkeeping a checkpoint holds beside the learner's state, for state.pt and for meta.json: what a
+    resume from it continues with (meta.json has the last evaluation only)."""
+    record = {"learner_steps": state.learner_steps, "log_rows": log_positions(run_dir), **leaps.checkpoint_state()}
+    return {**record, "evals": state.evals}, {**record, "evals": state.evals[-1:]}
+
+
 def save_checkpoint(job: PreparedJob, runtime, run_dir: Path, state: LoopState, leaps, done: int, row: dict) -> Path:
     """Checkpoint the current state, the leap state included (or return the existing checkpoint of this step)."""
     if checkpoint_dir(run_dir, done).exists():
         return checkpoint_dir(run_dir, done)
-    cfg, leap_state = job.cfg, leaps.checkpoint_state()
-    meta = {"metrics": row, "evals": state.evals[-1:], "wall_time": time.time() - state.started,
-            "base_model": str(job.model_dir), "log_rows": log_positions(run_dir), **leap_state}
-    path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, "evals": state.evals,
-                                     "learner_steps": state.learner_steps, **leap_state})
+    cfg, (state_record, meta_record) = job.cfg, run_record(run_dir, state, leaps)
+    meta = {"metrics": row, "wall_time": time.time() - state.started, "base_model": str(job.model_dir), **meta_record}
+    path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, **state_record})
     if cfg.run.keep_checkpoints is not None:
         prune_checkpoints(run_dir, checkpoints_to_keep(cfg), protect=checkpoints_in_use(leaps))
     return path

@@ -203,13 +203,14 @@ def test_bounded_concurrent_load(plane):
 
 
 def test_manual_leap_request_is_served_by_the_running_job(plane):
-    """A job whose policy would never leap (backtest threshold 1, start after the end) leaps when asked."""
+    """A job whose policy would never leap (backtest threshold 1, start after the end) leaps when asked, by the
+    horizon the request names."""
     url = plane["url"]
     body = job_yaml(plane["model"], 14, name="asked") + (
         "extrapolate:\n  window: 2\n  horizon: 2\n  min_horizon: 1\n  start_after: 1000\n  judge_after: 2\n"
         "  eval_size: 24\n  backtest_threshold: 1.0\n  accept_margin: 1.0\n")
     job_id = submit(plane, body).json()["id"]
-    asked = httpx.post(f"{url}/v1/jobs/{job_id}/leaps", json={"note": "try now"}, headers=AUTH)
+    asked = httpx.post(f"{url}/v1/jobs/{job_id}/leaps", json={"note": "try now", "horizon": 3}, headers=AUTH)
     assert asked.status_code == 202
     assert httpx.post(f"{url}/v1/jobs/{job_id}/leaps", json={"note": "x"}).status_code == 401
     job = wait_for_state(url, job_id, {"SUCCEEDED", "FAILED"})
@@ -217,6 +218,7 @@ def test_manual_leap_request_is_served_by_the_running_job(plane):
     events = [data for _, data in plane["store"].read(job_id, "events", "0-0", 1000)]
     proposals = [e for e in events if e["type"] == "proposal"]
     assert len(proposals) == 1 and proposals[0]["requested"] is True
+    assert proposals[0]["horizon"] == 3  # the request's horizon, not the policy's 2
     assert any(e["type"] in ("leap_paid", "leap_rolled_back", "leap_rejected") for e in events)
 
 

@@ -69,14 +69,15 @@ def assert_same_run(resumed_summary, resumed_dir, straight, *, loss_tol: float |
     assert [e["step"] for e in resumed_summary.evals] == [e["step"] for e in summary.evals]
 
 
-@pytest.mark.parametrize("stop_after", [4, 8])
+@pytest.mark.parametrize("stop_after", [4, 8, 9])
 def test_stopped_and_resumed_leaping_run_makes_the_same_decisions(default_model_dir, tmp_path, straight, stop_after):
     """4: stopped at the checkpoint the leap is proposed from (the resumed run makes that decision); 8: stopped in the
-    leap branch, the leap under judgement."""
+    leap branch, the leap under judgement; 9: stopped right after the judgement switched the run back to the leap
+    branch's checkpoint 9 (which records the run as it is after the switch)."""
     cfg, run = leaping_job(default_model_dir), tmp_path / "run"
     run_job(cfg, run_dir=run, progress=False, stop_after=stop_after)
     meta = json.loads((run / "checkpoints" / f"step-{stop_after:06d}" / "meta.json").read_text())
-    assert meta["leap_state"]["phase"] == ("idle" if stop_after == 4 else "leap")
+    assert meta["leap_state"]["phase"] == ("leap" if stop_after == 8 else "idle")
     assert_same_run(run_job(cfg, run_dir=run, resume=True, progress=False), run, straight)
 
 
