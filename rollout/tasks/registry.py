@@ -41,7 +41,7 @@ def load_task(spec: str, data=None, encoder=None) -> Task:
     the prompts longer than data.max_prompt_tokens."""
     if ":" in spec:
         cls, instance = _user_task(spec)
-        return instance if instance is not None else _checked_user_task(spec, cls())
+        return instance if instance is not None else cls()
     cls = task_class(spec)
     if spec == "dataset":
         if data is None:

@@ -24,4 +24,4 @@ def test_grpo_improves_default_model(default_model_dir, tmp_path):
     # many standard errors wide are asserted (the 10-point step 15 -> 30 gain is left to bench/rl_gain.py: its size
     # depends on the CPU's float trajectory)
     assert summary.acc_after - summary.acc_before >= 0.15, accs
-    assert accs[1] - accs[0] >= 0.1, accs
+    assert accs[1] > accs[0], accs
