@@ -59,6 +59,52 @@ class OuterMomentumConfig(Section):
         "below the K steps' before; null: never skip."))
 
 
+class AdaptiveStepConfig(Section):
+    """The adaptive step controller (learner/step_control.py): every K learner steps the K-step update d = W_t - W_a
+    is rescaled, W <- W_a + c d, with c chosen on the line by the reference answers' log-prob; c > 1 lengthens a step
+    that is too short, c < 1 pulls the weights back toward W_a (Lookahead's slow weights). c fixed at 1 is plain
+    training, bit for bit."""
+
+    every: int = Field(2, ge=1, description="K: learner steps between decisions.")
+    init_scale: float = Field(1.0, gt=0, description="c at the start.")
+    factor: float = Field(2.0, gt=1, le=16, description="gamma: the candidates are c / gamma, c, c gamma (clamped "
+                                                        "to [min_scale, max_scale]).")
+    min_scale: float = Field(0.1, gt=0, description="c never falls below this.")
+    max_scale: float = Field(16.0, gt=0, le=64, description="c never rises above this.")
+    fixed_scale: float | None = Field(None, gt=0, description="Hold c at this value and make no decisions (the "
+                                                              "probe is still scored); 1 is plain training.")
+    probe_size: int = Field(64, ge=4, description="Held-out problems whose reference answers' mean token log-prob "
+                                                 "scores the candidates (paired).")
+    probe_seed: int = Field(4242, ge=0, description="Seed of the probe problems (differs from the evaluation sets).")
+    reward_drop: float = Field(0.0, ge=0, description=(
+        "The sampled-reward brake: while the mean sampled reward of the last K steps is more than this below the K "
+        "steps' before, c is not raised."))
+    rollback: bool = Field(True, description=(
+        "When every candidate scores below the anchor W_a, return to W_a (the K steps are lost, and counted) and "
+        "lower c by gamma."))
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaptiveStepConfig:
+        if self.min_scale > self.max_scale:
+            raise ValueError("adaptive_step.min_scale must be <= max_scale")
+        if not self.min_scale <= self.init_scale <= self.max_scale:
+            raise ValueError("adaptive_step.init_scale must lie in [min_scale, max_scale]")
+        return self
+
+
+class LrControlConfig(Section):
+    """The reward-trend learning-rate controller (a bold driver on the mean sampled reward; learner/step_control.py):
+    every K learner steps the lr multiplier m rises by `up` when the mean reward of the last K steps beats the K
+    before by more than `margin`, and falls by `down` when it is more than `margin` below."""
+
+    every: int = Field(2, ge=1, description="K: learner steps between decisions.")
+    up: float = Field(1.5, ge=1, le=16, description="m <- m x up after a rise.")
+    down: float = Field(0.5, gt=0, le=1, description="m <- m x down after a fall.")
+    margin: float = Field(0.0, ge=0, description="Rises and falls smaller than this leave m as it is.")
+    min_multiplier: float = Field(0.01, gt=0, description="m never falls below this.")
+    max_multiplier: float = Field(100.0, gt=0, description="m never rises above this.")
+
+
 class LearnerCommon(Section):
     """Fields every algorithm's learner has: the policy loss, the optimizer, LoRA and the actor's resources. Field
     names follow TRL's GRPOConfig where they mean the same thing."""
@@ -80,7 +126,14 @@ class LearnerCommon(Section):
     sapo_temperature_neg: float = Field(1.05, gt=0, description="SAPO gate temperature for tokens with non-positive "
                                                                 "advantage (loss_type sapo).")
     updates_per_batch: int = Field(1, ge=1, le=16, description="mu: optimizer steps per rollout batch (TRL num_iterations).")
-    lr: float = Field(5e-4, gt=0, le=1, description="Peak AdamW learning rate of the trained parameters.")
+    optimizer: Literal["adamw", "prodigy", "schedule_free_adamw"] = Field("adamw", description=(
+        "adamw (torch); prodigy (prodigyopt: lr is a multiplier of its own step-size estimate, documented 1.0, "
+        "starting from prodigy_d0); schedule_free_adamw (schedulefree: no schedule; evaluation, checkpoints, leaps and "
+        "export use its averaged weights x)."))
+    lr: float = Field(5e-4, gt=0, le=1, description="Peak learning rate of the trained parameters (prodigy: the "
+                                                    "multiplier of its estimate, documented 1.0).")
+    prodigy_d0: float = Field(1e-6, gt=0, le=1, description="Prodigy's initial step-size estimate d0 (documented "
+                                                            "1e-6).")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup (optimizer steps).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -98,6 +151,10 @@ class LearnerCommon(Section):
         "whole models; beta > 0 keeps a frozen copy of the base; HF rollout engine only)."))
     outer_momentum: OuterMomentumConfig | None = Field(None, description="Outer momentum on the trainable "
                                                                          "parameters every K steps (off when unset).")
+    adaptive_step: AdaptiveStepConfig | None = Field(None, description="The adaptive step controller: rescale each "
+                                                                       "K-step update (off when unset).")
+    lr_control: LrControlConfig | None = Field(None, description="The reward-trend learning-rate controller (off "
+                                                                 "when unset).")
 
     @field_validator("loss_type")
     @classmethod
@@ -108,6 +165,20 @@ class LearnerCommon(Section):
             raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(POLICY_LOSSES.names())} (register "
                              f"more in learner.losses.POLICY_LOSSES)")
         return name
+
+    @model_validator(mode="after")
+    def _check_optimizer(self):
+        if self.outer_momentum is not None and self.adaptive_step is not None:
+            raise ValueError("learner.outer_momentum and learner.adaptive_step both rescale the K-step update; "
+                             "set one of them")
+        if self.optimizer == "schedule_free_adamw":
+            if self.lr_schedule != "constant":
+                raise ValueError("optimizer schedule_free_adamw replaces the lr schedule (its averaging is the "
+                                 "schedule); set lr_schedule: constant (warmup_steps is its own warmup)")
+            if self.outer_momentum is not None or self.adaptive_step is not None:
+                raise ValueError("optimizer schedule_free_adamw averages its own iterates; outer_momentum and "
+                                 "adaptive_step need optimizer adamw or prodigy")
+        return self
 
     @model_validator(mode="after")
     def _check_clip(self):

@@ -8,8 +8,13 @@ advantages and loss settings (docs/methods.md#grpo):
                              rollout engine's when an overlapped batch was sampled by the previous policy)
         ref  = log pi_ref   (adapter disabled, or a frozen copy of the base under full-parameter RL; beta > 0 only)
         loss = policy_loss(logp, old, A, ref; batch.loss)   (learner/losses.py POLICY_LOSSES)
-        AdamW step with gradient clipping and the LR schedule
-    every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py
+        optimizer step (learner.optimizer: AdamW, Prodigy or Schedule-Free AdamW) with gradient clipping and the
+        LR schedule (times the reward-trend controller's multiplier, learner.lr_control)
+    every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py; with
+    learner.adaptive_step: the adaptive step controller of learner/step_control.py
+
+Schedule-Free AdamW (Defazio et al. 2024, arXiv 2405.15682) trains at y and reports the average x: the model holds x
+outside a step (rollouts, evaluation, leaps, checkpoints and export all see x) and y only inside it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from learner.config import LearnerConfig, ModelConfig
 from learner.losses import LossInputs, policy_loss
 from learner.outer import OuterMomentum
 from learner.policy import completion_logprobs, load_policy, pad_sequences
+from learner.step_control import AdaptiveStep, LrControl
 
 __all__ = ["Learner", "RolloutBatch"]
 
@@ -43,8 +49,27 @@ def to_cpu(obj):
     return obj
 
 
+def build_optimizer(cfg: LearnerConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """learner.optimizer: torch's AdamW, prodigyopt's Prodigy (Mishchenko & Defazio 2023, arXiv 2306.06101; lr
+    multiplies its step-size estimate d, which starts at prodigy_d0 and only grows) or schedulefree's
+    AdamWScheduleFree (its warmup is warmup_steps; no schedule)."""
+    if cfg.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, d0=cfg.prodigy_d0,
+                       use_bias_correction=True, safeguard_warmup=cfg.warmup_steps > 0)
+    if cfg.optimizer == "schedule_free_adamw":
+        from schedulefree import AdamWScheduleFree
+
+        return AdamWScheduleFree(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                                 warmup_steps=cfg.warmup_steps, foreach=False)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+
+
 def lr_lambda(cfg: LearnerConfig, total_steps: int):
     def factor(step: int) -> float:
+        if cfg.optimizer == "schedule_free_adamw":  # its own warmup, no schedule
+            return 1.0
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
@@ -59,7 +84,10 @@ def lr_lambda(cfg: LearnerConfig, total_steps: int):
 
 class Learner:
     def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, cfg: LearnerConfig, *, seed: int,
-                 total_steps: int, max_new_tokens: int, temperature: float = 1.0, num_threads: int | None = None):
+                 total_steps: int, max_new_tokens: int, temperature: float = 1.0, num_threads: int | None = None,
+                 probe: tuple[list[list[int]], list[list[int]]] | None = None):
+        """probe: (prompt ids, reference completion ids) of the problems that score learner.adaptive_step's
+        candidates (services/prepare.py builds them; needed with adaptive_step only)."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
@@ -77,12 +105,33 @@ class Learner:
             import copy
 
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=cfg.lr, betas=cfg.adam_betas,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, list(self.trainable.values()))
+        self.schedule_free = cfg.optimizer == "schedule_free_adamw"
         self.outer = OuterMomentum.from_config(cfg.outer_momentum, self.trainable) if cfg.outer_momentum else None
-        optimizer_steps = total_steps * cfg.updates_per_batch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, optimizer_steps))
+        if cfg.adaptive_step is not None and probe is None:
+            raise ValueError("learner.adaptive_step needs the probe problems (prompt and reference completion ids)")
+        self.adaptive = AdaptiveStep.from_config(cfg.adaptive_step, self.trainable) if cfg.adaptive_step else None
+        self.probe = probe
+        self.lr_control = LrControl.from_config(cfg.lr_control) if cfg.lr_control else None
+        schedule = lr_lambda(cfg, total_steps * cfg.updates_per_batch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s) * self.lr_multiplier())
         self.step_count = 0
+
+    def lr_multiplier(self) -> float:
+        """The reward-trend lr controller's multiplier of the schedule (1 without it)."""
+        return self.lr_control.multiplier if self.lr_control is not None else 1.0
+
+    def _refresh_lr(self) -> None:
+        """Set each parameter group's lr from the schedule at its current position and the multiplier now."""
+        lrs = [base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch) for base in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
+
+    def _probe_score(self) -> float:
+        """The adaptive step controller's signal: the probe's mean reference-answer token log-prob now."""
+        scores = self.mean_logprobs(*self.probe)
+        return sum(scores) / len(scores)
 
     def _logprobs(self, rows, t_max: int, with_entropy: bool = False):
         input_ids, attention, prompt_lengths = rows
@@ -139,6 +188,8 @@ class Learner:
                 if cfg.beta > 0:
                     ref[k] = self._reference_logprobs(r, t_max)
         stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0, "entropy": 0.0}
+        if self.schedule_free:  # gradients at y; the model holds x outside the step
+            self.optimizer.train()
         for _ in range(cfg.updates_per_batch):
             for k, s in enumerate(micro):
                 r, t_max = rows(s)
@@ -162,11 +213,21 @@ class Learner:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if self.schedule_free:
+            self.optimizer.eval()
         self.step_count += 1
         stats["lr"] = self.scheduler.get_last_lr()[0]
+        if cfg.optimizer == "prodigy":
+            stats["prodigy_d"] = float(self.optimizer.param_groups[0]["d"])
         stats["reward_mean"] = float(rewards.mean())
         if self.outer is not None:
             stats.update(self.outer.after_step(self.step_count, stats["reward_mean"], self.trainable))
+        if self.adaptive is not None:
+            stats.update(self.adaptive.after_step(self.step_count, stats["reward_mean"], self.trainable,
+                                                  self._probe_score))
+        if self.lr_control is not None:
+            stats.update(self.lr_control.after_step(self.step_count, stats["reward_mean"]))
+            self._refresh_lr()
         stats["reward_std"] = float(rewards.std())
         stats["completion_tokens"] = num_tok
         if self.device.type == "cuda":
@@ -220,7 +281,10 @@ class Learner:
         LoRA B matrices, or the full model's projection matrices). Returns the new step."""
         from common.weights import module_name
 
+        before = {n: p.detach().clone() for n, p in self.trainable.items()} if self.schedule_free else None
         load_weights(self.model, read_weights(adapter_path))
+        if before is not None:  # move Schedule-Free's z with x, so that the leap carries over to y
+            self._shift_schedule_free(before)
         if reset_optimizer:
             lora = is_lora(self.model)
             for name, p in self.trainable.items():
@@ -232,7 +296,17 @@ class Learner:
         self.step_count += horizon
         if self.outer is not None:  # the next outer update extrapolates from the leap, not across it
             self.outer.reset(self.trainable)
+        if self.adaptive is not None:  # likewise the next rescaled update starts at the leap
+            self.adaptive.reset(self.trainable)
         return self.step_count
+
+    @torch.no_grad()
+    def _shift_schedule_free(self, before: dict[str, torch.Tensor]) -> None:
+        """Translate Schedule-Free's z by the change of x (y and x are interpolations of z and x)."""
+        for name, p in self.trainable.items():
+            z = self.optimizer.state.get(p, {}).get("z")
+            if z is not None:
+                z.add_(p - before[name])
 
     def pid(self) -> int:
         import os
@@ -243,7 +317,9 @@ class Learner:
         return {"optimizer": to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
                 "step": self.step_count, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                                                  "torch": torch.get_rng_state()},
-                **({"outer": self.outer.state_dict()} if self.outer is not None else {}), **extra}
+                **({"outer": self.outer.state_dict()} if self.outer is not None else {}),
+                **({"adaptive": self.adaptive.state_dict()} if self.adaptive is not None else {}),
+                **({"lr_control": self.lr_control.state_dict()} if self.lr_control is not None else {}), **extra}
 
     def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
         return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}),
@@ -254,6 +330,9 @@ class Learner:
         """Restore weights (adapter or full), optimizer, scheduler, step and RNG from a checkpoint; returns its full
         state."""
         state, meta = read_checkpoint(path)
+        if self.schedule_free and state["optimizer"]["param_groups"][0].get("train_mode") is None:
+            raise ValueError(f"{path} is a checkpoint of a run with another optimizer; optimizer "
+                             f"schedule_free_adamw resumes only its own checkpoints")
         load_weights(self.model, read_weights(path))
         self.optimizer.load_state_dict(state["optimizer"])  # moments move to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
@@ -263,6 +342,13 @@ class Learner:
                 self.outer.load_state_dict(state["outer"])
             else:  # a checkpoint of a run without outer momentum: start the outer loop here
                 self.outer.reset(self.trainable)
+        if self.adaptive is not None:
+            self.adaptive.reset(self.trainable)
+            if "adaptive" in state:
+                self.adaptive.load_state_dict(state["adaptive"])
+        if self.lr_control is not None and "lr_control" in state:
+            self.lr_control.load_state_dict(state["lr_control"])
+        self._refresh_lr()
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])

@@ -31,14 +31,19 @@ def outer_momentum_update(current: torch.Tensor, anchor: torch.Tensor, buffer: t
     return current + (eta - 1.0) * d + (eta * mu) * new_buffer, new_buffer
 
 
+def reward_change(reward_means: list[float], every: int) -> float | None:
+    """The mean of the last `every` step rewards minus the mean of the `every` before them; None while there are
+    fewer than 2 x every steps to compare."""
+    if len(reward_means) < 2 * every:
+        return None
+    return sum(reward_means[-every:]) / every - sum(reward_means[-2 * every:-every]) / every
+
+
 def reward_trend_allows(reward_means: list[float], every: int, margin: float) -> bool:
     """The guard: False when the mean of the last `every` step rewards is more than `margin` below the mean of the
     `every` before them; True while there are fewer than 2 x every steps to compare."""
-    if len(reward_means) < 2 * every:
-        return True
-    recent = sum(reward_means[-every:]) / every
-    before = sum(reward_means[-2 * every:-every]) / every
-    return recent >= before - margin
+    change = reward_change(reward_means, every)
+    return change is None or change >= -margin
 
 
 @dataclass

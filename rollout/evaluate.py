@@ -5,6 +5,7 @@ the first reward function or the task's verifier)."""
 
 from __future__ import annotations
 
+import random
 from math import comb
 
 from rollout.engines.base import SamplingParams
@@ -82,3 +83,17 @@ def paired_difference(scores_a: list[float], scores_b: list[float]) -> tuple[flo
     mean = sum(d) / len(d)
     var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
     return mean, (var / len(d)) ** 0.5
+
+
+def reference_ids(task, examples: list[Example], encoder: PromptEncoder, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, reference completion ids + the end token) of each problem: what the reference-answer log-prob
+    scores (extrapolate.decision_metric reference_logprob, learner.adaptive_step's probe). A task without
+    `reference_completion` cannot be scored this way (ValueError)."""
+    rng, tokenizer = random.Random(seed), encoder.tokenizer
+    try:
+        texts = [task.reference_completion(ex, rng) for ex in examples]
+    except NotImplementedError:
+        raise ValueError(f"task {type(task).__name__} has no reference_completion (one correct completion of a "
+                         f"problem), which the reference-answer log-prob scores; implement it") from None
+    completions = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    return encoder.ids(examples), completions

@@ -26,7 +26,6 @@ run makes the decisions of the run that was not stopped.
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from common.run_dir import CHECKPOINTS, EVENTS, ROLLED_BACK, append_jsonl, checkpoint_dir, list_checkpoints
-from rollout.evaluate import greedy_scores, paired_difference
+from rollout.evaluate import greedy_scores, paired_difference, reference_ids
 
 
 class CandidatePolicy:
@@ -45,15 +44,6 @@ class CandidatePolicy:
 
     def generate(self, prompt_ids, params):
         return self.runtime.generate_with(self.adapter_path, prompt_ids, params)
-
-
-def reference_ids(task, examples, encoder, seed: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, reference completion ids + the end token) of each problem: what decision_metric
-    reference_logprob scores."""
-    rng, tokenizer = random.Random(seed), encoder.tokenizer
-    completions = [tokenizer(task.reference_completion(ex, rng), add_special_tokens=False)["input_ids"]
-                   + [tokenizer.eos_token_id] for ex in examples]
-    return encoder.ids(examples), completions
 
 
 def trend_slope(evals: list[dict], up_to_step: int, count: int) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from learner.algorithms import ALGORITHMS, Algorithm
+from rollout.evaluate import reference_ids
 from rollout.prompts import PromptEncoder, PromptError
 from rollout.rewards import Scorer
 from rollout.tasks import Task, load_task
@@ -41,6 +42,7 @@ class PreparedJob:
     scorer: Scorer
     algorithm: Algorithm
     max_new_tokens: int  # the completion limit of the whole run (rollouts, evaluations, leap scoring)
+    probe: tuple[list[list[int]], list[list[int]]] | None = None  # learner.adaptive_step's problems (reference ids)
 
 
 def prepare_job(cfg: JobConfig, source: str, *, runtime: Literal["local", "ray"] = "local",
@@ -90,10 +92,14 @@ def prepare_model(cfg: JobConfig, progress: bool = True, console=None) -> Prepar
         algorithm.check_task(type(task))
         examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
         longest = max(len(ids) for ids in encoder.ids(examples)) + max_new_tokens
+        probe = None
+        if (a := cfg.learner.adaptive_step) is not None:
+            probe = reference_ids(task, task.examples("test", a.probe_size, seed=a.probe_seed), encoder, a.probe_seed)
     except (PromptError, ValueError) as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"learner.adaptive_step: {err}" if "reference_completion" in str(err) else str(err)) \
+            from None
     check_lengths(cfg, model_dir, longest)
-    return PreparedJob(cfg, model_dir, encoder, task, scorer, algorithm, max_new_tokens)
+    return PreparedJob(cfg, model_dir, encoder, task, scorer, algorithm, max_new_tokens, probe)
 
 
 def check_lengths(cfg: JobConfig, model_dir: Path, longest: int) -> None:

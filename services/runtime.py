@@ -149,7 +149,8 @@ class LocalRuntime:
         torch.set_num_threads(runner_threads(os.environ))
         self.run_dir = run_dir
         self.learner = Learner(job.model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
-                               max_new_tokens=job.max_new_tokens, temperature=cfg.rollout.temperature)
+                               max_new_tokens=job.max_new_tokens, temperature=cfg.rollout.temperature,
+                               probe=job.probe)
         self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer,
                                stop_ids=stop_token_ids(self.learner.tokenizer, job.model_dir))
         self.extrapolation = None
@@ -236,7 +237,8 @@ class RayRuntime:
                           else max(1, node_cpus // cfg.rollout.num_workers))
         self.learner = learner_cls.remote(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed,
                                           total_steps=cfg.run.steps, max_new_tokens=max_new_tokens,
-                                          temperature=cfg.rollout.temperature, num_threads=learner_threads)
+                                          temperature=cfg.rollout.temperature, num_threads=learner_threads,
+                                          probe=job.probe)
         worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus, max_restarts=-1,
                                 max_task_retries=3, runtime_env=env)(RolloutWorker)
         self.workers = [
