@@ -27,6 +27,10 @@ digitsum, smollm2), scaled to the run's length T, scored on the same fresh held-
 `--lr` runs a protocol at another learning rate than the job's (the best plain lr of bench/leap_speedup.py, say);
 `--curve` (alpharl, relex) also scores the base model and every checkpoint of the run, and reports how many learner
 steps plain training needs to reach the leap's accuracy and 80% of the run's gain, against the window's steps.
+- past_end: leaping past the end of a finished run (RELEX's claim of extrapolating far past the observed prefix at
+  no training cost): a run of T steps (at --lr: the best plain lr, say) with a checkpoint every ~T/20 steps; RELEX
+  and AlphaRL fitted on all of its checkpoints predict the weights at T x each of --multiples; each leap against the
+  final checkpoint (paired).
 Last line: JSON {protocol, workload, steps, eval_size, ...per protocol: accuracies and [diff, se] pairs}.
 """
 
@@ -45,7 +49,7 @@ from services.config import load_config  # noqa: E402
 from services.loop import run_job  # noqa: E402
 
 METHODS = ("rl_extra", "alpharl", "relex", "growth", "next")
-PROTOCOLS = ("window", "alpharl", "relex", "next", "rl_extra")
+PROTOCOLS = ("window", "alpharl", "relex", "next", "rl_extra", "past_end")
 FRESH_SEED = 424242  # the held-out problems no run evaluates on
 
 
@@ -82,7 +86,8 @@ def protocol_job(args, seed: int, checkpoint_every: int, steps: int, overrides: 
 
     workload = WORKLOADS[args.workload]
     lr = args.lr or load_config(REPO / workload["job"]).learner.lr
-    ns = argparse.Namespace(eval_size=args.run_eval_size, steps=steps, eval_every=args.target_every)
+    ns = argparse.Namespace(eval_size=args.run_eval_size, steps=steps, eval_every=args.target_every,
+                            prompts=args.prompts)
     cfg = job(ns, workload, seed, lr, overrides or {})
     cfg.run.checkpoint_every = checkpoint_every
     return cfg
@@ -115,6 +120,38 @@ def offline_leap(args, tmp: Path, method: str, window_share: float, checkpoint_e
            "step_speedup": end / window_end}
     if args.curve:
         out.update(plain_curve_figures(scores, checkpoints, mean(pred), window_end))
+    return out
+
+
+def past_end(args, tmp: Path) -> dict:
+    """Leaps past the end of a finished run: RELEX and AlphaRL fitted on every checkpoint of it, to T x m for each
+    multiple m, scored against the final checkpoint on the fresh set (paired)."""
+    from extrapolate.checkpoints import find_adapter_checkpoints, read_lora
+    from extrapolate.extrapolators import EXTRAPOLATORS
+    from extrapolate.leap_writer import write_leap_adapter
+
+    cfg = protocol_job(args, args.seed, max(1, round(args.steps / 20)), args.steps)
+    run_dir = tmp / "past-end-run"
+    run_job(cfg, run_dir=run_dir, progress=False)
+    checkpoints = find_adapter_checkpoints(run_dir)
+    paths, end = dict(checkpoints), checkpoints[-1][0]
+    window = [(s, read_lora(p)) for s, p in checkpoints]
+    scores = fresh_scores(cfg, args.eval_size)
+    final = scores(paths[end])
+    out = {"checkpoints": [s for s, _ in checkpoints], "acc_final": mean(final), "leaps": {}}
+    for method in ("relex", "alpharl"):
+        extrapolator = EXTRAPOLATORS.get(method)().fit(window)
+        out["leaps"][method] = {}
+        for multiple in args.multiples:
+            target = round(end * multiple)
+            leap = write_leap_adapter(tmp / f"{method}-{target}", paths[end], extrapolator.predict(target), {},
+                                      report={"method": method, "target_step": target})
+            acc = scores(leap)
+            out["leaps"][method][f"{multiple:g}"] = {"target": target, "acc": mean(acc),
+                                                     "minus_final": pair(acc, final)}
+            print(f"{method:8s} -> step {target:5d} ({multiple:g} x T): {mean(acc):.3f} vs final {mean(final):.3f} "
+                  f"({100 * out['leaps'][method][f'{multiple:g}']['minus_final'][0]:+.1f} +- "
+                  f"{100 * out['leaps'][method][f'{multiple:g}']['minus_final'][1]:.1f} points)", flush=True)
     return out
 
 
@@ -231,6 +268,8 @@ def run_protocol(args) -> None:
             result = offline_leap(args, Path(tmp), args.protocol, *offline[args.protocol])
         elif args.protocol == "next":
             result = next_protocol(args, Path(tmp))
+        elif args.protocol == "past_end":
+            result = past_end(args, Path(tmp))
         else:
             result = rl_extra_protocol(args, Path(tmp))
     print(json.dumps({"protocol": args.protocol, "workload": args.workload, "job": WORKLOADS[args.workload]["job"],
@@ -257,8 +296,11 @@ def main() -> None:
     parser.add_argument("--workload", default="arith", choices=("arith", "digitsum", "smollm2"))
     parser.add_argument("--steps", type=int, help="run length T of a protocol (default 80; smollm2 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--multiples", type=float, nargs="+", default=[1.25, 1.5, 2.0, 4.0, 10.0],
+                        help="past_end: leap targets as multiples of the run's length T")
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="rl_extra: re-grounding periods")
     parser.add_argument("--run-eval-size", type=int, default=200, help="a protocol run's own periodic evaluation")
+    parser.add_argument("--prompts", type=int, help="a protocol run's rollout.prompts_per_step (default: the job's)")
     parser.add_argument("--lr", type=float, help="a protocol run's learning rate (default: the workload job's)")
     parser.add_argument("--curve", action="store_true",
                         help="alpharl / relex: also score the base model and every checkpoint of the run on the fresh "

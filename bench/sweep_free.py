@@ -19,7 +19,7 @@ adaptive controller at every start factor, 80% of G within 1.25x of the best-lr 
 within 2 final_stderr (one evaluation's binomial SE at the best final accuracy) of the best-lr run's.
 
     .venv/bin/python bench/sweep_free.py --workload arith [--seeds 0 1 2 3 4] [--lrs ...] [--contenders ...]
-        [--factors 0.1 0.33 1 3] [--steps N] [--eval-every 2] [--eval-size N] [--records FILE]
+        [--factors 0.1 0.33 1 3] [--steps N] [--eval-every 2] [--eval-size N] [--prompts N] [--records FILE]
 --records FILE reuses and appends finished runs (JSON lines), so a bench stopped part-way continues where it stopped.
 Last line: JSON {workload, best_lr, sweep_compute, seeds, steps, gain, base_acc, final_stderr, sweep: {lr: {final_acc,
 steps_to_80}}, contenders: {name: {factor: {lr, steps_to, steps_ci, compute_to, final_acc, ci, reached, run_compute}}},
@@ -85,19 +85,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
+    parser.add_argument("--prompts", type=int, help="rollout.prompts_per_step (default: the job's)")
     parser.add_argument("--records", type=Path, help="JSON-lines file of finished runs, reused and appended to")
     args = parser.parse_args()
     workload = WORKLOADS[args.workload]
     args.lrs = args.lrs or workload["lrs"]
     args.steps = args.steps or workload["steps"]
     args.eval_size = args.eval_size or workload["eval_size"]
-    args.prompts = None
     done = {r["key"]: r for r in read_jsonl(args.records)} if args.records else {}
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-sweep-free-") as tmp:
         def run(name: str, seed: int, lr: float, overrides: dict) -> dict:
             key = json.dumps(["sweep_free", args.workload, name, seed, lr, args.steps, args.eval_every,
-                              args.eval_size, overrides])
+                              args.eval_size, overrides] + ([args.prompts] if args.prompts else []))
             if key in done:
                 return done[key]
             cfg = job(args, workload, seed, lr, overrides)

@@ -47,3 +47,12 @@ def test_a_window_too_short_for_relex_is_refused_before_training(tmp_path):
                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert res.returncode == 1 and "needs 2" in res.stderr and "--steps 14 or more" in res.stderr, res.stderr[-2000:]
     assert not list(tmp_path.iterdir())  # no run directory was made
+
+
+def test_leaps_past_the_end_of_a_finished_run(default_model_dir):
+    out = protocol("--protocol", "past_end", "--steps", "3", "--multiples", "10", "--prompts", "8")
+    assert out["checkpoints"] == [1, 2, 3] and 0 <= out["acc_final"] <= 1
+    for method in ("relex", "alpharl"):
+        leaps = out["leaps"][method]
+        assert {m: leap["target"] for m, leap in leaps.items()} == {"10": 30}
+        assert all(len(leap["minus_final"]) == 2 and leap["minus_final"][1] >= 0 for leap in leaps.values())

@@ -91,3 +91,19 @@ def test_schedule_free_checkpoints_hold_x_and_load_in_eval_and_export(default_mo
     assert json.loads(capsys.readouterr().out)["problems"] == 4
     assert main(["export", str(ckpt), "--out", str(tmp_path / "merged"), "--merge"]) == 0
     assert (tmp_path / "merged" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("learner", [{"optimizer": "prodigy", "lr": 1.0, "prodigy_d0": 1e-3},
+                                     {"optimizer": "schedule_free_adamw"}], ids=["prodigy", "schedule_free"])
+def test_the_optimizers_train_on_ray_as_in_one_process(ray_local, default_model_dir, tmp_path, learner):
+    from services.driver import run_on_ray
+
+    cfg = parse_config({**job(default_model_dir, learner, steps=2).model_dump(mode="json", exclude_unset=True),
+                        "learner": {"lr": 2e-3, **learner, "num_cpus": 0.5}})
+    cfg.rollout.engine, cfg.rollout.worker_cpus = "hf", 0.5
+    run_job(cfg, run_dir=tmp_path / "local", progress=False)
+    run_on_ray(cfg, tmp_path / "ray", progress=False)
+    a, b = step_rows(tmp_path / "local"), step_rows(tmp_path / "ray")
+    assert [r["reward_mean"] for r in a] == [r["reward_mean"] for r in b]  # step 2 sampled the same weights
+    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(a, b, strict=True))
+    assert checkpoint_dir(tmp_path / "ray", 2).is_dir()
