@@ -50,5 +50,5 @@ def test_every_contender_makes_a_valid_job_on_every_workload():
         for contender, overrides in bench.CONTENDERS.items():
             cfg = bench.job(args, workload, 0, 1e-4, overrides(1e-4))
             assert cfg.learner.optimizer == overrides(1e-4).get("optimizer", "adamw"), (name, contender)
-        for contender, (overrides, lr) in bench.DEFAULTS.items():
+        for overrides, lr in bench.DEFAULTS.values():
             assert bench.job(args, workload, 0, lr, overrides).learner.optimizer == overrides["optimizer"]
