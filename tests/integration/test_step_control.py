@@ -7,6 +7,7 @@ evaluation weights x, and they load in `leapfrog eval` and `export`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,31 @@ def test_the_optimizers_train_on_ray_as_in_one_process(ray_local, default_model_
     assert [r["reward_mean"] for r in a] == [r["reward_mean"] for r in b]  # step 2 sampled the same weights
     assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(a, b, strict=True))
     assert checkpoint_dir(tmp_path / "ray", 2).is_dir()
+
+
+def test_a_leap_moves_schedule_free_z_with_x(tiny_model_dir, tmp_path):
+    """Schedule-Free trains at y, an interpolation of z and x: a leap that moved x alone would be half undone at the
+    next step, so apply_leap moves z by the same displacement."""
+    from safetensors.torch import save_file
+
+    from learner.algorithms import GRPO
+    from learner.config import GRPOConfig, LoraConfig, ModelConfig
+    from learner.learner import Learner
+    from rollout.engines.base import SamplingParams
+    from rollout.engines.hf import HFEngine
+
+    cfg = GRPOConfig(lr=1e-2, lora=LoraConfig(r=2, alpha=4), optimizer="schedule_free_adamw")
+    learner = Learner(tiny_model_dir, ModelConfig(device="cpu"), cfg, seed=0, total_steps=2, max_new_tokens=4)
+    prompts = [learner.tokenizer(p)["input_ids"] for p in ("12+34=", "5+55=")]
+    groups = HFEngine(model=learner.model, tokenizer=learner.tokenizer).generate(
+        prompts, SamplingParams(n=4, max_new_tokens=4, seed=0))
+    learner.step(GRPO(cfg).make_batch(groups, [float(i % 2) for i in range(8)]))
+    path, _ = learner.publish_weights(tmp_path)
+    weights = load_file(str(Path(path) / "adapter_model.safetensors"))
+    save_file({k: v + 0.01 for k, v in weights.items()}, str(Path(path) / "adapter_model.safetensors"))
+    before = {n: (p.detach().clone(), learner.optimizer.state[p]["z"].clone()) for n, p in learner.trainable.items()}
+    learner.apply_leap(path, horizon=1)
+    for name, p in learner.trainable.items():
+        x0, z0 = before[name]
+        assert torch.allclose(p - x0, torch.full_like(p, 0.01), atol=1e-6)
+        assert torch.allclose(learner.optimizer.state[p]["z"] - z0, p - x0, atol=1e-6)
