@@ -237,12 +237,8 @@ def job(args, workload: dict, seed: int, lr: float, overrides: dict):
     return parse_config(d)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="arith")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--lrs", type=float, nargs="+", help="the plain sweep (default: the workload's)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+def parse_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """Add the arguments every run of a workload takes, parse, and fill the workload's defaults: (args, workload)."""
     parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
@@ -253,6 +249,16 @@ def main() -> None:
     args.lrs = args.lrs or workload["lrs"]
     args.steps = args.steps or workload["steps"]
     args.eval_size = args.eval_size or workload["eval_size"]
+    return args, workload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="arith")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--lrs", type=float, nargs="+", help="the plain sweep (default: the workload's)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args, workload = parse_run_arguments(parser)
     runs: dict[str, list[dict]] = {}
     done = {r["key"]: r for r in read_jsonl(args.records)} if args.records else {}
 

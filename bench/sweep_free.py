@@ -39,7 +39,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from leap_speedup import FRACTIONS, WORKLOADS, compute_to, job, mean_ci, run_record, steps_to  # noqa: E402
+from leap_speedup import (  # noqa: E402
+    FRACTIONS,
+    compute_to,
+    job,
+    mean_ci,
+    parse_run_arguments,
+    run_record,
+    steps_to,
+)
 
 from common.run_dir import METRICS, append_jsonl, read_jsonl  # noqa: E402
 from services.loop import run_job  # noqa: E402
@@ -82,16 +90,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", help="the plain sweep (default: the workload's)")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     parser.add_argument("--factors", nargs="+", default=list(FACTORS), choices=list(FACTORS))
-    parser.add_argument("--steps", type=int, help="learner steps per run (default: the workload's)")
-    parser.add_argument("--eval-every", type=int, default=2)
-    parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (default: the workload's)")
-    parser.add_argument("--prompts", type=int, help="rollout.prompts_per_step (default: the job's)")
-    parser.add_argument("--records", type=Path, help="JSON-lines file of finished runs, reused and appended to")
-    args = parser.parse_args()
-    workload = WORKLOADS[args.workload]
-    args.lrs = args.lrs or workload["lrs"]
-    args.steps = args.steps or workload["steps"]
-    args.eval_size = args.eval_size or workload["eval_size"]
+    args, workload = parse_run_arguments(parser)
     done = {r["key"]: r for r in read_jsonl(args.records)} if args.records else {}
 
     with tempfile.TemporaryDirectory(prefix="leapfrog-sweep-free-") as tmp:
