@@ -78,16 +78,18 @@ def test_stop_and_resume_equals_the_straight_run(default_model_dir, tmp_path, le
         [{k: r[k] for k in keys} for r in step_rows(stopped)]
 
 
-def test_schedule_free_checkpoints_hold_x_and_load_in_eval_and_export(default_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["prodigy", "schedule_free_adamw"])
+def test_checkpoints_load_in_eval_and_export(default_model_dir, tmp_path, capsys, optimizer):
+    """Schedule-Free's checkpoints hold its evaluation weights x (saved in eval mode); Prodigy's and Schedule-Free's
+    checkpoints are standard adapters that `leapfrog eval` and `export` take."""
     from services.cli import main
 
-    run_job(job(default_model_dir, {"optimizer": "schedule_free_adamw"}, steps=2), run_dir=tmp_path / "run",
-            progress=False)
+    run_job(job(default_model_dir, {"optimizer": optimizer}, steps=2), run_dir=tmp_path / "run", progress=False)
     ckpt = checkpoint_dir(tmp_path / "run", 2)
-    state = torch.load(ckpt / "state.pt", weights_only=False)
-    groups = state["optimizer"]["param_groups"]
-    assert groups[0]["train_mode"] is False  # saved in eval mode: the weights written are x, not y
-    assert all("z" in s for s in state["optimizer"]["state"].values())
+    if optimizer == "schedule_free_adamw":
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        assert state["optimizer"]["param_groups"][0]["train_mode"] is False  # the weights written are x, not y
+        assert all("z" in s for s in state["optimizer"]["state"].values())
     assert main(["eval", str(ckpt), "--task", "arith", "--size", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["problems"] == 4
     assert main(["export", str(ckpt), "--out", str(tmp_path / "merged"), "--merge"]) == 0
