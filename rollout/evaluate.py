@@ -9,6 +9,7 @@ import random
 from math import comb
 
 from rollout.engines.base import SamplingParams
+from rollout.episodes import generate_groups
 from rollout.prompts import PromptEncoder
 from rollout.rewards import Scorer
 from rollout.tasks.base import Example
@@ -23,16 +24,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def greedy_completions(engine, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int) -> list:
-    """Each example's greedy (temperature 0) completion."""
+def greedy_completions(engine, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int,
+                       agent=None) -> list:
+    """Each example's greedy (temperature 0) completion (a multi-turn job's: its greedy episode with `agent`)."""
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    return [group[0] for group in engine.generate(encoder.ids(examples), params)]
+    return [group[0] for group in generate_groups(engine, examples, encoder, params, agent)]
 
 
 def greedy_scores(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int,
-                  step: int = 0) -> list[float]:
+                  step: int = 0, agent=None) -> list[float]:
     """The accuracy reward of each example's greedy completion (0 where it gives none), for paired comparisons."""
-    completions = greedy_completions(engine, examples, encoder, max_new_tokens)
+    completions = greedy_completions(engine, examples, encoder, max_new_tokens, agent)
     return scorer.accuracy_values(scorer.score(examples, [[c] for c in completions], step))
 
 
@@ -45,12 +47,12 @@ def greedy_accuracy(engine, scorer: Scorer, examples: list[Example], encoder: Pr
 
 def sampled_pass_at_k(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, n: int,
                       max_new_tokens: int, temperature: float = 1.0, seed: int = 0, ks: list[int] | None = None,
-                      step: int = 0) -> dict[int, float]:
+                      step: int = 0, agent=None) -> dict[int, float]:
     """Mean pass@k over examples for k in ks (default 1, 2, 4, ..., n) from n samples per problem; a sample solves
     its problem when its accuracy reward is >= 1."""
     ks = ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    groups = engine.generate(encoder.ids(examples), params)
+    groups = generate_groups(engine, examples, encoder, params, agent)
     solved = [v >= 1.0 for v in scorer.accuracy_values(scorer.score(examples, groups, step))]
     correct = [sum(solved[i * n:(i + 1) * n]) for i in range(len(examples))]
     return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}

@@ -265,7 +265,7 @@ class LeapController:
         self.requests = requests  # () -> new manual leap requests (from the control plane), or None
         self.examples = job.task.examples("test", self.x.eval_size, seed=self.x.eval_seed)
         self.encoder = job.encoder  # the run's PromptEncoder: candidates see the policy's own prompt tokens
-        self.max_new_tokens, self.scorer = job.max_new_tokens, job.scorer
+        self.max_new_tokens, self.scorer, self.agent = job.max_new_tokens, job.scorer, job.agent
         self.state = LeapState.from_config(self.x)
         self.references = reference_ids(job.task, self.examples, job.encoder, self.x.eval_seed) \
             if self.x.decision_metric == "reference_logprob" else None
@@ -283,7 +283,7 @@ class LeapController:
             return self._timed("evaluation_s", self.runtime.mean_logprobs, *self.references, adapter_path)
         policy = self.runtime if adapter_path is None else CandidatePolicy(self.runtime, adapter_path)
         return self._timed("evaluation_s", greedy_scores, policy, self.scorer, self.examples, self.encoder,
-                           self.max_new_tokens)
+                           self.max_new_tokens, 0, self.agent)
 
     def checkpoint_state(self) -> dict:
         """The whole leap state, for the checkpoint's state and meta.json."""

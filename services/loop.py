@@ -31,8 +31,9 @@ from common.run_dir import (
 )
 from learner.checkpoint import prune_checkpoints, update_checkpoint_record
 from rollout.engines.base import SamplingParams
+from rollout.episodes import conversation_text, generate_groups
 from rollout.evaluate import greedy_completions, list_metrics, sampled_pass_at_k
-from rollout.metrics import completion_metrics
+from rollout.metrics import completion_metrics, episode_metrics
 from rollout.rewards import Scores
 from rollout.tasks.base import ListTask
 from services.config import ConfigError, JobConfig, dump_config
@@ -225,12 +226,12 @@ class Evaluator:
 
     def __init__(self, job: PreparedJob, runtime, log: RunLog, samples: SampleLog | None = None):
         self.cfg, self.runtime, self.task, self.encoder, self.log = job.cfg, runtime, job.task, job.encoder, log
-        self.scorer, self.samples, self.max_new = job.scorer, samples, job.max_new_tokens
+        self.scorer, self.samples, self.max_new, self.agent = job.scorer, samples, job.max_new_tokens, job.agent
         self.examples = job.task.examples("test", job.cfg.rollout.eval_size, seed=job.cfg.rollout.eval_seed)
 
     def __call__(self, step: int, state: LoopState) -> None:
         r = self.cfg.rollout
-        completions = greedy_completions(self.runtime, self.examples, self.encoder, self.max_new)
+        completions = greedy_completions(self.runtime, self.examples, self.encoder, self.max_new, self.agent)
         scores = self.scorer.score(self.examples, [[c] for c in completions], step)
         solved = self.scorer.accuracy_values(scores)
         acc = sum(solved) / len(solved)
@@ -240,11 +241,13 @@ class Evaluator:
         if r.eval_pass_n > 0:
             passes = sampled_pass_at_k(self.runtime, self.scorer, self.examples[:r.eval_pass_size], self.encoder,
                                        n=r.eval_pass_n, max_new_tokens=self.max_new, temperature=r.temperature,
-                                       seed=r.eval_seed, step=step)
+                                       seed=r.eval_seed, step=step, agent=self.agent)
             record.update({f"pass@{k}": v for k, v in passes.items()})
         state.evals.append(record)
         self.write_samples(step, completions, scores)
+        multi_turn = {f"eval_{k}": v for k, v in episode_metrics([[c] for c in completions]).items()}
         self.log({"step": step, "eval_accuracy": acc, **{f"eval_{k}": v for k, v in scores.metrics().items()},
+                  **multi_turn,
                   **{k: v for k, v in record.items() if k not in ("step", "accuracy")}})
 
     def write_samples(self, step: int, completions: list, scores: Scores) -> None:
@@ -252,9 +255,14 @@ class Evaluator:
         if self.samples is None:
             return
         for i, (ex, c) in enumerate(zip(self.examples[:self.cfg.rollout.eval_samples], completions, strict=False)):
-            self.samples({"step": step, "prompt": self.encoder.text(c.prompt_ids), "completion": c.text,
-                          "answer": ex.answer, "rewards": {name: v[i] for name, v in scores.values.items()},
-                          "reward": scores.totals[i]})
+            record = {"step": step, "prompt": self.encoder.text(c.prompt_ids), "completion": c.text,
+                      "answer": ex.answer, "rewards": {name: v[i] for name, v in scores.values.items()},
+                      "reward": scores.totals[i]}
+            if c.trajectory is not None:  # the whole conversation, readable, and its messages
+                record["completion"] = conversation_text(c.trajectory["messages"])
+                record["conversation"] = c.trajectory["messages"]
+                record["stop_reason"] = c.trajectory["stop_reason"]
+            self.samples(record)
 
 
 class Rollouts:
@@ -264,6 +272,7 @@ class Rollouts:
     def __init__(self, job: PreparedJob, runtime):
         cfg, task = job.cfg, job.task
         self.cfg, self.runtime, self.encoder, self.max_new = cfg, runtime, job.encoder, job.max_new_tokens
+        self.agent = job.agent
         pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
         self.pool = task.examples("train", pool_size, seed=cfg.run.seed)
         self.pending = None  # (step it is for, handle, policy version that samples it)
@@ -282,7 +291,7 @@ class Rollouts:
         if self.pending is not None and self.pending[0] == step:
             groups, version = self.runtime.collect(self.pending[1]), self.pending[2]
         else:
-            groups, version = self.runtime.generate(self.encoder.ids(examples), self.sampling(step)), step
+            groups, version = generate_groups(self.runtime, examples, self.encoder, self.sampling(step), self.agent), step
         self.pending = None
         if self.cfg.rollout.overlap and step + 1 < last:
             handle = self.runtime.generate_async(self.encoder.ids(self.examples(step + 1)), self.sampling(step + 1))
@@ -375,7 +384,8 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                 version, done = runtime.publish(), runtime.step_count
                 state.learner_steps += 1
                 row = {"step": done, **stats, **scores.metrics(),
-                       **completion_metrics(groups, rewards, time.time() - t0), "policy_version": policy_version,
+                       **completion_metrics(groups, rewards, time.time() - t0), **episode_metrics(groups),
+                       "policy_version": policy_version,
                        "learner_version": step, "adapter_version": version, "gen_s": t_gen,
                        "step_s": time.time() - t0, "learner_steps": state.learner_steps}
                 log(row)

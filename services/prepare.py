@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from learner.algorithms import ALGORITHMS, Algorithm
+from rollout.environments import environment_class, load_tool
+from rollout.episodes import Agent, EpisodeSettings
 from rollout.evaluate import reference_ids
 from rollout.prompts import PromptEncoder, PromptError
 from rollout.rewards import Scorer
@@ -41,8 +43,15 @@ class PreparedJob:
     task: Task
     scorer: Scorer
     algorithm: Algorithm
-    max_new_tokens: int  # the completion limit of the whole run (rollouts, evaluations, leap scoring)
+    max_new_tokens: int  # the completion limit of the whole run (rollouts, evaluations, leap scoring); per turn
     probe: tuple[list[list[int]], list[list[int]]] | None = None  # learner.adaptive_step's problems (reference ids)
+    agent: Agent | None = None  # multi-turn jobs: runs the episodes (rollout/episodes.py)
+
+    @property
+    def completion_limit(self) -> int:
+        """Most tokens after the prompt of one sample: a turn's, or a multi-turn rollout's whole budget (Dr. GRPO's
+        constant, the reward functions' max_completion_length)."""
+        return self.agent.settings.max_episode_tokens if self.agent is not None else self.max_new_tokens
 
 
 def prepare_job(cfg: JobConfig, source: str, *, runtime: Literal["local", "ray"] = "local",
@@ -87,11 +96,14 @@ def prepare_model(cfg: JobConfig, progress: bool = True, console=None) -> Prepar
         encoder = PromptEncoder.from_model_dir(model_dir, cfg.rollout.chat_template, cfg.rollout.system_prompt)
         task = load_task(cfg.rollout.task, cfg.data, encoder)
         max_new_tokens = cfg.rollout.max_new_tokens or task.max_new_tokens
-        scorer = Scorer.for_job(cfg.rewards, task, max_new_tokens, cfg.run.steps, cfg.rollout.accuracy_reward, warn)
+        agent = make_agent(cfg, encoder, max_new_tokens) if cfg.rollout.multi_turn else None
+        completion_limit = agent.settings.max_episode_tokens if agent is not None else max_new_tokens
+        scorer = Scorer.for_job(cfg.rewards, task, completion_limit, cfg.run.steps, cfg.rollout.accuracy_reward, warn,
+                                environment_reward=agent.reward_name if agent is not None else None)
         algorithm = ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner)
         algorithm.check_task(type(task))
         examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
-        longest = max(len(ids) for ids in encoder.ids(examples)) + max_new_tokens
+        longest = max(len(ids) for ids in encoder.ids(examples)) + completion_limit
         probe = None
         if (a := cfg.learner.adaptive_step) is not None:
             probe = reference_ids(task, task.examples("test", a.probe_size, seed=a.probe_seed), encoder, a.probe_seed)
@@ -99,7 +111,30 @@ def prepare_model(cfg: JobConfig, progress: bool = True, console=None) -> Prepar
         raise ConfigError(f"learner.adaptive_step: {err}" if "reference_completion" in str(err) else str(err)) \
             from None
     check_lengths(cfg, model_dir, longest)
-    return PreparedJob(cfg, model_dir, encoder, task, scorer, algorithm, max_new_tokens, probe)
+    return PreparedJob(cfg, model_dir, encoder, task, scorer, algorithm, max_new_tokens, probe, agent)
+
+
+def make_agent(cfg: JobConfig, encoder: PromptEncoder, max_new_tokens: int) -> Agent:
+    """The multi-turn runner of a job with rollout.environment or rollout.tools (ValueError naming the field)."""
+    r = cfg.rollout
+    if cfg.learner.algorithm == "rank_grpo":
+        raise ValueError("learner.algorithm: rank_grpo scores one ranked list per completion; multi-turn rollouts "
+                         "(rollout.environment / rollout.tools) train with grpo")
+    try:
+        environment = environment_class(r.environment) if r.environment is not None else None
+    except ValueError as err:
+        raise ValueError(f"rollout.environment: {err}") from None
+    tools = []
+    for i, spec in enumerate(r.tools):
+        try:
+            tools.append(load_tool(spec, r.sandbox))
+        except ValueError as err:
+            raise ValueError(f"rollout.tools[{i}]: {err}") from None
+    budget = r.max_episode_tokens or r.max_turns * (max_new_tokens + 64)
+    settings = EpisodeSettings(max_turns=r.max_turns, max_episode_tokens=budget, max_new_tokens=max_new_tokens,
+                               tool_timeout_s=r.tool_timeout_s, tool_parser=r.tool_parser,
+                               max_error_rate=r.environment_max_error_rate)
+    return Agent(encoder.tokenizer, encoder, environment, tools, settings)
 
 
 def check_lengths(cfg: JobConfig, model_dir: Path, longest: int) -> None:

@@ -149,7 +149,7 @@ class LocalRuntime:
         torch.set_num_threads(runner_threads(os.environ))
         self.run_dir = run_dir
         self.learner = Learner(job.model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
-                               max_new_tokens=job.max_new_tokens, temperature=cfg.rollout.temperature,
+                               max_new_tokens=job.completion_limit, temperature=cfg.rollout.temperature,
                                probe=job.probe)
         self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer,
                                stop_ids=stop_token_ids(self.learner.tokenizer, job.model_dir))
@@ -218,7 +218,7 @@ class RayRuntime:
         from rollout.engines import resolve_engine_name
         from rollout.worker import RolloutWorker
 
-        cfg, model_dir, max_new_tokens = job.cfg, job.model_dir, job.max_new_tokens
+        cfg, model_dir, max_new_tokens = job.cfg, job.model_dir, job.completion_limit
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         engine = resolve_engine_name(cfg.rollout.engine)

@@ -11,6 +11,11 @@ class Completion:
 
     `logprobs[i]` is the sampling log-probability of `token_ids[i]`: log softmax(logits / temperature) of the
     policy that sampled it (the "old" policy of GRPO's importance ratio, docs/methods.md#grpo).
+
+    A multi-turn rollout (rollout/episodes.py) is one Completion too: `token_ids` are every token after the prompt,
+    the model's turns and the environment's messages in the order they were appended; `model_mask[i]` is 1 where the
+    model sampled token i (0 for environment tokens, whose `logprobs` are 0.0); `text` is the model's last turn and
+    `trajectory` the conversation and its counts.
     """
 
     prompt_index: int
@@ -19,11 +24,17 @@ class Completion:
     text: str
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS sampled) or "length" (max_new_tokens reached)
+    model_mask: list[int] | None = None  # multi-turn: 1 where the model sampled the token, 0 for the environment's
+    trajectory: dict | None = None  # multi-turn: messages, turns, tool calls, errors, stop reason, environment reward
 
     @property
     def mean_logprob(self) -> float:
-        """Length-normalised sampling log-prob (the unlikeliness reward's ranking key, docs/methods.md#unlikeliness-reward)."""
-        return sum(self.logprobs) / max(len(self.logprobs), 1)
+        """Length-normalised sampling log-prob of the model's tokens (the unlikeliness reward's ranking key,
+        docs/methods.md#unlikeliness-reward)."""
+        if self.model_mask is None:
+            return sum(self.logprobs) / max(len(self.logprobs), 1)
+        own = [lp for lp, m in zip(self.logprobs, self.model_mask, strict=True) if m]
+        return sum(own) / max(len(own), 1)
 
 
 @dataclass(frozen=True)

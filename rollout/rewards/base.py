@@ -5,7 +5,9 @@ verifier (`Task.score`) one more such function, so every score goes through one 
 
 What a reward function receives, all by keyword (as TRL's GRPOTrainer passes them):
     prompts      one per completion: the problem's prompt, text or chat messages (the system message included)
-    completions  the completion text, or [{"role": "assistant", "content": text}] when the prompt is chat messages
+    completions  the completion text, or [{"role": "assistant", "content": text}] when the prompt is chat messages;
+                 for a multi-turn rollout the whole conversation after the prompt (assistant, tool and user messages)
+    environment_rewards    multi-turn only: the environment's get_reward() of each rollout (None without one)
     answer       the problem's reference answer; every other column of the problem under its own name
     completion_ids         the completion's token ids (the end token included when it was sampled)
     max_completion_length  the run's completion limit in tokens
@@ -28,10 +30,12 @@ REWARDS: Registry[Callable[..., RewardFn]] = Registry("reward")
 
 
 def completion_text(completion) -> str:
-    """The text of a completion as reward functions get it: a string, or the content of its assistant message."""
+    """The text of a completion as reward functions get it: a string, or the content of its (last) assistant
+    message: a multi-turn rollout's final answer."""
     if isinstance(completion, str):
         return completion
-    return "".join(m.get("content") or "" for m in completion)
+    answers = [m.get("content") or "" for m in completion if m.get("role") == "assistant"]
+    return answers[-1] if answers else ""
 
 
 def is_async(fn) -> bool:

@@ -18,19 +18,15 @@ from __future__ import annotations
 import asyncio
 import math
 import numbers
-import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from rollout.background import background
 from rollout.rewards.base import RewardFn, is_async, load_reward, task_reward
 from rollout.tasks.base import Task
 
 MIN_JUDGED = 32  # completions a function must have scored before its error rate can fail the run
-_loop: asyncio.AbstractEventLoop | None = None
-_threads: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
 
 
 class RewardFailure(ValueError):
@@ -96,17 +92,6 @@ def _std(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _background() -> tuple[asyncio.AbstractEventLoop, ThreadPoolExecutor]:
-    """The event loop (in a daemon thread) and the thread pool every scorer shares, started on first use."""
-    global _loop, _threads
-    with _lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="reward-loop", daemon=True).start()
-            _threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reward")
-        return _loop, _threads
-
-
 class Scorer:
     """Scores completions with a job's reward functions; counts each function's errors over the run."""
 
@@ -125,9 +110,11 @@ class Scorer:
 
     @classmethod
     def for_job(cls, rewards: list, task, max_completion_length: int, max_steps: int = 0,
-                accuracy: str | None = None, warn=print) -> Scorer:
+                accuracy: str | None = None, warn=print, environment_reward: str | None = None) -> Scorer:
         """The scorer of a job's `rewards:` (rollout.config.RewardConfig entries), or of the task's own verifier
-        when there are none. Loading errors are ValueErrors naming the entry."""
+        when there are none. A multi-turn job whose environment defines get_reward adds its reward under
+        `environment_reward` (the class name, weight 1, as TRL does); with no `rewards:` it is the only one.
+        Loading errors are ValueErrors naming the entry."""
         functions = []
         for i, r in enumerate(rewards):
             try:
@@ -135,6 +122,8 @@ class Scorer:
             except ValueError as err:
                 raise ValueError(f"rewards[{i}].fn: {err}") from None
             functions.append(RewardFunction(r.metric_name, fn, r.weight, r.timeout_s, r.max_error_rate))
+        if environment_reward is not None:
+            functions.append(RewardFunction(environment_reward, environment_rewards))
         if not functions:
             if getattr(type(task), "score", Task.score) is Task.score:
                 raise ValueError(f"task {task.name!r} has no verifier of its own; list reward functions in rewards:")
@@ -146,7 +135,7 @@ class Scorer:
         error rate."""
         flat = [(ex, c) for ex, group in zip(examples, groups, strict=True) for c in group]
         kwargs = self.arguments(flat, step)
-        loop, _ = _background()
+        loop, _ = background()
         results = asyncio.run_coroutine_threadsafe(self._run_all(kwargs), loop).result()
         values, errors = {}, {}
         for f, result in zip(self.functions, results, strict=True):
@@ -168,9 +157,12 @@ class Scorer:
         """The keyword arguments of one call, one entry per completion (TRL's names)."""
         keys = list(dict.fromkeys(k for ex, _ in flat for k in ex.meta))
         columns = {k: [ex.meta.get(k) for ex, _ in flat] for k in keys}
-        return {**columns, "answer": [ex.answer for ex, _ in flat],
+        multi_turn = {"environment_rewards": [(c.trajectory or {}).get("env_reward") for _, c in flat]} \
+            if any(c.trajectory is not None for _, c in flat) else {}
+        return {**columns, **multi_turn, "answer": [ex.answer for ex, _ in flat],
                 "prompts": [ex.prompt for ex, _ in flat],
-                "completions": [c.text if isinstance(ex.prompt, str) else [{"role": "assistant", "content": c.text}]
+                "completions": [c.trajectory["messages"] if c.trajectory is not None else
+                                c.text if isinstance(ex.prompt, str) else [{"role": "assistant", "content": c.text}]
                                 for ex, c in flat],
                 "completion_ids": [list(c.token_ids) for _, c in flat],
                 "max_completion_length": self.max_completion_length,
@@ -178,7 +170,7 @@ class Scorer:
 
     async def _run_all(self, kwargs: dict) -> list:
         loop = asyncio.get_running_loop()
-        _, threads = _background()
+        _, threads = background()
 
         async def one(f: RewardFunction):
             call = f.fn(**kwargs) if is_async(f.fn) else loop.run_in_executor(threads, partial(f.fn, **kwargs))
@@ -199,6 +191,11 @@ class Scorer:
                                 f"completions scored so far ({rate:.0%}, more than its max_error_rate "
                                 f"{f.max_error_rate:.0%}); last error: {problem}. Fix the function, or raise its "
                                 f"max_error_rate / timeout_s in rewards:")
+
+
+def environment_rewards(environment_rewards: list, **columns) -> list:
+    """The environment's own reward of each multi-turn rollout (its get_reward() at the end; None where it had none)."""
+    return list(environment_rewards)
 
 
 def _checked(f: RewardFunction, result, n: int) -> tuple[list[float | None], int, str | None]:
