@@ -1,7 +1,8 @@
 """A real-model reference job run end to end for each seed, in this process, on the CPU: by default
 deploy/jobs/smollm2.yaml (SmolLM2-135M-Instruct, chat template, GRPO + LoRA on the `sums` task); `--job
 deploy/jobs/word_problems.yaml` runs the GSM8K-format word problems (a `dataset` task scored by math_accuracy and
-format), where the accuracy is the held-out math_accuracy.
+format), where the accuracy is the held-out math_accuracy; `--job deploy/jobs/sums_retry.yaml` the multi-turn game,
+evaluated by greedy episodes in the same environment (its accuracy is the environment's reward, 1 / attempts).
 
 For each seed: the job as configured, then the base model and the final adapter scored greedily on the same
 held-out problems (the job's evaluation set) by the job's accuracy reward, so the gain comes with its paired
@@ -61,7 +62,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     final = checkpoint_dir(run_dir, cfg.run.steps)
 
     def greedy(engine) -> tuple[list[float], list]:
-        completions = greedy_completions(engine, examples, encoder, max_new)
+        completions = greedy_completions(engine, examples, encoder, max_new, job.agent)  # multi-turn: episodes
         return scorer.accuracy_values(scorer.score(examples, [[c] for c in completions], cfg.run.steps)), completions
 
     before, base_completions = greedy(HFEngine(model_dir))
