@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test env browser bench-tools lock bench clean-env
+.PHONY: demo test env browser bench-tools sandbox lock bench clean-env
 
 env: $(STAMP)
 
@@ -27,6 +27,11 @@ bench-tools:
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null || { echo "install wrk for bench/api_load.py --generator wrk"; exit 1; }; \
 	  $(SUDO) apt-get install -y -q wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q wrk >/dev/null; }; }
 
+# Debian's bubblewrap, the sandbox of the code tool (rollout.tools: [python], rollout/sandbox.py).
+sandbox:
+	@command -v bwrap >/dev/null || { command -v apt-get >/dev/null || { echo "install bubblewrap (bwrap) for the sandboxed code tool"; exit 1; }; \
+	  $(SUDO) apt-get install -y -q bubblewrap >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q bubblewrap >/dev/null; }; }
+
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +42,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/leapfrog demo
 
-test: $(STAMP) browser bench-tools
+test: $(STAMP) browser bench-tools sandbox
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 # Re-resolve the lock from requirements/*.in (needs the package registries).

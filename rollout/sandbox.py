@@ -2,7 +2,8 @@
 unprivileged sandbox Flatpak uses), never in Leapfrog's own process.
 
 What the code gets: the system's Python under /usr (`/usr/bin/python3`, read-only, without the project's virtual
-environment or its packages), an empty 64 MiB tmpfs as /tmp (its working directory, the only writable place), its own /proc and a
+environment or its packages), an empty 64 MiB tmpfs as /tmp (its working directory, the only writable place: the sandbox's root is remounted
+read-only), its own /proc and a
 minimal /dev. What it does not get: the network (a new, empty network namespace), the host's files (nothing else is
 mounted: not the run directory, not $HOME), other processes (a new PID namespace; it dies with its parent), root
 (when Leapfrog runs as root the sandbox runs as `nobody`). Limits (`prlimit`, util-linux): CPU seconds, address space,
@@ -76,7 +77,8 @@ def _command(python: str, limits: SandboxLimits, processes: int) -> list[str]:
     return ["prlimit", f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * 2**20}", f"--nproc={processes}",
             f"--fsize={limits.file_mb * 2**20}", "--core=0", "--",
             "bwrap", *binds, "--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * 2**20),
-            "--tmpfs", "/tmp", "--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session",
+            "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp", "--unshare-all", "--die-with-parent",
+            "--new-session",
             "--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", python, "-I", "-"]
 

@@ -8,8 +8,10 @@
     model.path        a registered name (its wheel installed), an HF model directory (config.json) or a .gguf file;
                       unset is the bootstrapped default, which a user task does not have
     learner.algorithm the algorithm can train on the task (e.g. rank_grpo needs a ranked-list task)
+    rollout.environment / rollout.tools   a built-in (the code tool needs bubblewrap installed) or user code
+                      'module:Class' / 'module:function' that imports
 
-User code (a 'module:Class' task, a 'module:function' reward) runs inside the driver, by design for a trusted user
+User code (a 'module:Class' task or environment, a 'module:function' reward or tool) runs inside the driver, by design for a trusted user
 (as with `ray job submit`). Checking that it imports runs it too, so `user_code` says where: "here" (this process:
 `leapfrog run`, which imports it next anyway), "subprocess" (a child Python with this process's environment, with a
 timeout: a server that allows user code checks it without running it in the server process), or "forbidden" (a
@@ -48,20 +50,25 @@ def split_field(message: str, default: str) -> Problem:
 
 def user_code(cfg) -> list[tuple[str, str]]:
     """(field, spec) of every piece of user code the job names."""
-    found = [("rollout.task", cfg.rollout.task)] if ":" in cfg.rollout.task else []
+    r = cfg.rollout
+    found = [("rollout.task", r.task)] if ":" in r.task else []
+    found += [("rollout.environment", r.environment)] if r.environment is not None and ":" in r.environment else []
+    found += [(f"rollout.tools[{i}]", spec) for i, spec in enumerate(r.tools) if ":" in spec]
     return found + [(f"rewards[{i}].fn", r.fn) for i, r in enumerate(cfg.rewards) if ":" in r.fn]
 
 
 def import_user_code(specs: list[tuple[str, str]]) -> list[Problem]:
-    """Import each (field, spec) as the driver will (rollout.tasks.task_class, rollout.rewards.load_reward), here;
-    a task class is imported and checked, not instantiated."""
+    """Import each (field, spec) as the driver will (rollout.tasks.task_class, rollout.environments, rollout.rewards
+    .load_reward), here; a task or environment class is imported and checked, not instantiated."""
+    from rollout.environments import environment_class, load_tool
     from rollout.rewards import load_reward
     from rollout.tasks import task_class
 
+    loaders = {"rollout.task": task_class, "rollout.environment": environment_class}
     problems = []
     for field, spec in specs:
         try:
-            task_class(spec) if field == "rollout.task" else load_reward(spec)
+            loaders.get(field, load_tool if field.startswith("rollout.tools") else load_reward)(spec)
         except Exception as err:  # user code fails in any way on import or construction
             problems.append(Problem(field, str(err) if isinstance(err, ValueError) else
                                     f"{spec!r} failed: {type(err).__name__}: {err}"))
@@ -121,6 +128,7 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
                      for field, spec in specs]
     elif specs:
         problems += (import_user_code if user_code_mode == "here" else import_in_subprocess)(specs)
+    problems += builtin_agent_problems(cfg.rollout)
     if ":" not in task and task not in TASKS:
         problems.append(Problem("rollout.task", f"unknown task {task!r}; built-in tasks: {', '.join(TASKS.names())}; "
                                                 f"or a user task 'module:Class'"))
@@ -144,6 +152,24 @@ def check_job(cfg, user_code_mode: str = "here") -> list[Problem]:
             ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner).check_task(TASKS.get(task))
         except ValueError as err:
             problems.append(split_field(str(err), "learner.algorithm"))
+    return problems
+
+
+def builtin_agent_problems(rollout) -> list[Problem]:
+    """Unknown built-in environments and tools of a multi-turn job (user code is checked with the rest)."""
+    from rollout.environments import ENVIRONMENTS, TOOLS, load_tool
+
+    problems = []
+    if rollout.environment is not None and ":" not in rollout.environment and rollout.environment not in ENVIRONMENTS:
+        problems.append(Problem("rollout.environment", f"unknown environment {rollout.environment!r}; built-ins: "
+                                                       f"{', '.join(ENVIRONMENTS.names())}; or a user class "
+                                                       f"'module:Class'"))
+    for i, spec in enumerate(rollout.tools):
+        if ":" not in spec:
+            try:
+                load_tool(spec, rollout.sandbox) if spec in TOOLS else load_tool(spec)
+            except ValueError as err:
+                problems.append(split_field(str(err), f"rollout.tools[{i}]"))
     return problems
 
 
