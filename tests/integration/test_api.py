@@ -259,3 +259,32 @@ def test_job_recorded_but_never_given_its_ray_id_is_reconciled(plane, tmp_path):
     jobs.submit(record["id"], run_dir / "submitted.yaml", run_dir)  # its id is never written to the store
     job = wait_for_state(plane["url"], record["id"], {"SUCCEEDED", "FAILED"})
     assert job["state"] == "SUCCEEDED" and job["ray_job_id"] == f"leapfrog-{record['id']}"
+
+
+def test_multi_turn_job_runs_through_rest_with_rank1_and_a_leap(plane):
+    """A conversation job (SmolLM2-135M-Instruct in the built-in sums_retry game) submitted over REST: it trains on
+    Ray, its checkpoints feed the rank-1 analysis, an asked-for leap is proposed and judged by greedy conversations,
+    and the samples stream carries whole conversations."""
+    url = plane["url"]
+    body = ("model:\n  path: smollm2-135m-instruct\nrollout:\n  task: sums\n  environment: sums_retry\n"
+            "  max_turns: 2\n  max_episode_tokens: 64\n  system_prompt: Be brief.\n  prompts_per_step: 4\n"
+            "  group_size: 2\n  max_new_tokens: 10\n  eval_size: 8\n  eval_samples: 2\n  worker_cpus: 0.5\n"
+            "learner:\n  num_cpus: 0.5\n  lr: 2.0e-4\nrun:\n  name: conversations\n  steps: 4\n  checkpoint_every: 1\n"
+            "  eval_every: 2\nextrapolate:\n  window: 2\n  horizon: 2\n  min_horizon: 1\n  start_after: 1000\n"
+            "  judge_after: 1\n  eval_size: 8\n  backtest_threshold: 1.0\n  accept_margin: 1.0\n")
+    res = submit(plane, body)
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+    assert httpx.post(f"{url}/v1/jobs/{job_id}/leaps", json={"note": "now", "horizon": 1}, headers=AUTH).status_code \
+        == 202
+    job = wait_for_state(url, job_id, {"SUCCEEDED", "FAILED"}, timeout=600)
+    assert job["state"] == "SUCCEEDED", job["error"]
+    metrics = httpx.get(f"{url}/v1/jobs/{job_id}/metrics", params={"limit": 1000}).json()["items"]
+    steps = [m["data"] for m in metrics if "loss" in m["data"]]
+    assert steps and all(s["multi_turn/turns"] >= 1 and "rewards/SumsRetry/mean" in s for s in steps)
+    rank1 = httpx.get(f"{url}/v1/jobs/{job_id}/rank1").json()["items"]
+    assert any(r["data"]["rows"] for r in rank1)
+    events = [data for _, data in plane["store"].read(job_id, "events", "0-0", 1000)]
+    assert any(e["type"] == "proposal" and e["requested"] for e in events)
+    samples = [data for _, data in plane["store"].read(job_id, "samples", "0-0", 1000)]
+    assert samples and all(s["conversation"][0]["role"] == "assistant" for s in samples)
