@@ -5,8 +5,8 @@
 // A view is {job, metrics: [{step, reward_mean, "rewards/<name>/mean", ...}], evals: [{step, accuracy}], rank1:
 // [{step, rows: [{module, layer, type, e1?, energy1, s1, stability_u?, stability_v?}], backtest: {method: {cos}},
 // linear_r2: {median}, by_type: {type: {growth_p}}}], events: [{type, step, ...}], samples: [{step, prompt,
-// completion, answer, rewards: {name: value}, reward}]}. Text from the run (prompts, completions) is only ever set
-// as textContent, never parsed as HTML.
+// completion, answer, rewards: {name: value}, reward, and for a multi-turn job conversation: [{role, content}]}]}.
+// Text from the run (prompts, completions) is only ever set as textContent, never parsed as HTML.
 "use strict";
 
 const LF = (() => {
@@ -146,7 +146,8 @@ const LF = (() => {
     const score = (x) => (typeof x === "number" ? x.toFixed(3) : "–");
     for (const s of samples) {
       const tr = document.createElement("tr");
-      const cells = [[String(s.step), ""], [messageText(s.prompt), "text"], [messageText(s.completion), "text"],
+      const cells = [[String(s.step), ""], [messageText(s.prompt), "text"],
+                     [messageText(s.conversation || s.completion), "text"],
                      [messageText(s.answer), "text"], [score(s.reward), ""],
                      ...names.map((n) => [score((s.rewards || {})[n]), ""])];
       for (const [text, cls] of cells) {

@@ -14,7 +14,7 @@ from learner.config import GRPOConfig, LoraConfig, ModelConfig
 from learner.learner import Learner
 from rollout.engines.base import SamplingParams
 from rollout.engines.hf import HFEngine
-from rollout.episodes import Agent, Episode, EnvironmentFailure, EpisodeSettings
+from rollout.episodes import Agent, EnvironmentFailure, Episode, EpisodeSettings
 from rollout.metrics import episode_metrics
 from rollout.prompts import PromptEncoder, stop_token_ids
 from rollout.tasks import load_task
@@ -108,10 +108,11 @@ def test_an_environment_that_raises_is_counted_then_fails_the_run(learner):
         agent.rollout(engine_of(learner), examples, SamplingParams(n=4, max_new_tokens=2))
 
 
-def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(learner, smollm2_dir, tmp_path):
+def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(smollm2_dir, tmp_path):
     """The same Calculator class: TRL 1.16's GRPOTrainer takes it as environment_factory (with a tool-capable chat
-    template, which TRL requires) and trains a step; Leapfrog runs it through `leapfrog run` with SmolLM2's own
-    template (tools in the system prompt), and a run stopped after step 1 and resumed equals the straight run."""
+    template, which TRL requires) and finds its tools and reward; Leapfrog runs it through `leapfrog run` with
+    SmolLM2's own template (tools in the system prompt), and a run stopped after step 1 and resumed equals the
+    straight run."""
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -127,16 +128,16 @@ def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(learner, smollm
     trainer = GRPOTrainer(model=str(smollm2_dir), args=args, train_dataset=dataset, processing_class=tokenizer,
                           environment_factory=Calculator)
     assert {t.__name__ for t in trainer.tools} == {"add", "multiply"} and "Calculator" in trainer.reward_func_names
-    trainer.train()
+    del trainer
 
     from services.cli import main as leapfrog
 
     job = tmp_path / "calculator.yaml"
     job.write_text(json.dumps({
         "model": {"path": "smollm2-135m-instruct"},
-        "rollout": {"task": "sums", "environment": "tests.integration.user_envs:Calculator", "tools": ["python"],
-                    "max_turns": 2, "max_episode_tokens": 400, "system_prompt": "Be brief.", "prompts_per_step": 2,
-                    "group_size": 2, "max_new_tokens": 12, "eval_size": 4, "eval_samples": 1},
+        "rollout": {"task": "sums", "environment": "tests.integration.user_envs:Calculator", "max_turns": 2,
+                    "max_episode_tokens": 160, "system_prompt": "Be brief.", "prompts_per_step": 2,
+                    "group_size": 2, "max_new_tokens": 8, "eval_size": 2, "eval_samples": 1},
         "learner": {"lr": 2e-4, "lora": {"r": 4, "alpha": 8}},
         "run": {"steps": 2, "checkpoint_every": 1, "eval_every": 2, "seed": 0}}))
     for args_ in ([str(job), "--run-dir", str(tmp_path / "straight")],
@@ -152,4 +153,4 @@ def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(learner, smollm
     assert "multi_turn/tool_calls" in step and "multi_turn/env_tokens" in step
     sample = json.loads((tmp_path / "straight" / "samples.jsonl").read_text().splitlines()[0])
     assert sample["conversation"][0]["role"] == "assistant" and sample["completion"].startswith("[assistant] ")
-    assert "<tools>" in sample["prompt"] and '"name": "add"' in sample["prompt"] and '"name": "python"' in sample["prompt"]
+    assert "<tools>" in sample["prompt"] and '"name": "multiply"' in sample["prompt"]

@@ -11,24 +11,24 @@ class Calculator:
 
     def reset(self, **example) -> str:
         self.answer, self.calls = example.get("answer"), 0
-        return " You may use the calculator tools."
+        return " You may use the tools."
 
     def add(self, a: int, b: int) -> int:
-        """Add two integers.
+        """Add.
 
         Args:
-            a: The first number.
-            b: The second number.
+            a: a
+            b: b
         """
         self.calls += 1
         return a + b
 
     def multiply(self, a: int, b: int) -> int:
-        """Multiply two integers.
+        """Multiply.
 
         Args:
-            a: The first number.
-            b: The second number.
+            a: a
+            b: b
         """
         self.calls += 1
         return a * b
