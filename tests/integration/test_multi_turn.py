@@ -154,3 +154,27 @@ def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(smollm2_dir, tm
     sample = json.loads((tmp_path / "straight" / "samples.jsonl").read_text().splitlines()[0])
     assert sample["conversation"][0]["role"] == "assistant" and sample["completion"].startswith("[assistant] ")
     assert "<tools>" in sample["prompt"] and '"name": "multiply"' in sample["prompt"]
+
+
+def test_a_template_that_renders_tools_gets_them_natively(smollm2_dir):
+    """With a tool-capable template (TRL's Qwen2.5 one on SmolLM2's tokenizer) the schemas go to the template as
+    tools= and results come back as `tool` messages, rendered by the template after the model's turn."""
+    import trl
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    encoder = PromptEncoder(tokenizer, "auto", None)
+    agent = Agent(tokenizer, encoder, Calculator, [], EpisodeSettings(max_turns=2, max_episode_tokens=400,
+                                                                     max_new_tokens=16))
+    assert agent.native_tools
+    ex = load_task("sums").examples("test", 1, seed=0)[0]
+    episode = agent._start(ex)
+    prompt = tokenizer.decode(episode.prompt_ids)
+    assert '"name": "multiply"' in prompt and "one JSON schema per line" not in prompt  # the template's own
+    text = '<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b": 7}}\n</tool_call>'
+    episode.last_text, episode.messages = text, episode.messages + [{"role": "assistant", "content": text}]
+    agent._environment_turn(episode, last_turn=False)
+    assert episode.messages[-1] == {"role": "tool", "name": "multiply", "content": "42"}
+    reply = tokenizer.decode(episode.ids)
+    assert "<tool_response>\n42\n</tool_response>" in reply and reply.endswith("<|im_start|>assistant\n")
