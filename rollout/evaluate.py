@@ -39,9 +39,9 @@ def greedy_scores(engine, scorer: Scorer, examples: list[Example], encoder: Prom
 
 
 def greedy_accuracy(engine, scorer: Scorer, examples: list[Example], encoder: PromptEncoder, max_new_tokens: int,
-                    step: int = 0) -> float:
+                    step: int = 0, agent=None) -> float:
     """Mean accuracy reward of the examples' greedy completions (the share solved, for a 0/1 reward)."""
-    scores = greedy_scores(engine, scorer, examples, encoder, max_new_tokens, step)
+    scores = greedy_scores(engine, scorer, examples, encoder, max_new_tokens, step, agent)
     return sum(scores) / len(scores)
 
 

@@ -291,19 +291,26 @@ def cmd_eval(args) -> int:
         engine = HFEngine(path)
     else:
         raise ValueError(f"{path} is neither a PEFT adapter (adapter_config.json) nor an HF model dir (config.json)")
-    encoder = PromptEncoder.from_model_dir(base_dir)
-    task = load_task(args.task)
-    scorer = Scorer.for_job([], task, task.max_new_tokens)
+    agent = None
+    if args.job:  # the job's prompts, rewards and, for a multi-turn job, its environment and tools
+        from services.config import load_config
+        from services.prepare import prepare_model
+
+        job = prepare_model(load_config(args.job), progress=False)
+        encoder, task, scorer, agent, max_new = job.encoder, job.task, job.scorer, job.agent, job.max_new_tokens
+    else:
+        encoder = PromptEncoder.from_model_dir(base_dir)
+        task = load_task(args.task)
+        scorer, max_new = Scorer.for_job([], task, task.max_new_tokens), task.max_new_tokens
     examples = task.examples("test", args.size, seed=args.eval_seed)
     result = {"checkpoint": str(path), "task": task.name, "problems": len(examples),
-              "greedy_accuracy": greedy_accuracy(engine, scorer, examples, encoder, task.max_new_tokens)}
+              "greedy_accuracy": greedy_accuracy(engine, scorer, examples, encoder, max_new, agent=agent)}
     if isinstance(task, ListTask):
-        texts = [c.text for c in greedy_completions(engine, examples, encoder, task.max_new_tokens)]
+        texts = [c.text for c in greedy_completions(engine, examples, encoder, max_new)]
         result.update(list_metrics(task, examples, texts))
     if args.n > 1:
-        result["pass_at_k"] = sampled_pass_at_k(engine, scorer, examples, encoder, n=args.n,
-                                                max_new_tokens=task.max_new_tokens, temperature=args.temperature,
-                                                seed=args.seed)
+        result["pass_at_k"] = sampled_pass_at_k(engine, scorer, examples, encoder, n=args.n, max_new_tokens=max_new,
+                                                temperature=args.temperature, seed=args.seed, agent=agent)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -338,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bootstrap", help="build the default model of a task (tokenizer + tiny LM + warm-start)")
     p.add_argument("--task", default="arith")
+    p.add_argument("--job", help="a job config: evaluate with its task, prompts, rewards and (multi-turn) environment")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="model directory (default $LEAPFROG_HOME/models/<task>-s<seed>)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -379,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint (PEFT adapter dir) or an HF model dir")
     p.add_argument("checkpoint")
     p.add_argument("--task", default="arith")
+    p.add_argument("--job", help="a job config: evaluate with its task, prompts, rewards and (multi-turn) environment")
     p.add_argument("--base", help="base model dir of an adapter (default: the adapter's recorded "
                                   "base_model_name_or_path)")
     p.add_argument("--n", type=int, default=1, help="samples per problem for pass@k (1 = greedy only)")

@@ -154,6 +154,8 @@ def test_a_trl_environment_runs_in_trl_and_in_leapfrog_unchanged(smollm2_dir, tm
     sample = json.loads((tmp_path / "straight" / "samples.jsonl").read_text().splitlines()[0])
     assert sample["conversation"][0]["role"] == "assistant" and sample["completion"].startswith("[assistant] ")
     assert "<tools>" in sample["prompt"] and '"name": "multiply"' in sample["prompt"]
+    checkpoint = tmp_path / "straight" / "checkpoints" / "step-000002"
+    assert leapfrog(["eval", str(checkpoint), "--job", str(job), "--size", "2"]) == 0  # greedy conversations
 
 
 def test_a_template_that_renders_tools_gets_them_natively(smollm2_dir):
