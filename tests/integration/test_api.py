@@ -271,7 +271,7 @@ def test_multi_turn_job_runs_through_rest_with_rank1_and_a_leap(plane):
             "  group_size: 2\n  max_new_tokens: 10\n  eval_size: 8\n  eval_samples: 2\n  worker_cpus: 0.5\n"
             "learner:\n  num_cpus: 0.5\n  lr: 2.0e-4\nrun:\n  name: conversations\n  steps: 4\n  checkpoint_every: 1\n"
             "  eval_every: 2\nextrapolate:\n  window: 2\n  horizon: 2\n  min_horizon: 1\n  start_after: 1000\n"
-            "  judge_after: 1\n  eval_size: 8\n  backtest_threshold: 1.0\n  accept_margin: 1.0\n")
+            "  judge_after: 1\n  eval_size: 20\n  backtest_threshold: 1.0\n  accept_margin: 1.0\n")
     res = submit(plane, body)
     assert res.status_code == 201, res.text
     job_id = res.json()["id"]
