@@ -174,6 +174,7 @@ def test_a_template_that_renders_tools_gets_them_natively(smollm2_dir):
     episode = agent._start(ex)
     prompt = tokenizer.decode(episode.prompt_ids)
     assert '"name": "multiply"' in prompt and "one JSON schema per line" not in prompt  # the template's own
+    assert "number only. You may use the tools.<|im_end|>" in prompt  # reset's text ends the last message
     text = '<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b": 7}}\n</tool_call>'
     episode.last_text, episode.messages = text, episode.messages + [{"role": "assistant", "content": text}]
     agent._environment_turn(episode, last_turn=False)
