@@ -181,3 +181,18 @@ def test_a_template_that_renders_tools_gets_them_natively(smollm2_dir):
     assert episode.messages[-1] == {"role": "tool", "name": "multiply", "content": "42"}
     reply = tokenizer.decode(episode.ids)
     assert "<tool_response>\n42\n</tool_response>" in reply and reply.endswith("<|im_start|>assistant\n")
+
+
+def test_jobs_a_conversation_cannot_run_are_refused_before_work(tiny_model_dir):
+    from services.config import ConfigError, parse_config
+    from services.prepare import prepare_model
+
+    base = {"model": {"path": str(tiny_model_dir)}, "rollout": {"task": "arith", "environment": "sums_retry"}}
+    with pytest.raises(ConfigError, match="need a chat model"):
+        prepare_model(parse_config(base), progress=False)
+    with pytest.raises(ConfigError, match="rank_grpo scores one ranked list"):
+        prepare_model(parse_config({**base, "learner": {"algorithm": "rank_grpo"}}), progress=False)
+    with pytest.raises(ConfigError, match="rollout.tools\\[0\\]: tool 'tests.integration.user_envs:nothing'"):
+        prepare_model(parse_config({**base, "rollout": {"task": "arith",
+                                                         "tools": ["tests.integration.user_envs:nothing"]}}),
+                      progress=False)
