@@ -124,6 +124,12 @@ SAMPLED_JOB = {"rollout": {"task": "arith", "prompts_per_step": 4, "group_size":
 # a record as the driver writes it (the last evaluation's step), whose text a page must show and never run
 UNSAFE = {"step": 3, "prompt": "<b>12+34=</b>", "completion": '<img src=x onerror="document.body.dataset.hacked=1">',
           "answer": "46", "rewards": {"digits": 0.0, "length": -0.5}, "reward": -0.05}
+CALL = '<tool_call>{"name": "add", "arguments": {"a": 12, "b": 34}}</tool_call>'
+CONVERSATION = {"step": 3, "prompt": "12+34=", "completion": f"[assistant] {CALL}", "answer": "46",
+                "rewards": {"digits": 1.0, "length": -0.2}, "reward": 0.98,
+                "conversation": [{"role": "assistant", "content": CALL},
+                                 {"role": "user", "content": "<tool_response>\n46\n</tool_response>"},
+                                 {"role": "assistant", "content": "46"}]}
 
 
 def completions_table(page) -> list[list[str]]:
@@ -161,8 +167,9 @@ def test_completions_table_and_reward_curves_live_and_in_the_report(tiny_model_d
             assert completions_table(page) == []
             # the driver loop, its sink the job's streams (as services/driver.py gives it under the control plane)
             run_job(cfg, run_dir=run_dir, progress=False, sink=lambda stream, rec: store.append(job_id, stream, rec))
-            append_jsonl(run_dir / SAMPLES, UNSAFE)
-            store.append(job_id, "samples", UNSAFE)
+            for sample in (UNSAFE, CONVERSATION):  # a multi-turn job's sample carries its conversation
+                append_jsonl(run_dir / SAMPLES, sample)
+                store.append(job_id, "samples", sample)
             store.transition(job_id, "SUCCEEDED")
             page.wait_for_function("document.getElementById('job-state').textContent === 'SUCCEEDED'",
                                    timeout=60_000)
@@ -174,12 +181,14 @@ def test_completions_table_and_reward_curves_live_and_in_the_report(tiny_model_d
         redis.stop()
     samples = read_jsonl(run_dir / SAMPLES)
     steps = [r["step"] for r in read_jsonl(run_dir / METRICS) if "loss" in r]
-    assert len(samples) == 4 * 3 + 1 and steps == [1, 2, 3]  # 3 completions at each of 4 evaluations, and ours
+    assert len(samples) == 4 * 3 + 2 and steps == [1, 2, 3]  # 3 completions at each of 4 evaluations, and ours
     rows, curves, safe = live
-    assert rows[0] == ["3", UNSAFE["prompt"], UNSAFE["completion"], "46", "-0.050", "0.000", "-0.500"]
+    assert rows[0] == ["3", CONVERSATION["prompt"], f"assistant: {CALL}\nuser: <tool_response>\n46\n"
+                       "</tool_response>\nassistant: 46", "46", "0.980", "1.000", "-0.200"]  # the whole conversation
+    assert rows[1] == ["3", UNSAFE["prompt"], UNSAFE["completion"], "46", "-0.050", "0.000", "-0.500"]
     assert [int(r[0]) for r in rows] == sorted((s["step"] for s in samples), reverse=True)  # newest first
-    assert sorted((r[0], r[1], r[2]) for r in rows) == sorted((str(s["step"]), s["prompt"], s["completion"])
-                                                              for s in samples)
+    assert sorted((r[0], r[1], r[2]) for r in rows[1:]) == sorted((str(s["step"]), s["prompt"], s["completion"])
+                                                                  for s in samples[:-1])
     assert curves == {"digits (mean ± std)": len(steps), "length (mean ± std)": len(steps)} and safe
 
     out = tmp_path / "report.html"
