@@ -78,6 +78,7 @@ class Episode:
     finish_reason: str = "stop"
     stop_reason: str | None = None
     env_reward: float | None = None
+    first_reply: int = 0  # index of the first message after the prompt's
 
     @property
     def done(self) -> bool:
@@ -94,8 +95,6 @@ class Episode:
                         "stop_reason": self.stop_reason, "truncated": self.stop_reason in ("length", "budget"),
                         "env_reward": self.env_reward, "model_tokens": model_tokens,
                         "env_tokens": len(self.ids) - model_tokens})
-
-    first_reply: int = 0  # index of the first message after the prompt's
 
 
 class Agent:
@@ -156,9 +155,8 @@ class Agent:
         text = self.tokenizer.apply_chat_template(messages, tools=self.schemas if self.native_tools else None,
                                                   tokenize=False, add_generation_prompt=True)
         prompt_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        episode = Episode(example, prompt_ids, messages, environment, tools, env_errors=env_error,
-                          first_reply=len(messages))
-        return episode
+        return Episode(example, prompt_ids, messages, environment, tools, env_errors=env_error,
+                       first_reply=len(messages))
 
     def _call(self, method, kwargs: dict):
         """An environment method's value, or a Failed describing what went wrong (raised or timed out)."""
