@@ -41,6 +41,7 @@ class RolloutBatch:
     policy_version: int | None = None  # learner step whose weights sampled this batch
     model_masks: list[list[int]] | None = None  # multi-turn: 1 where the model sampled the token (the loss counts
     #                                             those only), 0 for the environment's tokens
+    truncated: list[bool] | None = None  # learner.mask_truncated_completions: the completions left out of the loss
 
     def __post_init__(self):
         if (self.advantages is None) == (self.token_advantages is None):
@@ -57,10 +58,14 @@ class RolloutBatch:
 
     def loss_mask(self, completion_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] 0/1: the completion tokens that carry loss, KL and entropy: every sampled token, or in a
-        multi-turn batch the model's own (completion_mask x model_mask, TRL's completion_mask x tool_mask)."""
-        if self.model_masks is None:
-            return completion_mask
-        return completion_mask * pad_rows(self.model_masks, completion_mask.shape[1], completion_mask.dtype)
+        multi-turn batch the model's own (completion_mask x model_mask, TRL's completion_mask x tool_mask); none of a
+        truncated completion's with learner.mask_truncated_completions."""
+        mask = completion_mask
+        if self.model_masks is not None:
+            mask = mask * pad_rows(self.model_masks, completion_mask.shape[1], completion_mask.dtype)
+        if self.truncated is not None:  # TRL: completion_mask * ~is_truncated
+            mask = mask * torch.tensor([not t for t in self.truncated], dtype=mask.dtype)[:, None]
+        return mask
 
 
 def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
@@ -74,8 +79,9 @@ def pad_rows(rows: list[list], width: int, dtype) -> torch.Tensor:
 class Algorithm:
     """Base: `make_batch` turns scored groups into the learner's batch (advantages and loss settings included)."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, correction: str | None = None):
+        """correction: the rollout correction mode the job resolved (services/prepare.py), None: off."""
+        self.cfg, self.correction = cfg, correction
 
     def check_task(self, task_class: type) -> None:
         """Raise ValueError when the algorithm cannot train on tasks of this class (checked before any instance)."""
@@ -95,6 +101,8 @@ class Algorithm:
                             model_masks=None if all(m is None for m in masks) else
                             [m if m is not None else [1] * len(c.token_ids) for m, c in zip(masks, completions,
                                                                                            strict=True)],
+                            truncated=[c.finish_reason == "length" for c in completions]
+                            if self.cfg.mask_truncated_completions else None,
                             **fields)
 
     @property
@@ -102,7 +110,9 @@ class Algorithm:
         c = self.cfg
         return LossSettings(loss_type=c.loss_type, eps_low=c.epsilon, eps_high=c.epsilon_high or c.epsilon, beta=c.beta,
                             kl_ratio_correction=c.use_bias_correction_kl, ratio_level=self.ratio_level,
-                            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg)
+                            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg,
+                            kl_estimator=c.kl_estimator, entropy_coef=c.entropy_coef, correction=self.correction,
+                            correction_min=c.rollout_correction_min, correction_max=c.rollout_correction_max)
 
     @property
     def ratio_level(self) -> str:
@@ -114,8 +124,9 @@ ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 
 @ALGORITHMS.register("grpo")
 class GRPO(Algorithm):
-    """GRPO (arXiv 2402.03300) with the reward shaping of "Rewarding the Unlikely" (arXiv 2506.02355) and DAPO's
-    dynamic sampling (arXiv 2503.14476) as options."""
+    """GRPO (arXiv 2402.03300) with the reward shaping of "Rewarding the Unlikely" (arXiv 2506.02355), DAPO's
+    uniform-group filter (arXiv 2503.14476) and the RLOO / REINFORCE++ baselines (learner.advantage_estimator) as
+    options."""
 
     def make_batch(self, groups, rewards, policy_version=None, *, task=None, examples=None, tokenizer=None):
         completions, group_size = [c for group in groups for c in group], len(groups[0])
@@ -130,7 +141,8 @@ class GRPO(Algorithm):
             if bool(keep.any()):  # a batch with no signal at all is kept whole (its advantages are all zero)
                 rows = [i for i in rows if bool(keep[i // group_size])]
         kept = [float(shaped[i]) for i in rows]
-        advantages = ADVANTAGES.get(self.cfg.scale_rewards)(torch.tensor(kept, dtype=torch.float32), group_size)
+        estimator = self.cfg.scale_rewards if self.cfg.advantage_estimator == "grpo" else self.cfg.advantage_estimator
+        advantages = ADVANTAGES.get(estimator)(torch.tensor(kept, dtype=torch.float32), group_size)
         return self.batch_of([completions[i] for i in rows], kept, group_size, policy_version,
                              advantages=advantages.tolist())
 

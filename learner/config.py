@@ -149,6 +149,37 @@ class LearnerCommon(Section):
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description=(
         "The LoRA adapter that is trained; null: full-parameter RL (every weight trains; checkpoints and leaps are "
         "whole models; beta > 0 keeps a frozen copy of the base; HF rollout engine only)."))
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = Field("k3", description=(
+        "Per-token estimator of KL(pi || ref) in the beta penalty (learner/losses.py KL_ESTIMATORS, Schulman 2020): "
+        "k1 = logp - ref; k2 = (logp - ref)^2 / 2; k3 = exp(ref - logp) - (ref - logp) - 1 (TRL's); low_var_kl = "
+        "k3 clamped to [-10, 10] (verl's)."))
+    entropy_coef: float = Field(0.0, ge=0, le=10, description=(
+        "Entropy bonus c: loss - c x the mean per-token entropy, the same for every loss type (TRL's entropy_coef); "
+        "with use_adaptive_entropy, the starting c."))
+    use_adaptive_entropy: bool = Field(False, description=(
+        "Skywork-OR1's adaptive entropy control (arXiv 2505.22312, as TRL): after each optimizer step c rises by "
+        "entropy_coef_delta while the mean token entropy is <= entropy_target and falls by it otherwise; the bonus "
+        "applies only while the entropy is <= entropy_target."))
+    entropy_target: float = Field(0.2, ge=0, description="Target mean token entropy (nats) of adaptive entropy "
+                                                         "control.")
+    entropy_coef_delta: float = Field(0.005, gt=0, description="Step of c under adaptive entropy control.")
+    entropy_coef_min: float = Field(0.0, ge=0, description="Lower bound of c under adaptive entropy control.")
+    entropy_coef_max: float = Field(1.0, ge=0, description="Upper bound of c under adaptive entropy control.")
+    mask_truncated_completions: bool = Field(False, description=(
+        "Leave completions cut at the length limit (no end token; multi-turn: cut by a turn or the episode budget) "
+        "out of the loss; they still count in their group's advantages (TRL's mask_truncated_completions, DAPO)."))
+    rollout_correction: Literal["auto", "off", "token_truncate", "token_mask", "sequence_truncate",
+                                "sequence_mask"] = Field("auto", description=(
+        "Training-inference mismatch correction (TRL 1.16's vllm_importance_sampling_correction / _mode): the "
+        "policy loss is weighted by w = exp(learner pi_old - engine sampling log-prob), per token or per sequence "
+        "(exp of the summed difference), truncated at [rollout_correction_min, _max] or masked outside it; pi_old "
+        "is then the learner's own policy before the update (AReaL's decoupled PPO for stale samples). auto: "
+        "token_truncate where the engine and the learner can differ (the vLLM engine, or "
+        "rollout.max_off_policy_steps > 0), off otherwise."))
+    rollout_correction_min: float | None = Field(None, ge=0, description="C_min of the rollout correction (null: "
+                                                                          "no lower bound).")
+    rollout_correction_max: float | None = Field(3.0, gt=0, description="C_max of the rollout correction (TRL's "
+                                                                        "default 3.0; null: no upper bound).")
     outer_momentum: OuterMomentumConfig | None = Field(None, description="Outer momentum on the trainable "
                                                                          "parameters every K steps (off when unset).")
     adaptive_step: AdaptiveStepConfig | None = Field(None, description="The adaptive step controller: rescale each "
@@ -181,6 +212,15 @@ class LearnerCommon(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_entropy(self):
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError("entropy_coef_min must be <= entropy_coef_max")
+        if (self.rollout_correction_min is not None and self.rollout_correction_max is not None
+                and self.rollout_correction_min > self.rollout_correction_max):
+            raise ValueError("rollout_correction_min must be <= rollout_correction_max")
+        return self
+
+    @model_validator(mode="after")
     def _check_clip(self):
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon (clip-higher widens the upper range only)")
@@ -194,8 +234,13 @@ class GRPOConfig(LearnerCommon):
     """GRPO (Shao et al. 2024, arXiv 2402.03300): one advantage per sequence, from the group's rewards."""
 
     algorithm: Literal["grpo"] = Field("grpo", description="grpo: one advantage per sequence (the default).")
+    advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = Field("grpo", description=(
+        "grpo: the group-mean baseline, scaled by scale_rewards; rloo: the leave-one-out baseline, R_i minus the "
+        "mean of the group's other rewards (RLOO, arXiv 2402.14740); reinforce_pp: the group mean subtracted, then "
+        "whitened over the batch (REINFORCE++ with baseline, arXiv 2501.03262)."))
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Advantage scaling: group std (GRPO), batch std, or none (Dr. GRPO).")
+        "group", description="Advantage scaling of advantage_estimator grpo: group std (GRPO), batch std, or none "
+                             "(Dr. GRPO).")
     importance_sampling_level: Literal["token", "sequence"] = Field(
         "token", description="Importance ratio per token, or per sequence (GSPO, Zheng et al. 2025, arXiv 2507.18071: "
                              "exp of the mean token log-ratio).")
@@ -206,9 +251,17 @@ class GRPOConfig(LearnerCommon):
     drop_uniform_groups: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO dynamic "
                                                          "sampling; part of the unlikeliness recipe).")
 
+    @model_validator(mode="after")
+    def _check_estimator(self):
+        if self.advantage_estimator != "grpo" and "scale_rewards" in self.model_fields_set:
+            raise ValueError(f"scale_rewards scales advantage_estimator grpo's advantages; {self.advantage_estimator} "
+                             f"has its own scaling: remove scale_rewards, or use advantage_estimator: grpo")
+        return self
+
 
 # Fields of GRPO that have no meaning for Rank-GRPO, and why (Rank-GRPO is refused with them rather than ignoring them).
 RANK_GRPO_REFUSES = {
+    "advantage_estimator": "Rank-GRPO's advantages are per rank, normalised within each rank's group",
     "scale_rewards": "Rank-GRPO normalises each rank's reward within its group; there is no sequence reward to scale",
     "importance_sampling_level": "Rank-GRPO's ratio is per rank (the mean token log-ratio of each line)",
     "reward_shaping": "the unlikeliness reward reshapes one reward per sequence; Rank-GRPO has one per rank",

@@ -19,6 +19,7 @@ outside a step (rollouts, evaluation, leaps, checkpoints and export all see x) a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -30,7 +31,13 @@ from common.weights import is_lora, load_weights, read_weights, swapped_weights
 from learner.algorithms import RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
-from learner.losses import LossInputs, policy_loss
+from learner.losses import (
+    LossInputs,
+    adaptive_entropy_coef,
+    mismatch_metrics,
+    policy_loss,
+    rollout_correction_weights,
+)
 from learner.outer import OuterMomentum
 from learner.policy import completion_logprobs, load_policy, pad_sequences
 from learner.step_control import AdaptiveStep, LrControl
@@ -82,6 +89,25 @@ def lr_lambda(cfg: LearnerConfig, total_steps: int):
     return factor
 
 
+def combine_mismatch(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """The step's mismatch metrics from its micro-batches' (share of the sequences, metrics): min of the minima, max
+    of the maxima, the rest weighted by share."""
+    parts = [(w, m) for w, m in parts if m]
+    if not parts:
+        return {}
+    total = sum(w for w, _ in parts)
+    out = {}
+    for key in parts[0][1]:
+        values = [m[key] for _, m in parts]
+        if key.endswith("_min"):
+            out[key] = min(values)
+        elif key.endswith("_max") or key.endswith("max_abs_logp_diff"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(w * m[key] for w, m in parts) / total
+    return out
+
+
 class Learner:
     def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, cfg: LearnerConfig, *, seed: int,
                  total_steps: int, max_new_tokens: int, temperature: float = 1.0, num_threads: int | None = None,
@@ -116,6 +142,7 @@ class Learner:
         schedule = lr_lambda(cfg, total_steps * cfg.updates_per_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(s) * self.lr_multiplier())
         self.step_count = 0
+        self.entropy_control = (cfg.entropy_coef, math.inf)  # adaptive entropy: (coefficient, last update's entropy)
 
     def lr_multiplier(self) -> float:
         """The reward-trend lr controller's multiplier of the schedule (1 without it)."""
@@ -133,10 +160,18 @@ class Learner:
         scores = self.mean_logprobs(*self.probe)
         return sum(scores) / len(scores)
 
-    def _logprobs(self, rows, t_max: int, with_entropy: bool = False):
+    def _logprobs(self, rows, t_max: int, with_entropy: bool = False, entropy_grad: bool = False):
         input_ids, attention, prompt_lengths = rows
         return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
-                                   self.cfg.logprob_chunk_tokens, with_entropy)
+                                   self.cfg.logprob_chunk_tokens, with_entropy, entropy_grad)
+
+    def _entropy_settings(self, settings):
+        """The loss settings of one optimizer update: with adaptive entropy control, its coefficient, applied only
+        while the last update's mean token entropy was <= entropy_target (TRL's gate)."""
+        if not self.cfg.use_adaptive_entropy:
+            return settings
+        coef, last_entropy = self.entropy_control
+        return dataclasses.replace(settings, entropy_coef=coef if last_entropy <= self.cfg.entropy_target else 0.0)
 
     def _reference_logprobs(self, rows, t_max: int):
         if self.reference is not None:
@@ -171,15 +206,19 @@ class Learner:
             width = max(prompt_lengths[i] for i in range(num_seq)[s]) + t_max
             return (input_ids[s, :width], attention[s, :width], prompt_lengths[s]), t_max
 
-        # pi_old: the policy that sampled the batch. If it is not the current one (overlapped rollouts sample with
-        # the previous version), its log-probs come from the rollout engine; with mu > 1 they are computed once here.
+        # pi_old: the policy that sampled the batch. Without the rollout correction, a batch sampled by an older
+        # version (asynchronous rollouts) takes the engine's log-probs as pi_old; with it, pi_old is the learner's
+        # policy before this step and the engine's log-probs enter through the correction's weights (AReaL's
+        # decoupled objective). With mu > 1 the learner's pi_old is computed once here.
         stale = batch.policy_version is not None and batch.policy_version != self.step_count
+        correct = settings.correction is not None
         sampler_logp = None
-        if stale:
-            if batch.sampling_logprobs is None:
-                raise ValueError("an off-policy batch needs the rollout engine's sampling log-probs")
+        if batch.sampling_logprobs is not None:
             sampler_logp = pad_rows(batch.sampling_logprobs, width, torch.float32).to(self.device)
-        need_old = cfg.updates_per_batch > 1 and not stale
+        elif stale or correct:
+            raise ValueError("an off-policy or corrected batch needs the rollout engine's sampling log-probs")
+        engine_as_old = stale and not correct
+        need_old = cfg.updates_per_batch > 1 and not engine_as_old
         old, ref = {}, {}
         with torch.no_grad():
             for k, s in enumerate(micro):
@@ -189,33 +228,57 @@ class Learner:
                 if cfg.beta > 0:
                     ref[k] = self._reference_logprobs(r, t_max)
         stats = {"loss": 0.0, "clip_ratio": 0.0, "kl": 0.0, "grad_norm": 0.0, "entropy": 0.0}
+        mismatch = []  # (its share of the sequences, its metrics) per micro-batch, from the first update
+        entropy_grad = settings.entropy_coef != 0.0 or cfg.use_adaptive_entropy
         if self.schedule_free:  # gradients at y; the model holds x outside the step
             self.optimizer.train()
-        for _ in range(cfg.updates_per_batch):
+        for update in range(cfg.updates_per_batch):
+            update_settings = self._entropy_settings(settings)
+            update_entropy = 0.0
             for k, s in enumerate(micro):
                 r, t_max = rows(s)
-                logp, entropy = self._logprobs(r, t_max, with_entropy=True)
-                old_logp = sampler_logp[s, :t_max] if stale else old[k] if need_old else logp.detach()
+                logp, entropy = self._logprobs(r, t_max, with_entropy=True, entropy_grad=entropy_grad)
+                mask = completion_mask[s, :t_max]
+                sampled_logp = sampler_logp[s, :t_max] if sampler_logp is not None else None
+                old_logp = sampled_logp if engine_as_old else old[k] if need_old else logp.detach()
+                weights = None
+                if correct:
+                    weights = rollout_correction_weights(old_logp, sampled_logp, mask, settings.correction,
+                                                         settings.correction_min, settings.correction_max)
+                if update == 0 and sampled_logp is not None:
+                    mismatch.append((len(range(num_seq)[s]) / num_seq, mismatch_metrics(
+                        logp.detach(), sampled_logp, mask, weights, settings.correction, settings.correction_min,
+                        settings.correction_max)))
                 loss, st = policy_loss(LossInputs(
                     logp=logp, old_logp=old_logp,
                     advantages=advantages[s] if advantages.dim() == 1 else advantages[s, :t_max],
-                    mask=completion_mask[s, :t_max], num_sequences=num_seq, num_tokens=num_tok,
+                    mask=mask, num_sequences=num_seq, num_tokens=num_tok,
                     max_completion_length=self.max_new_tokens, ref_logp=ref.get(k),
-                    segments=segments[s, :t_max] if segments is not None else None), settings)
+                    segments=segments[s, :t_max] if segments is not None else None,
+                    correction_weights=weights, entropy=entropy if entropy_grad else None), update_settings)
                 loss.backward()
                 share = len(range(num_seq)[s]) / num_seq
+                token_entropy = float((entropy.detach() * mask).sum()) / max(num_tok, 1)
+                update_entropy += token_entropy
                 stats["loss"] += float(loss.detach()) / cfg.updates_per_batch
                 stats["clip_ratio"] += st["clip_ratio"] * share / cfg.updates_per_batch
                 stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
-                stats["entropy"] += float((entropy * completion_mask[s, :t_max]).sum()) / max(num_tok, 1) / cfg.updates_per_batch
+                stats["entropy"] += token_entropy / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(self.trainable.values()), cfg.max_grad_norm)
             stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if entropy_grad:
+                stats["entropy_coef"] = update_settings.entropy_coef
+            if cfg.use_adaptive_entropy:
+                self.entropy_control = (adaptive_entropy_coef(
+                    self.entropy_control[0], update_entropy, cfg.entropy_target, cfg.entropy_coef_delta,
+                    cfg.entropy_coef_min, cfg.entropy_coef_max), update_entropy)
         if self.schedule_free:
             self.optimizer.eval()
+        stats.update(combine_mismatch(mismatch))
         self.step_count += 1
         stats["lr"] = self.scheduler.get_last_lr()[0]
         if cfg.optimizer == "prodigy":
@@ -320,7 +383,8 @@ class Learner:
                                                  "torch": torch.get_rng_state()},
                 **({"outer": self.outer.state_dict()} if self.outer is not None else {}),
                 **({"adaptive": self.adaptive.state_dict()} if self.adaptive is not None else {}),
-                **({"lr_control": self.lr_control.state_dict()} if self.lr_control is not None else {}), **extra}
+                **({"lr_control": self.lr_control.state_dict()} if self.lr_control is not None else {}),
+                **({"entropy_control": self.entropy_control} if self.cfg.use_adaptive_entropy else {}), **extra}
 
     def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
         return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}),
@@ -349,6 +413,8 @@ class Learner:
                 self.adaptive.load_state_dict(state["adaptive"])
         if self.lr_control is not None and "lr_control" in state:
             self.lr_control.load_state_dict(state["lr_control"])
+        if self.cfg.use_adaptive_entropy and "entropy_control" in state:
+            self.entropy_control = tuple(state["entropy_control"])
         self._refresh_lr()
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])

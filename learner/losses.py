@@ -12,11 +12,17 @@ Shapes: per-token tensors are [B, T] over completion tokens (B sequences, T = lo
   TRL 1.16 GRPOTrainer._compute_loss computes them (docs/methods.md): grpo, dapo, dr_grpo and bnpo share the
   clipped surrogate (PPO, arXiv 1707.06347) -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) and differ in
   normalisation; cispo (MiniMax-M1, arXiv 2506.13585) and sapo (SAPO, arXiv 2511.20347) change the objective.
-- KL penalty, k3 estimator (Schulman 2020): k3 = exp(ref - logp) - (ref - logp) - 1, added per token as beta * k3
-  before the loss type's normalisation (as TRL does); optionally weighted by the importance ratio rho at the chosen
-  level (rho * k3, DeepSeek-V3.2, arXiv 2512.02556: the unbiased reverse-KL gradient off-policy at token level).
-  TRL 1.16's `use_bias_correction_kl` defaults to True; here `kl_ratio_correction` is off unless asked for
+- KL penalty (`KL_ESTIMATORS`, Schulman 2020, "Approximating KL divergence"; default k3 as TRL): added per token as
+  beta * k before the loss type's normalisation (as TRL does); optionally weighted by the importance ratio rho at
+  the chosen level (rho * k, DeepSeek-V3.2, arXiv 2512.02556: the unbiased reverse-KL gradient off-policy at token
+  level). TRL 1.16's `use_bias_correction_kl` defaults to True; here `kl_ratio_correction` is off unless asked for
   (docs/methods.md#kl-penalty).
+- Rollout correction (`rollout_correction_weights`, TRL 1.16's vllm_importance_sampling_correction; truncated IS,
+  Yao et al. 2025): w = exp(old_logp - sampling_logp) per token or per sequence, truncated or masked at
+  [C_min, C_max], multiplying the per-token policy loss (not the KL) before normalisation.
+- Entropy bonus (TRL 1.16 entropy_coef): loss - c * H, H the mean per-token entropy of the (micro-)batch, the same
+  for every loss type; c adapted per step by Skywork-OR1's rule (arXiv 2505.22312) when asked
+  (`adaptive_entropy_coef`).
 
 Normalisation: `num_sequences` and `num_tokens` are those of the whole batch one optimizer step covers, so the
 losses of its micro-batches add up to the loss of the whole batch (TRL divides by the gradient-accumulation steps
@@ -26,6 +32,7 @@ tests/integration/test_trl_parity_losses.py) check equality with TRL, loss and L
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +43,9 @@ from common.registry import Registry
 RATIO_LEVELS = ("token", "sequence", "segment")
 
 
-ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("advantage scaling")
+ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("advantage estimator")
+KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL estimator")
+CORRECTION_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,11 @@ class LossSettings:
     ratio_level: str = "token"
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0  # the coefficient this step applies (the adaptive controller sets it per step)
+    correction: str | None = None  # rollout correction mode (CORRECTION_MODES), None: off
+    correction_min: float | None = None
+    correction_max: float | None = 3.0
 
 
 @dataclass
@@ -71,6 +85,8 @@ class LossInputs:
     max_completion_length: int
     ref_logp: torch.Tensor | None = None
     segments: torch.Tensor | None = None
+    correction_weights: torch.Tensor | None = None  # [B, T] or [B, 1], rollout_correction_weights (None: off)
+    entropy: torch.Tensor | None = None  # [B, T] per-token entropy with its gradient (entropy bonus only)
 
     def __post_init__(self):
         self.mask = self.mask.to(self.logp.dtype)
@@ -108,6 +124,98 @@ def batch_normalized_advantages(rewards: torch.Tensor, group_size: int, eps: flo
     return ((grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)) / (rewards.std() + eps)
 
 
+@ADVANTAGES.register("rloo")
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024, arXiv 2402.14740): A_i = R_i - (1 / (G - 1)) sum_{j != i} R_j,
+    the mean of the group's other rewards as the baseline (= G / (G - 1) (R_i - mean_G R))."""
+    grouped = rewards.view(-1, group_size)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp_baseline_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """REINFORCE++ with baseline (Hu et al. 2025, arXiv 2501.03262): the group mean subtracted, A'_i = R_i - mean_G R,
+    then whitened over the whole batch, A_i = (A'_i - mean_B A') / (std_B A' + eps) (std unbiased)."""
+    grouped = rewards.view(-1, group_size)
+    centered = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    return (centered - centered.mean()) / (centered.std() + eps)
+
+
+@KL_ESTIMATORS.register("k1")
+def k1_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = logp - ref: unbiased for KL(pi || ref) under samples of pi, high variance, can be negative."""
+    return logp - ref_logp
+
+
+@KL_ESTIMATORS.register("k2")
+def k2_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = (logp - ref)^2 / 2: >= 0, biased, low variance (its gradient is the reverse KL's on-policy)."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+@KL_ESTIMATORS.register("k3")
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(ref - logp) - (ref - logp) - 1: >= 0 and unbiased for KL(pi || ref) (TRL's estimator)."""
+    diff = ref_logp - logp
+    return torch.exp(diff) - diff - 1
+
+
+@KL_ESTIMATORS.register("low_var_kl")
+def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """verl's low_var_kl: k3 with ref - logp clamped to [-20, 20] first and the result clamped to [-10, 10], so a
+    token the reference finds far likelier than the policy cannot blow the penalty up."""
+    diff = torch.clamp(ref_logp - logp, min=-20, max=20)
+    return torch.clamp(torch.exp(diff) - diff - 1, min=-10, max=10)
+
+
+def rollout_correction_weights(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor, mode: str,
+                               clip_min: float | None, clip_max: float | None) -> torch.Tensor:
+    """The training-inference mismatch correction of TRL 1.16 (vllm_importance_sampling_correction), detached:
+    d = (old_logp - sampling_logp) * mask per token (old: the learner's pi_old, sampling: the engine's log-probs of
+    the sampled tokens); token_*: w = exp(d) [B, T]; sequence_*: w = exp(sum_t d) [B, 1].
+    *_truncate: w <- clamp(w, clip_min, clip_max); *_mask: w <- 0 where w < clip_min or w > clip_max (a bound of
+    None is no bound). The per-token policy loss is multiplied by w."""
+    if mode not in CORRECTION_MODES:
+        raise ValueError(f"unknown rollout correction mode {mode!r}; valid: {', '.join(CORRECTION_MODES)}")
+    diff = torch.nan_to_num((old_logp - sampling_logp) * mask, nan=0.0).detach()
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1, keepdim=True)
+    weights = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(weights, min=clip_min, max=clip_max)
+    low = clip_min if clip_min is not None else -math.inf
+    high = clip_max if clip_max is not None else math.inf
+    return weights.masked_fill((weights < low) | (weights > high), 0.0)
+
+
+def mismatch_metrics(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor,
+                     weights: torch.Tensor | None, mode: str | None, clip_min: float | None,
+                     clip_max: float | None) -> dict[str, float]:
+    """How far the engine's sampling distribution is from the learner's pi_old on the sampled tokens: mismatch/kl
+    = mean_t (sampling_logp - old_logp) (k1 of KL(engine || learner)), mismatch/k3_kl, mismatch/max_abs_logp_diff;
+    the ratios exp(old - sampling) at the correction's level (token unless a sequence_* mode), min / mean / max,
+    and the share of them the correction truncated or masked (mismatch/corrected_fraction; 0 when off)."""
+    with torch.no_grad():
+        live = mask.bool()
+        delta = (sampling_logp - old_logp)[live]
+        if delta.numel() == 0:
+            return {}
+        out = {"mismatch/kl": float(delta.mean()), "mismatch/k3_kl": float(k3_kl(sampling_logp, old_logp)[live].mean()),
+               "mismatch/max_abs_logp_diff": float(delta.abs().max())}
+        diff = ((old_logp - sampling_logp) * mask)
+        sequence = mode is not None and mode.startswith("sequence")
+        raw = torch.exp(diff.sum(-1)) if sequence else torch.exp(diff)[live]
+        out.update({"mismatch/ratio_min": float(raw.min()), "mismatch/ratio_mean": float(raw.mean()),
+                    "mismatch/ratio_max": float(raw.max())})
+        changed = 0.0
+        if weights is not None:
+            applied = weights.squeeze(-1) if sequence else weights[live]
+            changed = float((applied != raw).float().mean())
+        out["mismatch/corrected_fraction"] = changed
+        return out
+
+
 def importance_log_ratio(inputs: LossInputs, level: str) -> torch.Tensor:
     """[B, T] log importance weight d at `level`:
     token:    d_{i,t} = logp_{i,t} - old_logp_{i,t};
@@ -140,21 +248,18 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low
     return -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased for KL(pi || ref))."""
-    diff = ref_logp - logp
-    return torch.exp(diff) - diff - 1
-
-
 def with_kl(per_token: torch.Tensor, inputs: LossInputs, log_ratio: torch.Tensor, settings: LossSettings
             ) -> torch.Tensor:
-    """per_token + beta * k3 (times rho = exp(log_ratio) at the chosen level when kl_ratio_correction), or
-    per_token unchanged when beta == 0. TRL adds the KL this way, before the loss type's normalisation."""
+    """per_token x w (the rollout correction's weights, when on) + beta x k (KL_ESTIMATORS[settings.kl_estimator],
+    times rho = exp(log_ratio) at the chosen level when kl_ratio_correction; nothing when beta == 0). TRL applies
+    both this way, in this order, before the loss type's normalisation."""
+    if inputs.correction_weights is not None:
+        per_token = per_token * inputs.correction_weights
     if settings.beta == 0.0:
         return per_token
     if inputs.ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (log-probs of the reference policy)")
-    kl = k3_kl(inputs.logp, inputs.ref_logp)
+    kl = KL_ESTIMATORS.get(settings.kl_estimator)(inputs.logp, inputs.ref_logp)
     if settings.kl_ratio_correction:
         kl = kl * torch.exp(log_ratio)
     return per_token + settings.beta * kl
@@ -269,9 +374,21 @@ def policy_loss(inputs: LossInputs, settings: LossSettings) -> tuple[torch.Tenso
         raise ValueError("beta > 0 needs ref_logp (log-probs of the reference policy)")
     log_ratio = importance_log_ratio(inputs, settings.ratio_level)
     loss = loss_fn(inputs, log_ratio, settings)
+    if settings.entropy_coef != 0.0:
+        if inputs.entropy is None:
+            raise ValueError("entropy_coef != 0 needs inputs.entropy (the per-token entropy, with its gradient)")
+        loss = loss - settings.entropy_coef * local_token_mean(inputs.entropy, inputs)
     stats = {"clip_ratio": clip_fraction(inputs, log_ratio, settings)}
     if settings.beta > 0.0:
         mask = inputs.mask
-        kl = k3_kl(inputs.logp.detach(), inputs.ref_logp)
+        kl = KL_ESTIMATORS.get(settings.kl_estimator)(inputs.logp.detach(), inputs.ref_logp)
         stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
     return loss, stats
+
+
+def adaptive_entropy_coef(coef: float, entropy: float, target: float, delta: float, low: float, high: float
+                          ) -> float:
+    """Skywork-OR1's adaptive entropy control (arXiv 2505.22312), as TRL 1.16 steps it after each optimizer step:
+    c <- min(c + delta, high) when the step's mean token entropy H <= target, else max(c - delta, low). The bonus
+    applies c only while the last step's H <= target (TRL's gate)."""
+    return min(coef + delta, high) if entropy <= target else max(coef - delta, low)

@@ -64,7 +64,8 @@ def completion_positions(prompt_lengths: list[int], t_max: int, width: int) -> t
 
 
 def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False):
+                          temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False,
+                          entropy_grad: bool = False):
     """log softmax(lm_head(h) / temperature)[target] for hidden states h [N, H] and targets [N] -> [N], computed
     chunk_tokens rows at a time. Each chunk runs under activation checkpointing when gradients are on, so neither
     the forward nor the backward pass holds more than one chunk's [chunk, V] logits: peak memory no longer grows
@@ -73,7 +74,8 @@ def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, target
 
     with_entropy: also return the entropy [N] of each row's distribution, H = -sum_v p_v log p_v with
     p = softmax(lm_head(h) / temperature) (the distribution the tokens are sampled from), computed from the same
-    chunk's logits under no_grad (a metric: no gradient, no extra [N, V] tensor)."""
+    chunk's logits under no_grad (a metric: no gradient, no extra [N, V] tensor); entropy_grad: with its gradient
+    (the entropy bonus; one more [chunk, V] tensor, recomputed in the backward pass like the log-prob's)."""
     from torch.utils.checkpoint import checkpoint
 
     def chunk_logp(h: torch.Tensor, t: torch.Tensor):
@@ -83,6 +85,8 @@ def selective_log_softmax(hidden: torch.Tensor, lm_head: torch.nn.Module, target
         logp = logits.gather(-1, t[:, None]).squeeze(-1) - lse
         if not with_entropy:
             return logp
+        if entropy_grad:
+            return logp, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         with torch.no_grad():  # after the log-prob's ops: a checkpoint's recompute stops before this
             probs = (logits - lse[:, None]).exp_()  # one [chunk, V] temporary, reused in place
             return logp, lse - probs.mul_(logits).sum(-1)
@@ -111,11 +115,13 @@ def _decoder_and_head(model):
 
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
-                        t_max: int, temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False):
+                        t_max: int, temperature: float = 1.0, chunk_tokens: int = 1024, with_entropy: bool = False,
+                        entropy_grad: bool = False):
     """log softmax(logits / temperature) of each completion token: [B, T] (zeros past a completion's end are not
     guaranteed: mask them). Only the hidden states of the completion positions reach the output head, through the
     chunked selective log-softmax; the full [B, L, V] logits are never formed. with_entropy: (log-probs, entropy
-    [B, T]), the entropy of the policy's distribution at each completion position (see selective_log_softmax)."""
+    [B, T]), the entropy of the policy's distribution at each completion position (see selective_log_softmax; with
+    its gradient when entropy_grad)."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     width = input_ids.shape[1]
@@ -124,21 +130,22 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     parts = _decoder_and_head(model)
     if parts is None:
         return dense_completion_logprobs(model, input_ids, attention_mask, prompt_lengths, t_max, temperature,
-                                         with_entropy)
+                                         with_entropy, entropy_grad)
     body, head = parts
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
     flat = selective_log_softmax(picked.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1), temperature,
-                                 chunk_tokens, with_entropy)
+                                 chunk_tokens, with_entropy, entropy_grad)
     if not with_entropy:
         return flat.view(targets.shape)
     return flat[0].view(targets.shape), flat[1].view(targets.shape)
 
 
 def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
-                              t_max: int, temperature: float = 1.0, with_entropy: bool = False):
+                              t_max: int, temperature: float = 1.0, with_entropy: bool = False,
+                              entropy_grad: bool = False):
     """The reference: full logits of every position, then log_softmax and gather ([B, L, V] in memory);
-    with_entropy: (log-probs, entropy) as completion_logprobs."""
+    with_entropy / entropy_grad: (log-probs, entropy) as completion_logprobs."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     width = input_ids.shape[1]
@@ -151,5 +158,7 @@ def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: to
     logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
     if not with_entropy:
         return logp
+    if entropy_grad:
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
     with torch.no_grad():
         return logp, -(logp_all.exp() * logp_all).sum(-1)

@@ -40,6 +40,16 @@ class SandboxSettings(BaseModel):
     output_chars: int = Field(2000, ge=16, le=1_000_000, description="What the model reads of the output, at most.")
 
 
+class DynamicSampling(BaseModel):
+    """DAPO's dynamic sampling: refill the step's batch with groups whose rewards differ."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    max_rounds: int = Field(4, ge=1, le=64, description="Generation rounds per step at most (the first included), "
+                                                        "each of prompts_per_step new prompts; when the cap is "
+                                                        "reached the step trains on the differing groups it has.")
+
+
 class RolloutConfig(BaseModel):
     """How rollouts are generated and how the policy is evaluated."""
 
@@ -64,8 +74,15 @@ class RolloutConfig(BaseModel):
     num_workers: int = Field(1, ge=1, le=1024, description="Rollout worker actors (Ray runtime only).")
     worker_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each rollout worker actor (Ray runtime).")
     worker_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each rollout worker actor (Ray runtime).")
-    overlap: bool = Field(False, description="Ray runtime: generate batch t+1 while the learner trains on batch t "
-                                             "(one version stale at most; the ratio uses the sampling log-probs).")
+    max_off_policy_steps: int = Field(0, ge=0, le=16, description=(
+        "k, asynchronous rollouts: the generation of step t + k starts, with the newest policy, before step t "
+        "trains, so on Ray the workers generate while the learner trains; a batch is sampled by a policy at most k "
+        "versions old (recorded per step as policy_version; older batches are dropped and regenerated, and "
+        "counted). 0: synchronous, on-policy. Generations in flight are kept in checkpoints."))
+    dynamic_sampling: DynamicSampling | None = Field(None, description=(
+        "DAPO's dynamic sampling with refill (arXiv 2503.14476): groups whose rewards are all equal are dropped and "
+        "more prompts are generated until the step has prompts_per_step groups that differ, at most max_rounds "
+        "generation rounds (null: off)."))
     eval_size: int = Field(1000, ge=1, description="Held-out (test split) problems in each greedy evaluation.")
     eval_pass_n: int = Field(0, ge=0, le=4096, description="Samples per problem for pass@k (k = 1, 2, 4, ..., n) in "
                                                             "each evaluation; 0 = greedy accuracy only.")
@@ -104,11 +121,22 @@ class RolloutConfig(BaseModel):
         """Whether rollouts are conversations with an environment or tools."""
         return self.environment is not None or bool(self.tools)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "overlap" in data:
+            raise ValueError("rollout.overlap is now rollout.max_off_policy_steps (overlap: true is "
+                             "max_off_policy_steps: 1; false is 0)")
+        return data
+
     @model_validator(mode="after")
-    def _multi_turn_rules(self) -> RolloutConfig:
-        if self.multi_turn and self.overlap:
-            raise ValueError("rollout.overlap generates the next step's prompts in one engine call, which multi-turn "
-                             "rollouts (rollout.environment / rollout.tools) cannot; turn overlap off")
+    def _async_rules(self) -> RolloutConfig:
+        if self.multi_turn and self.max_off_policy_steps:
+            raise ValueError("rollout.max_off_policy_steps generates later steps' prompts in one engine call, which "
+                             "multi-turn rollouts (rollout.environment / rollout.tools) cannot; set it to 0")
+        if self.dynamic_sampling is not None and self.max_off_policy_steps:
+            raise ValueError("rollout.dynamic_sampling refills a step with the current policy, which would mix policy "
+                             "versions in one off-policy batch; set max_off_policy_steps: 0 or dynamic_sampling: null")
         return self
 
 

@@ -100,7 +100,7 @@ def prepare_model(cfg: JobConfig, progress: bool = True, console=None) -> Prepar
         completion_limit = agent.settings.max_episode_tokens if agent is not None else max_new_tokens
         scorer = Scorer.for_job(cfg.rewards, task, completion_limit, cfg.run.steps, cfg.rollout.accuracy_reward, warn,
                                 environment_reward=agent.reward_name if agent is not None else None)
-        algorithm = ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner)
+        algorithm = ALGORITHMS.get(cfg.learner.algorithm)(cfg.learner, rollout_correction(cfg))
         algorithm.check_task(type(task))
         examples = task.examples("test", min(cfg.rollout.eval_size, 64), seed=cfg.rollout.eval_seed)
         longest = max(len(ids) for ids in encoder.ids(examples)) + completion_limit
@@ -112,6 +112,19 @@ def prepare_model(cfg: JobConfig, progress: bool = True, console=None) -> Prepar
             from None
     check_lengths(cfg, model_dir, longest)
     return PreparedJob(cfg, model_dir, encoder, task, scorer, algorithm, max_new_tokens, probe, agent)
+
+
+def rollout_correction(cfg: JobConfig) -> str | None:
+    """learner.rollout_correction resolved: auto is token_truncate where the sampling engine's log-probs can differ
+    from the learner's beyond rounding (the vLLM engine, or batches up to rollout.max_off_policy_steps versions old),
+    off (None) where the rollouts are the learner's own current policy."""
+    from rollout.engines import resolve_engine_name
+
+    mode = cfg.learner.rollout_correction
+    if mode == "auto":
+        differ = cfg.rollout.max_off_policy_steps > 0 or resolve_engine_name(cfg.rollout.engine) == "vllm"
+        return "token_truncate" if differ else None
+    return None if mode == "off" else mode
 
 
 def make_agent(cfg: JobConfig, encoder: PromptEncoder, max_new_tokens: int) -> Agent:

@@ -14,6 +14,7 @@ import torch
 import learner.losses as losses
 from learner.losses import (
     ADVANTAGES,
+    KL_ESTIMATORS,
     POLICY_LOSSES,
     LossInputs,
     LossSettings,
@@ -192,7 +193,8 @@ def test_sapo_gate_is_the_identity_gradient_on_policy():
 
 def test_registries_refuse_duplicates_and_list_the_names():
     assert POLICY_LOSSES.names() == sorted(KINDS)
-    assert ADVANTAGES.names() == ["batch", "group", "none"]
+    assert ADVANTAGES.names() == ["batch", "group", "none", "reinforce_pp", "rloo"]
+    assert KL_ESTIMATORS.names() == ["k1", "k2", "k3", "low_var_kl"]
     with pytest.raises(ValueError, match="already registered"):
         POLICY_LOSSES.register("grpo")(lambda inputs, log_ratio, settings: inputs.logp.sum())
     with pytest.raises(KeyError, match="bnpo, cispo, dapo, dr_grpo, grpo, sapo"):

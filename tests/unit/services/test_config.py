@@ -28,7 +28,10 @@ def test_reference_job_parses():
     ({"learner": {"loss_type": "ppo"}}, "learner.loss_type", "grpo"),
     ({"learner": {"epsilon": 0.2, "epsilon_high": 0.1}}, "learner", "epsilon_high must be >= epsilon"),
     ({"run": {"name": "a/b"}}, "run.name", "pattern"),
-    ({"rollout": {"environment": "sums_retry", "overlap": True}}, "rollout", "turn overlap off"),
+    ({"rollout": {"environment": "sums_retry", "max_off_policy_steps": 1}}, "rollout", "set it to 0"),
+    ({"rollout": {"overlap": True}}, "rollout", "max_off_policy_steps: 1"),
+    ({"rollout": {"dynamic_sampling": {}, "max_off_policy_steps": 1}}, "rollout", "dynamic_sampling: null"),
+    ({"learner": {"advantage_estimator": "rloo", "scale_rewards": "none"}}, "learner", "remove scale_rewards"),
     ({"rollout": {"tools": ["python"], "tool_parser": "hermes"}}, "rollout.tool_parser", "xml_json"),
 ])
 def test_bad_fields_are_named(data, field, hint):
