@@ -68,7 +68,7 @@ def main() -> None:
         run_on_ray(job(2), Path(tmp) / "ray2", progress=False)
         ray2 = seconds_per_step(Path(tmp) / "ray2")
         overlapped = job(1)
-        overlapped.rollout.overlap = True
+        overlapped.rollout.max_off_policy_steps = 1
         run_on_ray(overlapped, Path(tmp) / "ray1_overlap", progress=False)
         ray1_overlap = seconds_per_step(Path(tmp) / "ray1_overlap")
         ray.shutdown()

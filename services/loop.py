@@ -265,9 +265,25 @@ class Evaluator:
             self.samples(record)
 
 
+@dataclass
+class InFlight:
+    """A generation started before its step (asynchronous rollouts): its handle, or its groups once collected, and the
+    policy version that samples it."""
+
+    version: int
+    handle: object = None
+    groups: list | None = None
+
+    def result(self, runtime) -> list:
+        if self.groups is None:
+            self.groups, self.handle = runtime.collect(self.handle), None
+        return self.groups
+
+
 class Rollouts:
-    """Each step's prompts and their sampled groups; with rollout.overlap the next step's generation starts before
-    this step trains (sampled by the policy one version behind, corrected by the learner's importance ratio)."""
+    """Each step's prompts and their sampled groups. With rollout.max_off_policy_steps = k the generations of the
+    next k steps are in flight while this step trains: step t + k's starts with the newest policy (version t) before
+    step t trains, so a batch is at most k versions old (the learner corrects for it, learner/learner.py)."""
 
     def __init__(self, job: PreparedJob, runtime):
         cfg, task = job.cfg, job.task
@@ -275,32 +291,103 @@ class Rollouts:
         self.agent = job.agent
         pool_size = min(getattr(task, "max_train_pool", TRAIN_POOL_MAX), cfg.run.steps * cfg.rollout.prompts_per_step)
         self.pool = task.examples("train", pool_size, seed=cfg.run.seed)
-        self.pending = None  # (step it is for, handle, policy version that samples it)
+        self.in_flight: dict[int, InFlight] = {}  # step -> its generation, started ahead
+        self.dropped = 0  # generations in flight dropped since the last step's row (a leap, a branch switch)
 
     def examples(self, step: int) -> list:
         return prompts_for_step(self.pool, self.cfg.run.seed, step, self.cfg.rollout.prompts_per_step)
 
-    def sampling(self, step: int) -> SamplingParams:
+    def refill_examples(self, step: int, round_: int) -> list:
+        """Dynamic sampling's extra prompts of a step's round >= 1: a seeded draw from the training pool."""
+        rng = random.Random(f"{self.cfg.run.seed}:refill:{step}:{round_}")
+        return [self.pool[i] for i in rng.sample(range(len(self.pool)),
+                                                 min(self.cfg.rollout.prompts_per_step, len(self.pool)))]
+
+    def sampling(self, step: int, round_: int = 0) -> SamplingParams:
         r = self.cfg.rollout
         return SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=self.max_new,
-                              seed=step_seed(self.cfg.run.seed, step))
+                              seed=(step_seed(self.cfg.run.seed, step) + 104_729 * round_) % (2**31 - 1))
 
-    def take(self, step: int, last: int) -> tuple[list, list, int]:
-        """(examples, groups, policy version that sampled them) of a step; starts the next step's when overlapping."""
+    def generate(self, examples: list, params: SamplingParams) -> list:
+        return generate_groups(self.runtime, examples, self.encoder, params, self.agent)
+
+    def take(self, step: int) -> tuple[list, list, int]:
+        """(examples, groups, policy version that sampled them) of a step; starts the generations of the steps up to
+        step + k (the run's last step at most) that are not in flight yet, with the policy of now (version step)."""
+        k = self.cfg.rollout.max_off_policy_steps
         examples = self.examples(step)
-        if self.pending is not None and self.pending[0] == step:
-            groups, version = self.runtime.collect(self.pending[1]), self.pending[2]
+        pending = self.in_flight.pop(step, None)
+        if pending is not None and step - pending.version > k:  # older than the bound: dropped and regenerated
+            self.dropped += 1
+            pending = None
+        if pending is not None:
+            groups, version = pending.result(self.runtime), pending.version
         else:
-            groups, version = generate_groups(self.runtime, examples, self.encoder, self.sampling(step), self.agent), step
-        self.pending = None
-        if self.cfg.rollout.overlap and step + 1 < last:
-            handle = self.runtime.generate_async(self.encoder.ids(self.examples(step + 1)), self.sampling(step + 1))
-            self.pending = (step + 1, handle, step)
+            groups, version = self.generate(examples, self.sampling(step)), step
+        for ahead in range(step + 1, min(step + k, self.cfg.run.steps - 1) + 1):
+            if ahead not in self.in_flight:
+                handle = self.runtime.generate_async(self.encoder.ids(self.examples(ahead)), self.sampling(ahead))
+                self.in_flight[ahead] = InFlight(step, handle)
         return examples, groups, version
 
     def drop(self) -> None:
-        """Forget a generation started for the next step (the policy it samples is no longer the run's)."""
-        self.pending = None
+        """Forget the generations in flight (the policy they sample is no longer the run's); counted."""
+        self.dropped += len(self.in_flight)
+        self.in_flight.clear()
+
+    def step_metrics(self, step: int, policy_version: int) -> dict:
+        """The step's async/ metrics (with max_off_policy_steps > 0): the batch's staleness, what is in flight and
+        what was dropped since the last row."""
+        if not self.cfg.rollout.max_off_policy_steps:
+            return {}
+        row = {"async/staleness": step - policy_version, "async/in_flight": len(self.in_flight),
+               "async/dropped": self.dropped}
+        self.dropped = 0
+        return row
+
+    def checkpoint_state(self) -> dict:
+        """What is in flight, collected (this waits for it), for the checkpoint: a resumed run trains on the same
+        batches as the straight run."""
+        return {"in_flight": {step: (p.version, p.result(self.runtime)) for step, p in sorted(self.in_flight.items())}}
+
+    def restore(self, saved: dict) -> None:
+        self.in_flight = {int(step): InFlight(version, groups=groups)
+                          for step, (version, groups) in saved.get("in_flight", {}).items()}
+
+
+def differing_groups(scores: Scores, group_size: int) -> list[int]:
+    """Indices of the groups whose training rewards are not all equal."""
+    rewards = scores.training_rewards(group_size)
+    return [i for i in range(len(rewards) // group_size)
+            if len(set(rewards[i * group_size:(i + 1) * group_size])) > 1]
+
+
+def dynamic_sampling(job: PreparedJob, rollouts: Rollouts, step: int, examples: list, groups: list, scores: Scores
+                     ) -> tuple[list, list, Scores, dict]:
+    """DAPO's dynamic sampling with refill (arXiv 2503.14476): keep the groups whose rewards differ and generate
+    rounds of new prompts until there are prompts_per_step of them or rollout.dynamic_sampling.max_rounds rounds
+    have run; the step trains on the first prompts_per_step kept (all of round 0 when none differ: its advantages are
+    zero). Returns the step's examples, groups, scores and its dynamic_sampling/ metrics."""
+    cfg = job.cfg
+    quota, group_size = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    rounds = [(examples, groups, scores)]
+    kept = [(0, i) for i in differing_groups(scores, group_size)]
+    while len(kept) < quota and len(rounds) < cfg.rollout.dynamic_sampling.max_rounds:
+        more = rollouts.refill_examples(step, len(rounds))
+        more_groups = rollouts.generate(more, rollouts.sampling(step, len(rounds)))
+        more_scores = job.scorer.score(more, more_groups, step)
+        kept += [(len(rounds), i) for i in differing_groups(more_scores, group_size)]
+        rounds.append((more, more_groups, more_scores))
+    differing = len(kept)
+    kept = kept[:quota] or [(0, i) for i in range(len(groups))]
+    all_rewards = [r for _, _, sc in rounds for r in sc.training_rewards(group_size)]
+    stats = {"dynamic_sampling/rounds": len(rounds),
+             "dynamic_sampling/generated_groups": sum(len(g) for _, g, _ in rounds),
+             "dynamic_sampling/differing_groups": differing, "dynamic_sampling/trained_groups": len(kept),
+             "dynamic_sampling/cap_reached": int(differing < quota),
+             "dynamic_sampling/generated_reward_mean": sum(all_rewards) / len(all_rewards)}
+    picked = Scores.gather([(rounds[r][2], i, group_size) for r, i in kept])
+    return [rounds[r][0][i] for r, i in kept], [rounds[r][1][i] for r, i in kept], picked, stats
 
 
 def progress_bar(cfg: JobConfig, console, enabled: bool):
@@ -319,9 +406,10 @@ def progress_bar(cfg: JobConfig, console, enabled: bool):
     return Progress(*columns, console=console, disable=not enabled)
 
 
-def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, leaps, log: RunLog, console,
-                    step: int) -> None:
-    """The learner died: continue from the last checkpoint (or the start) with its evaluations and leap state."""
+def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, leaps, rollouts: Rollouts, log: RunLog,
+                    console, step: int) -> None:
+    """The learner died: continue from the last checkpoint (or the start) with its evaluations, leap state and the
+    generations it had in flight."""
     checkpoints = list_checkpoints(run_dir)
     from_step, path = checkpoints[-1] if checkpoints else (0, None)
     console.print(f"[yellow]learner lost ({err}); restarting from step {from_step}")
@@ -329,6 +417,8 @@ def recover_learner(err: Exception, runtime, run_dir: Path, state: LoopState, le
     saved = runtime.resume(path)  # the learner steps spent since stay counted: they were computed
     state.evals = [e for e in (saved.get("evals") or state.evals[:1]) if e["step"] <= from_step]
     leaps.restore(saved)
+    rollouts.drop()
+    rollouts.restore(saved)
 
 
 def leap_decision(cfg: JobConfig, runtime, leaps, state: LoopState, rollouts: Rollouts, log: RunLog, evaluate,
@@ -358,11 +448,13 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
     evaluate = Evaluator(job, runtime, log, SampleLog(run_dir, sink))
     note_dropped_prompts(cfg, job.task, log, console)
     leaps = leap_controller(job, runtime, run_dir, console, sink, requests)
-    checkpoint = partial(save_checkpoint, job, runtime, run_dir, state, leaps)
+    checkpoint = partial(save_checkpoint, job, runtime, run_dir, state, leaps, rollouts)
     last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
     decide = partial(leap_decision, cfg, runtime, leaps, state, rollouts, log, evaluate, last=last)
     if resume_from is not None:
-        state.restore(runtime.resume(resume_from), runtime, leaps)
+        saved = runtime.resume(resume_from)
+        state.restore(saved, runtime, leaps)
+        rollouts.restore(saved)
         console.print(f"resumed from {resume_from} (step {runtime.step_count})")
     with log.tracking(cfg, runtime.step_count), progress_bar(cfg, console, progress) as bar:
         if runtime.step_count == 0:
@@ -373,9 +465,12 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                             acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
         while runtime.step_count < last:
             step, t0 = runtime.step_count, time.time()
-            examples, groups, policy_version = rollouts.take(step, last)
+            examples, groups, policy_version = rollouts.take(step)
             t_gen = time.time() - t0
             scores = job.scorer.score(examples, groups, step)
+            refill = {}
+            if cfg.rollout.dynamic_sampling is not None:
+                examples, groups, scores, refill = dynamic_sampling(job, rollouts, step, examples, groups, scores)
             rewards = scores.training_rewards(cfg.rollout.group_size)
             batch = job.algorithm.make_batch(groups, rewards, policy_version, task=job.task, examples=examples,
                                              tokenizer=job.encoder.tokenizer)
@@ -385,7 +480,7 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                 state.learner_steps += 1
                 row = {"step": done, **stats, **scores.metrics(),
                        **completion_metrics(groups, rewards, time.time() - t0), **episode_metrics(groups),
-                       "policy_version": policy_version,
+                       **refill, **rollouts.step_metrics(step, policy_version), "policy_version": policy_version,
                        "learner_version": step, "adapter_version": version, "gen_s": t_gen,
                        "step_s": time.time() - t0, "learner_steps": state.learner_steps}
                 log(row)
@@ -403,8 +498,7 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                     checkpoint(done, row)
                     decide(done)
             except LearnerLost as err:
-                recover_learner(err, runtime, run_dir, state, leaps, log, console, step)
-                rollouts.drop()
+                recover_learner(err, runtime, run_dir, state, leaps, rollouts, log, console, step)
                 if leaps.decision_due(runtime.step_count):
                     decide(runtime.step_count)
                 continue
@@ -419,13 +513,16 @@ def run_record(run_dir: Path, state: LoopState, leaps) -> tuple[dict, dict]:
     return {**record, "evals": state.evals}, {**record, "evals": state.evals[-1:]}
 
 
-def save_checkpoint(job: PreparedJob, runtime, run_dir: Path, state: LoopState, leaps, done: int, row: dict) -> Path:
-    """Checkpoint the current state, the leap state included (or return the existing checkpoint of this step)."""
+def save_checkpoint(job: PreparedJob, runtime, run_dir: Path, state: LoopState, leaps, rollouts: Rollouts, done: int,
+                    row: dict) -> Path:
+    """Checkpoint the current state, the leap state and the generations in flight included (or return the existing
+    checkpoint of this step)."""
     if checkpoint_dir(run_dir, done).exists():
         return checkpoint_dir(run_dir, done)
     cfg, (state_record, meta_record) = job.cfg, run_record(run_dir, state, leaps)
     meta = {"metrics": row, "wall_time": time.time() - state.started, "base_model": str(job.model_dir), **meta_record}
-    path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, **state_record})
+    path = runtime.checkpoint(meta, {"data_position": done * cfg.rollout.prompts_per_step, **state_record,
+                                     **rollouts.checkpoint_state()})
     if cfg.run.keep_checkpoints is not None:
         prune_checkpoints(run_dir, checkpoints_to_keep(cfg), protect=checkpoints_in_use(leaps))
     return path

@@ -229,11 +229,13 @@ class RayRuntime:
                             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
         learner_cls = ray.remote(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_restarts=3,
                                  runtime_env=env)(Learner)
-        # Threads per actor: without overlap the loop alternates between generating and training, so each actor may
-        # use every core of its node while it works; with overlap they run at once and keep to their reservation.
+        # Threads per actor: synchronous, the loop alternates between generating and training, so each actor may use
+        # every core of its node while it works; asynchronous (max_off_policy_steps > 0) they run at once and keep
+        # to their reservation.
         node_cpus = int(max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"]))
-        learner_threads = max(1, int(cfg.learner.num_cpus)) if cfg.rollout.overlap else node_cpus
-        worker_threads = (max(1, int(cfg.rollout.worker_cpus)) if cfg.rollout.overlap
+        asynchronous = cfg.rollout.max_off_policy_steps > 0
+        learner_threads = max(1, int(cfg.learner.num_cpus)) if asynchronous else node_cpus
+        worker_threads = (max(1, int(cfg.rollout.worker_cpus)) if asynchronous
                           else max(1, node_cpus // cfg.rollout.num_workers))
         self.learner = learner_cls.remote(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed,
                                           total_steps=cfg.run.steps, max_new_tokens=max_new_tokens,

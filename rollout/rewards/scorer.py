@@ -73,6 +73,21 @@ class Scores:
             out[f"reward_errors/{name}"] = self.errors[name]
         return out
 
+    @classmethod
+    def gather(cls, picks: list[tuple[Scores, int, int]]) -> Scores:
+        """The scores of chosen groups, in order: picks of (scores, group index, group size); errors add up over the
+        distinct Scores picked from."""
+        names = list(picks[0][0].values)
+        values: dict[str, list[float | None]] = {name: [] for name in names}
+        totals: list[float | None] = []
+        for scores, group, size in picks:
+            rows = slice(group * size, (group + 1) * size)
+            for name in names:
+                values[name] += scores.values[name][rows]
+            totals += scores.totals[rows]
+        distinct = list({id(p[0]): p[0] for p in picks}.values())
+        return cls(values, totals, {name: sum(s.errors[name] for s in distinct) for name in names})
+
     def training_rewards(self, group_size: int) -> list[float]:
         """The totals for the learner, grouped consecutively by `group_size`: an unscorable completion takes its
         group's mean total (0.0 when none of the group was scored), so it gets no advantage."""

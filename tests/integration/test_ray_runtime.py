@@ -1,4 +1,4 @@
-"""The Ray runtime: the same job on actors, overlap's staleness bound, and surviving killed actors."""
+"""The Ray runtime: the same job on actors, the one-step-off-policy staleness bound, and surviving killed actors."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def test_ray_run_matches_single_process(ray_local, default_model_dir, tmp_path):
     assert json.loads((tmp_path / "ray" / "adapters" / "current.json").read_text())["version"] == "000002"
 
 
-def test_overlap_respects_staleness_bound(ray_local, default_model_dir, tmp_path):
-    cfg = job(default_model_dir, steps=4, overlap=True)
+def test_one_step_off_policy_respects_staleness_bound(ray_local, default_model_dir, tmp_path):
+    cfg = job(default_model_dir, steps=4, max_off_policy_steps=1)
     run_on_ray(cfg, tmp_path / "run", progress=False)
     lags = [r["learner_version"] - r["policy_version"] for r in step_rows(tmp_path / "run")]
     assert lags == [0, 1, 1, 1], lags  # batch t+1 is sampled by version t while the learner trains batch t
