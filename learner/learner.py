@@ -4,10 +4,11 @@ advantages and loss settings (docs/methods.md#grpo):
     advantages A = batch.advantages   (per sequence for GRPO, per token for Rank-GRPO)
     for mu optimizer steps:
         logp = log pi_theta(o_t | q, o_<t)   (LoRA policy, tokens of the completions)
-        old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates, or the
-                             rollout engine's when an overlapped batch was sampled by the previous policy)
+        old  = log pi_old   (= logp.detach() when mu = 1, so rho = 1; else computed once before the updates; or,
+                             without the rollout correction, the rollout engine's for a batch an older version sampled)
+        w    = rollout correction weights from old and the engine's log-probs (learner.rollout_correction)
         ref  = log pi_ref   (adapter disabled, or a frozen copy of the base under full-parameter RL; beta > 0 only)
-        loss = policy_loss(logp, old, A, ref; batch.loss)   (learner/losses.py POLICY_LOSSES)
+        loss = policy_loss(logp, old, A, ref, w; batch.loss) - entropy_coef x H   (learner/losses.py POLICY_LOSSES)
         optimizer step (learner.optimizer: AdamW, Prodigy or Schedule-Free AdamW) with gradient clipping and the
         LR schedule (times the reward-trend controller's multiplier, learner.lr_control)
     every K learner steps, with learner.outer_momentum: the outer update of learner/outer.py; with

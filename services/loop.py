@@ -488,6 +488,7 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                 if restored is not None:  # the run continues from another branch's checkpoint
                     state.evals = restored.get("evals", state.evals)
                     rollouts.drop()
+                    rollouts.restore(restored)  # what that checkpoint had in flight, sampled on its branch
                     log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
                     update_checkpoint_record(checkpoint_dir(run_dir, runtime.step_count),
                                              *run_record(run_dir, state, leaps))

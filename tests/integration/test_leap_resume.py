@@ -2,7 +2,9 @@
 as the run that was not stopped: the whole leap state is in every checkpoint. The job's verdicts are fixed by its
 config (accept_margin and judge_margin 1: every candidate is applied and every leap is kept), so which leaps happen
 and where they land hold on any machine's float trajectory; the losses of the local runs agree to 1e-6 (same
-machine, same code path)."""
+machine, same code path). Rollouts run one step ahead (max_off_policy_steps 1), so every checkpoint also holds
+the generation in flight, and a leap or a branch switch drops it (tests/integration/test_async_rollouts.py checks
+the versions)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def leaping_job(model_dir):
     branch continues from 9."""
     return parse_config({
         "model": {"path": str(model_dir)},
-        "rollout": {"task": "arith", "prompts_per_step": 8, "group_size": 4, "eval_size": 16, "worker_cpus": 0.5},
+        "rollout": {"task": "arith", "prompts_per_step": 8, "group_size": 4, "eval_size": 16, "worker_cpus": 0.5,
+                    "max_off_policy_steps": 1},
         "learner": {"lr": 2e-3, "num_cpus": 0.5},
         "run": {"steps": STEPS, "checkpoint_every": 2, "eval_every": 4, "seed": 1},
         "extrapolate": {"method": "rl_extra", "window": 2, "horizon": 2, "min_horizon": 2, "max_horizon": 2,
@@ -67,6 +70,23 @@ def assert_same_run(resumed_summary, resumed_dir, straight, *, loss_tol: float |
     if loss_tol is not None:
         assert all(abs(x - y) < loss_tol for (_, x), (_, y) in zip(a, b, strict=True)), (a, b)
     assert [e["step"] for e in resumed_summary.evals] == [e["step"] for e in summary.evals]
+
+
+def test_leaps_and_branch_switches_drop_the_generations_in_flight(straight):
+    """No step after a leap or a branch switch trains on a batch sampled before it: its policy version is at least
+    the step the run continued from, and it is at most one version old."""
+    _, out = straight
+    rows = read_jsonl(out / METRICS)
+    switches = [r for r in rows if r.get("event") in ("leap_applied", "branch_switched")]
+    assert [r["event"] for r in switches][:1] == ["leap_applied"] and len(switches) >= 2
+    floor, dropped = 0, 0
+    for r in rows:
+        if r.get("event") in ("leap_applied", "branch_switched"):
+            floor = r["to_step"]
+        elif "loss" in r:
+            assert floor <= r["policy_version"] <= r["learner_version"] and r["async/staleness"] <= 1, (r, floor)
+            dropped += r["async/dropped"]
+    assert dropped >= len(switches)  # each switch abandoned the generation in flight
 
 
 @pytest.mark.parametrize("stop_after", [4, 8, 9])

@@ -43,6 +43,8 @@ def test_ray_run_matches_single_process(ray_local, default_model_dir, tmp_path):
     assert [r["reward_mean"] for r in a] == [r["reward_mean"] for r in b]
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-5
     assert local.acc_before == on_ray.acc_before
+    # max_off_policy_steps 0 (the default): synchronous, every batch sampled by the version it trains
+    assert all(r["policy_version"] == r["learner_version"] and "async/staleness" not in r for r in a + b)
     assert (tmp_path / "ray" / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "ray" / "adapters" / "current.json").read_text())["version"] == "000002"
 
