@@ -142,6 +142,9 @@ class LearnerCommon(Section):
     micro_batch_size: int = Field(256, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     gradient_checkpointing: bool = Field(False, description="Recompute the decoder's activations in the backward pass "
                                                             "(less memory, ~30% more compute).")
+    padding_free: bool = Field(False, description=(
+        "Pack each micro-batch's sequences into rows without padding (position ids restart per sequence; the model "
+        "attends within each sequence only): less compute and memory when lengths vary (bench/packing.py)."))
     logprob_chunk_tokens: int = Field(1024, ge=1, description="Completion tokens per chunk of the selective "
                                                               "log-softmax: peak logits memory is this x vocabulary.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")

@@ -40,7 +40,7 @@ from learner.losses import (
     rollout_correction_weights,
 )
 from learner.outer import OuterMomentum
-from learner.policy import completion_logprobs, load_policy, pad_sequences
+from learner.policy import completion_logprobs, load_policy, packed_completion_logprobs, pad_sequences
 from learner.step_control import AdaptiveStep, LrControl
 
 __all__ = ["Learner", "RolloutBatch"]
@@ -161,10 +161,11 @@ class Learner:
         scores = self.mean_logprobs(*self.probe)
         return sum(scores) / len(scores)
 
-    def _logprobs(self, rows, t_max: int, with_entropy: bool = False, entropy_grad: bool = False):
+    def _logprobs(self, rows, t_max: int, with_entropy: bool = False, entropy_grad: bool = False, model=None):
         input_ids, attention, prompt_lengths = rows
-        return completion_logprobs(self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
-                                   self.cfg.logprob_chunk_tokens, with_entropy, entropy_grad)
+        logprobs = packed_completion_logprobs if self.cfg.padding_free else completion_logprobs
+        return logprobs(model or self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
+                        self.cfg.logprob_chunk_tokens, with_entropy, entropy_grad)
 
     def _entropy_settings(self, settings):
         """The loss settings of one optimizer update: with adaptive entropy control, its coefficient, applied only
@@ -176,9 +177,7 @@ class Learner:
 
     def _reference_logprobs(self, rows, t_max: int):
         if self.reference is not None:
-            input_ids, attention, prompt_lengths = rows
-            return completion_logprobs(self.reference, input_ids, attention, prompt_lengths, t_max, self.temperature,
-                                       self.cfg.logprob_chunk_tokens)
+            return self._logprobs(rows, t_max, model=self.reference)
         with self.model.disable_adapter():
             return self._logprobs(rows, t_max)
 

@@ -141,6 +141,66 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return flat[0].view(targets.shape), flat[1].view(targets.shape)
 
 
+def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
+    """First-fit decreasing: the sequence indices of each packed row, no row over row_tokens tokens (a longer
+    sequence gets a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(row_tokens - lengths[i])
+    return rows
+
+
+def packed_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               prompt_lengths: list[int], t_max: int, temperature: float = 1.0,
+                               chunk_tokens: int = 1024, with_entropy: bool = False, entropy_grad: bool = False):
+    """completion_logprobs without padding: the right-padded rows are unpadded and packed, first-fit, into rows no
+    longer than the longest sequence, each sequence's position ids restarting at 0 and no attention mask, so the
+    model attends within each sequence only (transformers' packed-sequence masks for sdpa / eager; flash-attention's
+    varlen kernel on CUDA); the completion positions are gathered back to [B, T]. Equal to the padded path up to
+    rounding (a test pins it to 1e-5 on SmolLM2 with ragged lengths)."""
+    device = next(model.parameters()).device
+    parts = _decoder_and_head(model)
+    if parts is None:
+        raise ValueError("padding-free batches need a model whose logits are lm_head(h) (no soft-capping)")
+    body, head = parts
+    lengths = attention_mask.sum(-1).tolist()
+    width = max(lengths)
+    rows = pack_rows(lengths, width)
+    packed = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    starts = [0] * len(lengths)  # where each sequence begins in the flattened packed rows
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            packed[r, at:at + lengths[i]] = input_ids[i, :lengths[i]]
+            positions[r, at:at + lengths[i]] = torch.arange(lengths[i])
+            starts[i] = r * width + at
+            at += lengths[i]
+        positions[r, at:] = torch.arange(width - at)  # the tail: a sequence of its own that nothing reads
+    packed, positions = packed.to(device), positions.to(device)
+    hidden = body(input_ids=packed, position_ids=positions, use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    offsets = completion_positions(prompt_lengths, t_max, width).clamp(min=0)  # within each sequence
+    ends = torch.tensor(lengths)[:, None] - 1
+    within = torch.minimum(offsets, ends - 1).clamp(min=0)  # past a completion's end: any position of its own
+    flat_index = (torch.tensor(starts)[:, None] + within).to(device)
+    targets = packed.reshape(-1)[(flat_index + 1).clamp(max=packed.numel() - 1)]
+    picked = hidden[flat_index.reshape(-1)]
+    out = selective_log_softmax(picked, head, targets.reshape(-1), temperature, chunk_tokens, with_entropy,
+                                entropy_grad)
+    if not with_entropy:
+        return out.view(flat_index.shape)
+    return out[0].view(flat_index.shape), out[1].view(flat_index.shape)
+
+
 def dense_completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: list[int],
                               t_max: int, temperature: float = 1.0, with_entropy: bool = False,
                               entropy_grad: bool = False):

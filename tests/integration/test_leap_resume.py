@@ -73,8 +73,10 @@ def assert_same_run(resumed_summary, resumed_dir, straight, *, loss_tol: float |
 
 
 def test_leaps_and_branch_switches_drop_the_generations_in_flight(straight):
-    """No step after a leap or a branch switch trains on a batch sampled before it: its policy version is at least
-    the step the run continued from, and it is at most one version old."""
+    """No step trains on a batch of an abandoned branch: after a leap to step T nothing in flight survives (versions
+    >= T); after a switch to the checkpoint of step T the run takes what that checkpoint had in flight, sampled on
+    its own branch by version T - 1 (versions >= T - 1); a version is never ahead of the learner, nor more than one
+    behind."""
     _, out = straight
     rows = read_jsonl(out / METRICS)
     switches = [r for r in rows if r.get("event") in ("leap_applied", "branch_switched")]
@@ -82,7 +84,7 @@ def test_leaps_and_branch_switches_drop_the_generations_in_flight(straight):
     floor, dropped = 0, 0
     for r in rows:
         if r.get("event") in ("leap_applied", "branch_switched"):
-            floor = r["to_step"]
+            floor = r["to_step"] - (r["event"] == "branch_switched")
         elif "loss" in r:
             assert floor <= r["policy_version"] <= r["learner_version"] and r["async/staleness"] <= 1, (r, floor)
             dropped += r["async/dropped"]
