@@ -178,11 +178,13 @@ class LoopState:
     learner_steps: int = 0
     started: float = field(default_factory=time.time)
 
-    def restore(self, saved: dict, runtime, leaps) -> None:
-        """Continue a resumed run: its evaluations, the learner steps it had spent and its leap state."""
+    def restore(self, saved: dict, runtime, leaps, rollouts) -> None:
+        """Continue a resumed run: its evaluations, the learner steps it had spent, its leap state and the
+        generations it had in flight."""
         self.evals = saved.get("evals", [])
         self.learner_steps = saved.get("learner_steps", runtime.step_count)
         leaps.restore(saved)
+        rollouts.restore(saved)
 
 
 class RunLog:
@@ -354,6 +356,39 @@ class Rollouts:
         self.in_flight = {int(step): InFlight(version, groups=groups)
                           for step, (version, groups) in saved.get("in_flight", {}).items()}
 
+    def switch_to(self, saved: dict) -> None:
+        """The run continues from another branch's checkpoint: what is in flight is dropped, and what that
+        checkpoint had in flight (sampled on its branch) is taken."""
+        self.drop()
+        self.restore(saved)
+
+
+@dataclass
+class SampledStep:
+    """A step's prompts, their groups, the policy version that sampled them, their scores and training rewards, and
+    the sampling metrics of the step's row."""
+
+    examples: list
+    groups: list
+    policy_version: int
+    scores: Scores
+    rewards: list[float]
+    metrics: dict
+
+
+def sample_step(job: PreparedJob, rollouts: Rollouts, step: int) -> SampledStep:
+    """Take the step's groups (generated now or in flight), score them, refill them by dynamic sampling."""
+    t0 = time.time()
+    examples, groups, version = rollouts.take(step)
+    gen_s = time.time() - t0
+    scores = job.scorer.score(examples, groups, step)
+    refill = {}
+    if job.cfg.rollout.dynamic_sampling is not None:
+        examples, groups, scores, refill = dynamic_sampling(job, rollouts, step, examples, groups, scores)
+    metrics = {**scores.metrics(), **refill, **rollouts.step_metrics(step, version), "gen_s": gen_s}
+    return SampledStep(examples, groups, version, scores, scores.training_rewards(job.cfg.rollout.group_size),
+                       metrics)
+
 
 def differing_groups(scores: Scores, group_size: int) -> list[int]:
     """Indices of the groups whose training rewards are not all equal."""
@@ -452,9 +487,7 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
     last = min(cfg.run.steps, stop_after) if stop_after is not None else cfg.run.steps
     decide = partial(leap_decision, cfg, runtime, leaps, state, rollouts, log, evaluate, last=last)
     if resume_from is not None:
-        saved = runtime.resume(resume_from)
-        state.restore(saved, runtime, leaps)
-        rollouts.restore(saved)
+        state.restore(runtime.resume(resume_from), runtime, leaps, rollouts)
         console.print(f"resumed from {resume_from} (step {runtime.step_count})")
     with log.tracking(cfg, runtime.step_count), progress_bar(cfg, console, progress) as bar:
         if runtime.step_count == 0:
@@ -465,30 +498,23 @@ def drive(job: PreparedJob, runtime, run_dir: Path, *, resume_from: Path | None 
                             acc=state.evals[-1]["accuracy"] if state.evals else 0.0)
         while runtime.step_count < last:
             step, t0 = runtime.step_count, time.time()
-            examples, groups, policy_version = rollouts.take(step)
-            t_gen = time.time() - t0
-            scores = job.scorer.score(examples, groups, step)
-            refill = {}
-            if cfg.rollout.dynamic_sampling is not None:
-                examples, groups, scores, refill = dynamic_sampling(job, rollouts, step, examples, groups, scores)
-            rewards = scores.training_rewards(cfg.rollout.group_size)
-            batch = job.algorithm.make_batch(groups, rewards, policy_version, task=job.task, examples=examples,
-                                             tokenizer=job.encoder.tokenizer)
+            sampled = sample_step(job, rollouts, step)
+            batch = job.algorithm.make_batch(sampled.groups, sampled.rewards, sampled.policy_version, task=job.task,
+                                             examples=sampled.examples, tokenizer=job.encoder.tokenizer)
             try:
                 stats = runtime.train(batch)
                 version, done = runtime.publish(), runtime.step_count
                 state.learner_steps += 1
-                row = {"step": done, **stats, **scores.metrics(),
-                       **completion_metrics(groups, rewards, time.time() - t0), **episode_metrics(groups),
-                       **refill, **rollouts.step_metrics(step, policy_version), "policy_version": policy_version,
-                       "learner_version": step, "adapter_version": version, "gen_s": t_gen,
-                       "step_s": time.time() - t0, "learner_steps": state.learner_steps}
+                row = {"step": done, **stats, **sampled.metrics,
+                       **completion_metrics(sampled.groups, sampled.rewards, time.time() - t0),
+                       **episode_metrics(sampled.groups), "policy_version": sampled.policy_version,
+                       "learner_version": step, "adapter_version": version, "step_s": time.time() - t0,
+                       "learner_steps": state.learner_steps}
                 log(row)
                 restored = leaps.after_step(state.learner_steps, state.evals, partial(checkpoint, done, row))
                 if restored is not None:  # the run continues from another branch's checkpoint
                     state.evals = restored.get("evals", state.evals)
-                    rollouts.drop()
-                    rollouts.restore(restored)  # what that checkpoint had in flight, sampled on its branch
+                    rollouts.switch_to(restored)
                     log({"event": "branch_switched", "at_step": done, "to_step": runtime.step_count})
                     update_checkpoint_record(checkpoint_dir(run_dir, runtime.step_count),
                                              *run_record(run_dir, state, leaps))
