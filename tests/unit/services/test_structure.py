@@ -96,12 +96,18 @@ def test_both_runtimes_implement_the_protocol():
 def test_config_choices_are_registry_keys():
     from learner.algorithms import ALGORITHMS
     from learner.config import ALGORITHM_CONFIGS, GRPOConfig
-    from learner.losses import ADVANTAGES
+    from learner.losses import ADVANTAGES, CORRECTION_MODES, KL_ESTIMATORS
 
     assert set(ALGORITHMS.names()) == set(ALGORITHM_CONFIGS)
     for name, cls in ALGORITHM_CONFIGS.items():
         assert typing.get_args(cls.model_fields["algorithm"].annotation) == (name,)
-    ADVANTAGES.check_literal(GRPOConfig.model_fields["scale_rewards"].annotation)
+    # the group-mean baselines by scale_rewards, the others by advantage_estimator
+    ADVANTAGES.check_literal(GRPOConfig.model_fields["scale_rewards"].annotation, exclude=("rloo", "reinforce_pp"))
+    estimators = set(typing.get_args(GRPOConfig.model_fields["advantage_estimator"].annotation)) - {"grpo"}
+    assert estimators == set(ADVANTAGES.names()) - set(typing.get_args(GRPOConfig.model_fields["scale_rewards"].annotation))
+    KL_ESTIMATORS.check_literal(GRPOConfig.model_fields["kl_estimator"].annotation)
+    modes = set(typing.get_args(GRPOConfig.model_fields["rollout_correction"].annotation)) - {"auto", "off"}
+    assert modes == set(CORRECTION_MODES)
 
 
 def test_imports_point_down_the_layers():
