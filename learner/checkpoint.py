@@ -62,10 +62,12 @@ def missing_files(path: Path) -> list[str]:
     return weights + [f for f in STATE_FILES if not (path / f).is_file()]
 
 
-def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict, tokenizer=None) -> Path:
+def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict, tokenizer=None,
+                     weights: dict | None = None) -> Path:
     """Write the policy's weights (`model.save_pretrained`: a PEFT adapter, or a full model, then with its
     `tokenizer` so that the checkpoint is a loadable HF model directory) + state + meta to
-    <run_dir>/checkpoints/step-<step>/ atomically; returns its path."""
+    <run_dir>/checkpoints/step-<step>/ atomically; returns its path. weights: the model's full state dict when the
+    model itself holds shards of it (a sharded learner group)."""
     final = checkpoint_dir(run_dir, step)
     if final.exists():
         raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it "
@@ -73,7 +75,7 @@ def write_checkpoint(run_dir: Path, step: int, model, state: dict, meta: dict, t
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), **({"state_dict": weights} if weights is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     torch.save(state, tmp / "state.pt")

@@ -20,8 +20,9 @@ class ModelConfig(Section):
                                                "model of the job's task ($LEAPFROG_HOME/models/<task>-s<seed>, built on "
                                                "first use).")
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrapped default model (used when path is unset).")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the policy, in the learner "
-                                                                         "and both rollout engines.")
+    dtype: Literal["float32", "bfloat16", "float64"] = Field("float32", description=(
+        "Parameter dtype of the policy, in the learner and both rollout engines (float64: exact-parity checks on "
+        "CPU)."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the learner and the HF engine run; auto: "
                                                                        "cuda when the process sees a GPU.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
@@ -147,8 +148,16 @@ class LearnerCommon(Section):
         "attends within each sequence only): less compute and memory when lengths vary (bench/packing.py)."))
     logprob_chunk_tokens: int = Field(1024, ge=1, description="Completion tokens per chunk of the selective "
                                                               "log-softmax: peak logits memory is this x vocabulary.")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the learner actor (Ray runtime).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the learner actor (Ray runtime).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each learner rank (Ray runtime).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each learner rank (Ray runtime).")
+    num_workers: int = Field(1, ge=1, le=1024, description=(
+        "N: learner ranks in one torch.distributed process group (gloo on CPU, NCCL on CUDA), each given num_cpus "
+        "and num_gpus; the step's micro-batches are split across them and their gradients summed, so N ranks make "
+        "the update one rank makes on the whole batch (docs/architecture.md#learner-group)."))
+    sharding: Literal["none", "ddp", "fsdp"] = Field("none", description=(
+        "How N > 1 ranks hold the policy: ddp = a full replica on every rank, gradients all-reduced; fsdp = "
+        "parameters, gradients and optimizer state sharded with FSDP2's fully_shard (a model that does not fit one "
+        "device). none: one rank."))
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description=(
         "The LoRA adapter that is trained; null: full-parameter RL (every weight trains; checkpoints and leaps are "
         "whole models; beta > 0 keeps a frozen copy of the base; HF rollout engine only)."))
@@ -212,6 +221,23 @@ class LearnerCommon(Section):
             if self.outer_momentum is not None or self.adaptive_step is not None:
                 raise ValueError("optimizer schedule_free_adamw averages its own iterates; outer_momentum and "
                                  "adaptive_step need optimizer adamw or prodigy")
+        return self
+
+    @model_validator(mode="after")
+    def _check_group(self):
+        if self.num_workers > 1 and self.sharding == "none":
+            raise ValueError(f"learner.num_workers: {self.num_workers} needs learner.sharding: ddp (a replica per "
+                             f"rank) or fsdp (sharded parameters)")
+        if self.num_workers == 1 and self.sharding != "none":
+            raise ValueError(f"learner.sharding: {self.sharding} needs learner.num_workers >= 2; with one rank set "
+                             f"sharding: none")
+        if self.sharding == "fsdp":
+            if self.optimizer != "adamw":
+                raise ValueError(f"learner.sharding: fsdp shards the optimizer state, which optimizer {self.optimizer} "
+                                 f"reduces over whole tensors; use optimizer: adamw, or sharding: ddp")
+            if self.outer_momentum is not None or self.adaptive_step is not None:
+                raise ValueError("learner.outer_momentum and learner.adaptive_step act on whole parameter tensors; "
+                                 "use them with sharding: ddp, not fsdp")
         return self
 
     @model_validator(mode="after")

@@ -32,6 +32,7 @@ from common.weights import is_lora, load_weights, read_weights, swapped_weights
 from learner.algorithms import RolloutBatch, pad_rows
 from learner.checkpoint import read_checkpoint, write_checkpoint
 from learner.config import LearnerConfig, ModelConfig
+from learner.distributed import LearnerGroup
 from learner.losses import (
     LossInputs,
     adaptive_entropy_coef,
@@ -112,19 +113,23 @@ def combine_mismatch(parts: list[tuple[float, dict[str, float]]]) -> dict[str, f
 class Learner:
     def __init__(self, model_dir: str | Path, model_cfg: ModelConfig, cfg: LearnerConfig, *, seed: int,
                  total_steps: int, max_new_tokens: int, temperature: float = 1.0, num_threads: int | None = None,
-                 probe: tuple[list[list[int]], list[list[int]]] | None = None):
+                 probe: tuple[list[list[int]], list[list[int]]] | None = None, rank: int = 0,
+                 group_address: str | None = None):
         """probe: (prompt ids, reference completion ids) of the problems that score learner.adaptive_step's
-        candidates (services/prepare.py builds them; needed with adaptive_step only)."""
+        candidates (services/prepare.py builds them; needed with adaptive_step only). rank, group_address: this
+        process's rank in a learner group of learner.num_workers ranks and the group's rendezvous (tcp://host:port,
+        learner/distributed.py); every rank is given the same calls, rank 0 writes and answers."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.cfg = cfg
         self.base_model = str(Path(model_dir).resolve())  # recorded in every checkpoint's meta.json
+        self.group = LearnerGroup(rank, cfg.num_workers, cfg.sharding, group_address,
+                                  device_type=model_cfg.resolved_device())
         self.model, self.tokenizer = load_policy(model_dir, model_cfg, cfg.lora, seed, cfg.gradient_checkpointing)
         self.device = next(self.model.parameters()).device
         self.model.train()
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         # pi_ref of the KL term: the base is the LoRA model with its adapter off; a full-parameter policy keeps a
         # frozen copy of the base (one more model in memory, only when beta > 0)
         self.reference = None
@@ -132,6 +137,10 @@ class Learner:
             import copy
 
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # fsdp: the roots that every forward pass of the policy (and of the frozen reference) goes through
+        self.sharded = self.group.shard(self.model)
+        self.sharded_reference = self.group.shard(self.reference) if self.reference is not None else None
+        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}  # (fsdp: the shards)
         self.optimizer = build_optimizer(cfg, list(self.trainable.values()))
         self.schedule_free = cfg.optimizer == "schedule_free_adamw"
         self.outer = OuterMomentum.from_config(cfg.outer_momentum, self.trainable) if cfg.outer_momentum else None
@@ -164,8 +173,12 @@ class Learner:
     def _logprobs(self, rows, t_max: int, with_entropy: bool = False, entropy_grad: bool = False, model=None):
         input_ids, attention, prompt_lengths = rows
         logprobs = packed_completion_logprobs if self.cfg.padding_free else completion_logprobs
-        return logprobs(model or self.model, input_ids, attention, prompt_lengths, t_max, self.temperature,
-                        self.cfg.logprob_chunk_tokens, with_entropy, entropy_grad)
+        args = (input_ids, attention, prompt_lengths, t_max, self.temperature, self.cfg.logprob_chunk_tokens,
+                with_entropy, entropy_grad)
+        if self.sharded is not None:
+            root = self.sharded_reference if model is not None and model is self.reference else self.sharded
+            return root(logprobs, *args)
+        return logprobs(model or self.model, *args)
 
     def _entropy_settings(self, settings):
         """The loss settings of one optimizer update: with adaptive entropy control, its coefficient, applied only
@@ -200,6 +213,7 @@ class Learner:
         prompt_lengths = [len(p) for p in batch.prompt_ids]
         num_seq, num_tok = len(batch.rewards), int(completion_mask.sum())
         micro = [slice(i, i + cfg.micro_batch_size) for i in range(0, num_seq, cfg.micro_batch_size)]
+        plan = self.group.plan(len(micro))  # this rank's micro-batches and their loss weights (learner/distributed.py)
 
         def rows(s: slice):
             t_max = int(sampled[s].sum(-1).max())
@@ -221,8 +235,8 @@ class Learner:
         need_old = cfg.updates_per_batch > 1 and not engine_as_old
         old, ref = {}, {}
         with torch.no_grad():
-            for k, s in enumerate(micro):
-                r, t_max = rows(s)
+            for k, _ in plan:
+                r, t_max = rows(micro[k])
                 if need_old:
                     old[k] = self._logprobs(r, t_max)
                 if cfg.beta > 0:
@@ -234,8 +248,9 @@ class Learner:
             self.optimizer.train()
         for update in range(cfg.updates_per_batch):
             update_settings = self._entropy_settings(settings)
-            update_entropy = 0.0
-            for k, s in enumerate(micro):
+            totals = [0.0] * 4  # this rank's contributions to loss, clip_ratio, kl and entropy
+            for k, weight in plan:
+                s = micro[k]
                 r, t_max = rows(s)
                 logp, entropy = self._logprobs(r, t_max, with_entropy=True, entropy_grad=entropy_grad)
                 mask = completion_mask[s, :t_max]
@@ -245,7 +260,7 @@ class Learner:
                 if correct:
                     weights = rollout_correction_weights(old_logp, sampled_logp, mask, settings.correction,
                                                          settings.correction_min, settings.correction_max)
-                if update == 0 and sampled_logp is not None:
+                if update == 0 and sampled_logp is not None and weight:
                     mismatch.append((len(range(num_seq)[s]) / num_seq, mismatch_metrics(
                         logp.detach(), sampled_logp, mask, weights, settings.correction, settings.correction_min,
                         settings.correction_max)))
@@ -256,16 +271,21 @@ class Learner:
                     max_completion_length=self.max_new_tokens, ref_logp=ref.get(k),
                     segments=segments[s, :t_max] if segments is not None else None,
                     correction_weights=weights, entropy=entropy if entropy_grad else None), update_settings)
-                loss.backward()
-                share = len(range(num_seq)[s]) / num_seq
-                token_entropy = float((entropy.detach() * mask).sum()) / max(num_tok, 1)
-                update_entropy += token_entropy
-                stats["loss"] += float(loss.detach()) / cfg.updates_per_batch
-                stats["clip_ratio"] += st["clip_ratio"] * share / cfg.updates_per_batch
-                stats["kl"] += st.get("kl", 0.0) * share / cfg.updates_per_batch
-                stats["entropy"] += token_entropy / cfg.updates_per_batch
+                (loss * weight).backward()
+                share = weight * len(range(num_seq)[s]) / num_seq
+                token_entropy = weight * float((entropy.detach() * mask).sum()) / max(num_tok, 1)
+                for i, value in enumerate((weight * float(loss.detach()), st["clip_ratio"] * share,
+                                           st.get("kl", 0.0) * share, token_entropy)):
+                    totals[i] += value
+            self.group.reduce_gradients(list(self.trainable.values()))
+            totals = self.group.sum(totals[:4])
+            update_entropy = totals[3]
+            for key, value in zip(("loss", "clip_ratio", "kl", "entropy"), totals, strict=True):
+                stats[key] += value / cfg.updates_per_batch
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(self.trainable.values()), cfg.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # fsdp: a DTensor over the shards
+                grad_norm = grad_norm.full_tensor()
             stats["grad_norm"] += float(grad_norm) / cfg.updates_per_batch
             self.optimizer.step()
             self.scheduler.step()
@@ -278,7 +298,7 @@ class Learner:
                     cfg.entropy_coef_min, cfg.entropy_coef_max), update_entropy)
         if self.schedule_free:
             self.optimizer.eval()
-        stats.update(combine_mismatch(mismatch))
+        stats.update(combine_mismatch([part for parts in self.group.gather(mismatch) for part in parts]))
         self.step_count += 1
         stats["lr"] = self.scheduler.get_last_lr()[0]
         if cfg.optimizer == "prodigy":
@@ -320,8 +340,15 @@ class Learner:
 
         if adapter_path is None:
             return score()
-        with swapped_weights(self.model, adapter_path):
+        if not self.group.fsdp:
+            with swapped_weights(self.model, adapter_path):
+                return score()
+        current = {n: p.full_tensor().detach().clone() for n, p in self.trainable.items()}
+        self._load_weights(read_weights(adapter_path))
+        try:
             return score()
+        finally:
+            self.group.load_full_state(self.model, current)
 
     def publish_weights(self, adapters_dir: str | Path) -> tuple[str, str]:
         """Write the current policy for the rollout workers (atomically): its LoRA adapter, or under full-parameter
@@ -331,10 +358,13 @@ class Learner:
 
         version = f"{self.step_count:06d}"
         final = Path(adapters_dir) / f"v{version}"
-        if not final.exists():
+        if final.exists():
+            return str(final), version
+        full = self.group.full_state(self.model) if self.group.fsdp else None  # a collective: every rank
+        if self.group.writes:
             tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(str(tmp))
+            self.model.save_pretrained(str(tmp), **({"state_dict": full} if full is not None else {}))
             os.replace(tmp, final)
         return str(final), version
 
@@ -346,7 +376,7 @@ class Learner:
         from common.weights import module_name
 
         before = {n: p.detach().clone() for n, p in self.trainable.items()} if self.schedule_free else None
-        load_weights(self.model, read_weights(adapter_path))
+        self._load_weights(read_weights(adapter_path))
         if before is not None:  # move Schedule-Free's z with x, so that the leap carries over to y
             self._shift_schedule_free(before)
         if reset_optimizer:
@@ -372,13 +402,54 @@ class Learner:
             if z is not None:
                 z.add_(p - before[name])
 
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Set the policy's weights from a saved policy's (an adapter's or a full model's tensors); under fsdp each
+        rank keeps its shard of them."""
+        if not self.group.fsdp:
+            load_weights(self.model, weights)
+            return
+        names = set(self.trainable)
+        if is_lora(self.model):  # PEFT's saved keys leave out the adapter's name: ...lora_A.weight
+            weights = {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+                       for k, v in weights.items()}
+        unknown = sorted(set(weights) - names - {n for n, _ in self.model.named_parameters(remove_duplicate=False)})
+        if unknown:
+            raise ValueError(f"these weights do not fit the policy (unexpected {unknown[:5]}): not from a run on "
+                             f"this base model")
+        self.group.load_full_state(self.model, weights)
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer's state_dict in torch's format (parameters numbered in the order of `trainable`), whole on
+        the CPU: under fsdp gathered from the shards (a collective), so that any number of ranks resumes it."""
+        if not self.group.fsdp:
+            return to_cpu(self.optimizer.state_dict())
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        index = {name: i for i, name in enumerate(self.trainable)}
+        return {"state": {index[n]: v for n, v in full.get("state", {}).items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]]}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        if not self.group.fsdp:
+            self.optimizer.load_state_dict(state)  # moments move to the parameters' device
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = list(self.trainable)
+        full = {"state": {names[i]: v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.optimizer, full,
+                                 options=StateDictOptions(full_state_dict=True))
+
     def pid(self) -> int:
         import os
 
         return os.getpid()
 
     def state_dict(self, extra: dict) -> dict:
-        return {"optimizer": to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
+        return {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step_count, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                                                  "torch": torch.get_rng_state()},
                 **({"outer": self.outer.state_dict()} if self.outer is not None else {}),
@@ -386,10 +457,15 @@ class Learner:
                 **({"lr_control": self.lr_control.state_dict()} if self.lr_control is not None else {}),
                 **({"entropy_control": self.entropy_control} if self.cfg.use_adaptive_entropy else {}), **extra}
 
-    def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path:
-        return write_checkpoint(run_dir, self.step_count, self.model, self.state_dict(extra_state or {}),
-                                {**meta, "base_model": self.base_model},
-                                tokenizer=None if is_lora(self.model) else self.tokenizer)
+    def save_checkpoint(self, run_dir: Path, meta: dict, extra_state: dict | None = None) -> Path | None:
+        """Rank 0 writes the checkpoint and returns its path (under fsdp the other ranks give their shards first, and
+        return None)."""
+        state = self.state_dict(extra_state or {})
+        weights = self.group.full_state(self.model) if self.group.fsdp else None
+        if not self.group.writes:
+            return None
+        return write_checkpoint(run_dir, self.step_count, self.model, state, {**meta, "base_model": self.base_model},
+                                tokenizer=None if is_lora(self.model) else self.tokenizer, weights=weights)
 
     def load_checkpoint(self, path: Path) -> dict:
         """Restore weights (adapter or full), optimizer, scheduler, step and RNG from a checkpoint; returns its full
@@ -398,8 +474,8 @@ class Learner:
         if self.schedule_free and state["optimizer"]["param_groups"][0].get("train_mode") is None:
             raise ValueError(f"{path} is a checkpoint of a run with another optimizer; optimizer "
                              f"schedule_free_adamw resumes only its own checkpoints")
-        load_weights(self.model, read_weights(path))
-        self.optimizer.load_state_dict(state["optimizer"])  # moments move to the parameters' device
+        self._load_weights(read_weights(path))
+        self._load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = state["step"]
         if self.outer is not None:
