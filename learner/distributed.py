@@ -73,6 +73,8 @@ class LearnerGroup:
 
             if address is None:
                 raise ValueError("a learner group of several ranks needs the rendezvous address tcp://host:port")
+            if device_type == "cuda":  # one device per rank (under Ray each rank sees its own GPU only)
+                torch.cuda.set_device(rank % torch.cuda.device_count())
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method=address, rank=rank,
                                         world_size=world_size)

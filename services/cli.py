@@ -63,6 +63,31 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# What a resumed run may change (`leapfrog run --resume DIR --set ...`): where it runs, not what it computes.
+RESUME_OVERRIDES = ("learner.num_workers", "learner.sharding", "learner.num_cpus", "learner.num_gpus",
+                    "rollout.num_workers", "rollout.worker_cpus", "rollout.worker_gpus")
+
+
+def resumed_job(run_dir: Path, overrides: list[str]):
+    """A run's saved config, with `--set` overrides of its resources only (RESUME_OVERRIDES: e.g. a run stopped
+    with 2 learner ranks resumes on 1); the changed config is saved back into the run directory."""
+    from services.config import dump_config, load_config, parse_config, read_config_file
+
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ValueError(f"--resume {run_dir}: no {CONFIG} there; give the directory of a run")
+    if not overrides:
+        return load_config(path)
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key not in RESUME_OVERRIDES:
+            raise ValueError(f"--set {item!r} with --resume: a resumed run may change its resources only "
+                             f"({', '.join(RESUME_OVERRIDES)}); start a new run to change {key}")
+    cfg = parse_config(apply_overrides(read_config_file(path), overrides), f"{path} with --set {' '.join(overrides)}")
+    path.write_text(dump_config(cfg))
+    return cfg
+
+
 def read_job(path: str, overrides: list[str]):
     """The job config of a YAML file with `--set` overrides applied to its raw mapping, validated once: fields
     neither the file nor an override sets keep their defaults and stay out of `model_fields_set`."""
@@ -145,12 +170,11 @@ def print_summary(summary, console) -> None:
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from services.config import load_config
     from services.loop import run_job
 
     console = Console()
     if args.resume:
-        cfg = load_config(Path(args.resume) / CONFIG)
+        cfg = resumed_job(Path(args.resume), args.set)
         summary = run_job(cfg, run_dir=Path(args.resume), resume=True, console=console, stop_after=args.stop_after,
                           source=str(Path(args.resume) / CONFIG))
     else:
@@ -362,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--run-dir", help="where to write the run (default <run.runs_root>/<run.name>)")
     p.add_argument("--stop-after", type=int, metavar="STEP", help="checkpoint and stop after this step (resume later)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a field (with --resume: the resources only, e.g. learner.num_workers)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the reference job through the control plane (Redis, Ray), with a summary")

@@ -178,6 +178,10 @@ def check_runtime(cfg: JobConfig, runtime: Literal["local", "ray"]) -> None:
             if engine != "hf":
                 raise ValueError("rollout.engine: the single-process runner uses the HF engine; run vLLM through the "
                                  "Ray driver (python -m services.driver CONFIG) or set rollout.engine: hf")
+            if cfg.learner.sharding == "fsdp":
+                raise ValueError("learner.sharding: fsdp shards the policy that the single-process runner's HF engine "
+                                 "samples from; run it through the Ray driver (python -m services.driver CONFIG), or "
+                                 "use sharding: ddp")
             cfg.model.resolved_device()
             return
         if cfg.model.device == "cuda" and cfg.learner.num_gpus <= 0:
@@ -205,11 +209,12 @@ def check_cluster(cfg: JobConfig) -> None:
     from services.runtime import connect_ray
 
     connect_ray()
-    need_cpu = cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
-    need_gpu = cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
+    need_cpu = cfg.learner.num_workers * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
+    need_gpu = cfg.learner.num_workers * cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
     have = ray.cluster_resources()
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
         raise ValueError(
-            f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_cpus + rollout.num_workers x "
+            f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_workers x learner.num_cpus + "
+            f"rollout.num_workers x "
             f"rollout.worker_cpus, same for GPUs) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
             f"{have.get('GPU', 0):g} GPUs; lower rollout.num_workers / the per-actor resources or add nodes")

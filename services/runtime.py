@@ -4,7 +4,6 @@ the `Runtime` protocol, so `services.loop.drive` is one loop for both."""
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,6 +108,106 @@ def learner_errors():
         raise LearnerLost(f"learner actor died: {type(err).__name__}") from err
 
 
+# Learner methods that only read the policy (or write what rank 0 writes): with replicas (sharding none or ddp) rank 0
+# alone runs them; with shards (fsdp) every rank must, since gathering the weights is a collective.
+LEADER_CALLS = frozenset({"mean_logprobs", "logprobs", "publish_weights", "save_checkpoint", "pid"})
+
+
+class RayLearnerGroup:
+    """The learner: learner.num_workers Learner actors in one Ray placement group (a bundle of learner.num_cpus /
+    num_gpus per rank), the ranks of one torch.distributed group (learner/distributed.py) that meet at rank 0's node.
+    A call that changes the learner goes to every rank, one that reads it to rank 0 (LEADER_CALLS); the answer is rank
+    0's. A rank that dies takes the group down: the call raises LearnerLost, and `restart` starts a new group, which
+    the loop then resumes from the last checkpoint (services/loop.py recover_learner)."""
+
+    def __init__(self, job, threads: int, env: dict):
+        self.job, self.threads, self.env = job, threads, env
+        self.cfg = job.cfg.learner
+        self.actors: list = []
+        self.placement = None
+        self.broken = False
+        self.start()
+
+    def start(self) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        cfg, job = self.cfg, self.job
+        n = cfg.num_workers
+        bundle = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}
+        self.placement = placement_group([bundle] * n, strategy="PACK")
+        ray.get(self.placement.ready(), timeout=300)
+        address = None
+        if n > 1:
+            rendezvous = ray.remote(num_cpus=0)(rendezvous_address).options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0))
+            address = ray.get(rendezvous.remote())
+        learner_cls = ray.remote(max_restarts=0, runtime_env=self.env)(Learner)
+        self.actors = [
+            learner_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                    self.placement, placement_group_bundle_index=rank)).remote(
+                **learner_arguments(job), num_threads=self.threads, rank=rank, group_address=address)
+            for rank in range(n)]
+        self.broken = False
+
+    @property
+    def leader(self):
+        return self.actors[0]
+
+    def submit(self, method: str, *args) -> list:
+        """Start `method` on the ranks that run it; the futures, rank 0's first."""
+        ranks = self.actors[:1] if method in LEADER_CALLS and self.cfg.sharding != "fsdp" else self.actors
+        return [getattr(actor, method).remote(*args) for actor in ranks]
+
+    def result(self, futures: list):
+        """Rank 0's answer once every rank has finished; LearnerLost (and the group marked broken) when any died."""
+        import ray
+
+        pending, results = list(futures), {}
+        try:
+            with learner_errors():
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    results[ready[0]] = ray.get(ready[0])
+        except LearnerLost:
+            self.broken = True
+            raise
+        return results[futures[0]]
+
+    def call(self, method: str, *args):
+        return self.result(self.submit(method, *args))
+
+    def restart(self) -> None:
+        """A new group in place of a broken one (its surviving ranks are killed: they cannot finish a collective)."""
+        self.close()
+        self.start()
+
+    def close(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.placement is not None:
+            remove_placement_group(self.placement)
+            self.placement = None
+
+
+def rendezvous_address() -> str:
+    """tcp://host:port on this node, a port free now, for rank 0 of a learner group to listen on."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+
 def connect_ray(num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster of RAY_ADDRESS (the address a Ray job is given), or start a local instance."""
     import ray
@@ -120,6 +219,15 @@ def connect_ray(num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a learner group's rendezvous on loopback)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def runner_threads(environ) -> int:
@@ -136,8 +244,76 @@ def runner_threads(environ) -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def learner_arguments(job) -> dict:
+    """The Learner's constructor arguments for a prepared job (every rank's, besides its rank)."""
+    cfg = job.cfg
+    return dict(model_dir=job.model_dir, model_cfg=cfg.model, cfg=cfg.learner, seed=cfg.run.seed,
+                total_steps=cfg.run.steps, max_new_tokens=job.completion_limit, temperature=cfg.rollout.temperature,
+                probe=job.probe)
+
+
+def serve_learner_rank(conn, arguments: dict, rank: int, address: str, threads: int) -> None:
+    """A learner rank > 0 of the single-process runner, in a process of its own: runs the Learner method calls that
+    rank 0 sends until it sends None, answering each with (True, result) or (False, the error)."""
+    learner = Learner(**arguments, num_threads=threads, rank=rank, group_address=address)
+    conn.send((True, None))
+    while (message := conn.recv()) is not None:
+        method, args = message
+        try:
+            conn.send((True, getattr(learner, method)(*args)))
+        except Exception as err:  # the runner raises it: rank 0 cannot go on without this rank
+            conn.send((False, f"{type(err).__name__}: {err}"))
+    learner.group.close()
+
+
+class LocalLearnerRanks:
+    """Ranks 1..N-1 of the single-process runner's learner group (learner.num_workers, sharding ddp), each a Learner
+    in a spawned process, given the calls that change the learner alongside rank 0 (which lives in the runner's
+    process, sharing its policy with the HF engine)."""
+
+    def __init__(self, arguments: dict, world_size: int, address: str, threads: int):
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self.ranks = []
+        for rank in range(1, world_size):
+            here, there = context.Pipe()
+            process = context.Process(target=serve_learner_rank, args=(there, arguments, rank, address, threads),
+                                      daemon=True, name=f"leapfrog-learner-rank{rank}")
+            process.start()
+            self.ranks.append((process, here))
+
+    def send(self, method: str, *args) -> None:
+        for _, conn in self.ranks:
+            conn.send((method, args))
+
+    def wait(self) -> None:
+        """Every rank's answer to the last call (or to start-up); a failed or dead rank is an error here."""
+        for rank, (process, conn) in enumerate(self.ranks, start=1):
+            try:
+                ok, answer = conn.recv()
+            except EOFError:
+                raise RuntimeError(f"learner rank {rank} died (exit code {process.exitcode})") from None
+            if not ok:
+                raise RuntimeError(f"learner rank {rank}: {answer}")
+
+    def close(self) -> None:
+        for process, conn in self.ranks:
+            if process.is_alive():
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+                process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        self.ranks = []
+
+
 class LocalRuntime:
-    """One process: the HF engine shares the learner's policy object, so publishing is free."""
+    """One process: the HF engine shares the learner's policy object, so publishing is free. With
+    learner.num_workers N > 1 (sharding ddp) that process is rank 0 and ranks 1..N-1 run in processes of their own."""
 
     def __init__(self, job, run_dir: Path):
         import torch
@@ -146,11 +322,21 @@ class LocalRuntime:
         from rollout.prompts import stop_token_ids
 
         cfg = job.cfg
-        torch.set_num_threads(runner_threads(os.environ))
+        world = cfg.learner.num_workers
+        threads = max(1, runner_threads(os.environ) // world)
+        torch.set_num_threads(threads)
         self.run_dir = run_dir
-        self.learner = Learner(job.model_dir, cfg.model, cfg.learner, seed=cfg.run.seed, total_steps=cfg.run.steps,
-                               max_new_tokens=job.completion_limit, temperature=cfg.rollout.temperature,
-                               probe=job.probe)
+        self.ranks, address = None, None
+        if world > 1:
+            address = f"tcp://127.0.0.1:{free_port()}"
+            self.ranks = LocalLearnerRanks(learner_arguments(job), world, address, threads)
+        try:
+            self.learner = Learner(**learner_arguments(job), rank=0, group_address=address)
+            if self.ranks is not None:
+                self.ranks.wait()
+        except BaseException:
+            self.close()
+            raise
         self.engine = HFEngine(model=self.learner.model, tokenizer=self.learner.tokenizer,
                                stop_ids=stop_token_ids(self.learner.tokenizer, job.model_dir))
         self.extrapolation = None
@@ -175,7 +361,16 @@ class LocalRuntime:
         return self.learner.mean_logprobs(prompt_ids, completion_ids, adapter_path)
 
     def leap(self, adapter_path: str, horizon: int, reset_optimizer: bool) -> int:
-        return self.learner.apply_leap(adapter_path, horizon, reset_optimizer)
+        return self._on_every_rank("apply_leap", adapter_path, horizon, reset_optimizer)
+
+    def _on_every_rank(self, method: str, *args):
+        """A call that changes the learner: on every rank at once (their collectives meet); rank 0's answer."""
+        if self.ranks is not None:
+            self.ranks.send(method, *args)
+        result = getattr(self.learner, method)(*args)
+        if self.ranks is not None:
+            self.ranks.wait()
+        return result
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompt_ids, params)
@@ -187,7 +382,7 @@ class LocalRuntime:
         return handle
 
     def train(self, batch: RolloutBatch) -> dict:
-        return self.learner.step(batch)
+        return self._on_every_rank("step", batch)
 
     def publish(self) -> str:
         return f"{self.learner.step_count:06d}"
@@ -196,10 +391,12 @@ class LocalRuntime:
         return self.learner.save_checkpoint(self.run_dir, meta, extra)
 
     def resume(self, path: Path) -> dict:
-        return self.learner.load_checkpoint(path)
+        return self._on_every_rank("load_checkpoint", path)
 
     def close(self) -> None:
-        pass
+        if self.ranks is not None:
+            self.ranks.close()
+            self.ranks = None
 
 
 class RayRuntime:
@@ -218,7 +415,7 @@ class RayRuntime:
         from rollout.engines import resolve_engine_name
         from rollout.worker import RolloutWorker
 
-        cfg, model_dir, max_new_tokens = job.cfg, job.model_dir, job.completion_limit
+        cfg, model_dir = job.cfg, job.model_dir
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         engine = resolve_engine_name(cfg.rollout.engine)
@@ -227,20 +424,16 @@ class RayRuntime:
         self.pointer = self.adapters_dir / "current.json"
         env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
-        learner_cls = ray.remote(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_restarts=3,
-                                 runtime_env=env)(Learner)
         # Threads per actor: synchronous, the loop alternates between generating and training, so each actor may use
         # every core of its node while it works; asynchronous (max_off_policy_steps > 0) they run at once and keep
         # to their reservation.
         node_cpus = int(max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"]))
         asynchronous = cfg.rollout.max_off_policy_steps > 0
-        learner_threads = max(1, int(cfg.learner.num_cpus)) if asynchronous else node_cpus
+        learner_threads = (max(1, int(cfg.learner.num_cpus)) if asynchronous
+                           else max(1, node_cpus // cfg.learner.num_workers))
         worker_threads = (max(1, int(cfg.rollout.worker_cpus)) if asynchronous
                           else max(1, node_cpus // cfg.rollout.num_workers))
-        self.learner = learner_cls.remote(model_dir, cfg.model, cfg.learner, seed=cfg.run.seed,
-                                          total_steps=cfg.run.steps, max_new_tokens=max_new_tokens,
-                                          temperature=cfg.rollout.temperature, num_threads=learner_threads,
-                                          probe=job.probe)
+        self.learners = RayLearnerGroup(job, learner_threads, env)
         worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus, max_restarts=-1,
                                 max_task_retries=3, runtime_env=env)(RolloutWorker)
         self.workers = [
@@ -258,7 +451,8 @@ class RayRuntime:
             service_cls = ray.remote(num_cpus=0, runtime_env=env)(ExtrapolationService)
             self.extrapolation = RayExtrapolation(service_cls.remote(str(self.run_dir), cfg.extrapolate,
                                                                      cfg.run.checkpoint_every, str(model_dir)))
-        ray.get([w.pid.remote() for w in self.workers] + [self.learner.pid.remote()])  # start-up errors surface here
+        ray.get([w.pid.remote() for w in self.workers] + [a.pid.remote() for a in self.learners.actors])  # start-up
+        # errors surface here
         self._step_count = 0
         self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
         self._published = None  # the adapter write issued with the last train()
@@ -266,6 +460,11 @@ class RayRuntime:
     @property
     def step_count(self) -> int:
         return self._step_count
+
+    @property
+    def learner(self):
+        """The learner's rank 0 actor."""
+        return self.learners.leader
 
     def generate_async(self, prompt_ids: list[list[int]], params: SamplingParams):
         """Start generation: prompts split into contiguous shards, one per worker, each with its own seed."""
@@ -311,43 +510,27 @@ class RayRuntime:
         self._step_count = self._learner("apply_leap", str(adapter_path), horizon, reset_optimizer)
         return self._step_count
 
-    def _learner(self, method: str, *args, retry_for: float = 0.0):
-        """Call a learner method; its death (or restart in progress) becomes LearnerLost for the driver loop.
-        retry_for > 0 waits that long for a restarting learner to come back."""
-        import ray
-
-        deadline = time.time() + retry_for
-        while True:
-            try:
-                with learner_errors():
-                    return ray.get(getattr(self.learner, method).remote(*args))
-            except LearnerLost:
-                if time.time() >= deadline:
-                    raise
-                time.sleep(0.5)
+    def _learner(self, method: str, *args):
+        """Call a learner method on the group (rank 0's answer); a rank's death becomes LearnerLost for the driver
+        loop."""
+        return self.learners.call(method, *args)
 
     def train(self, batch: RolloutBatch) -> dict:
         """One learner step; the adapter it produces is written in the same round trip (collected by publish)."""
-        import ray
-
-        step = self.learner.step.remote(batch)
-        self._published = self.learner.publish_weights.remote(str(self.adapters_dir))
-        with learner_errors():
-            stats = ray.get(step)
+        step = self.learners.submit("step", batch)
+        self._published = self.learners.submit("publish_weights", str(self.adapters_dir))
+        stats = self.learners.result(step)
         self._step_count += 1
         return stats
 
     def publish(self) -> str:
         """Make the learner's current adapter the rollout policy: the pointer file names it (for restarted workers)
         and every worker loads it before its next generation (the version travels with the generate call)."""
-        import ray
-
         from rollout.worker import write_adapter_pointer
 
         try:
             if self._published is not None:
-                with learner_errors():
-                    path, version = ray.get(self._published)
+                path, version = self.learners.result(self._published)
             else:
                 path, version = self._learner("publish_weights", str(self.adapters_dir))
         finally:
@@ -360,11 +543,11 @@ class RayRuntime:
         return Path(self._learner("save_checkpoint", self.run_dir, meta, extra))
 
     def resume(self, path: Path | None) -> dict:
-        """Continue from a checkpoint (None: from the start, after a learner restart before any checkpoint)."""
+        """Continue from a checkpoint (None: from the start); a group that lost a rank is started afresh first."""
         self._published = None  # a write issued before the learner died is void
-        state = self._learner("load_checkpoint", path, retry_for=120) if path is not None else {"step": 0, "evals": []}
-        if path is None:
-            self._learner("pid", retry_for=120)  # wait for a restarting learner
+        if self.learners.broken:
+            self.learners.restart()
+        state = self._learner("load_checkpoint", path) if path is not None else {"step": 0, "evals": []}
         self._step_count = state["step"]
         self.publish()
         return state
@@ -372,5 +555,6 @@ class RayRuntime:
     def close(self) -> None:
         import ray
 
-        for actor in [*self.workers, self.learner, *([self.extrapolation.actor] if self.extrapolation else [])]:
+        for actor in [*self.workers, *([self.extrapolation.actor] if self.extrapolation else [])]:
             ray.kill(actor)
+        self.learners.close()

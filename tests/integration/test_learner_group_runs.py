@@ -1,0 +1,113 @@
+"""The learner group in whole runs of the tiny reference job (float64, so that summation order is the only
+difference): 2 ranks through `leapfrog run` and through Ray make the 1-rank run's losses; a run stopped at 2 ranks
+resumes at 1 and one stopped at 1 resumes at 2 with the same losses; a rank killed on Ray takes the lost-learner path
+(the group restarts and resumes from the last checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from services.config import parse_config
+from services.driver import run_on_ray
+from services.loop import run_job
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+STEPS = 4
+
+
+def job_data(model_dir, ranks: int) -> dict:
+    return {
+        "model": {"path": str(model_dir), "dtype": "float64"},
+        "rollout": {"task": "arith", "prompts_per_step": 8, "group_size": 4, "eval_size": 16, "engine": "hf",
+                    "worker_cpus": 0.5},
+        "learner": {"lr": 1e-3, "num_cpus": 0.5, "micro_batch_size": 6, "beta": 0.02, "num_workers": ranks,
+                    "sharding": "ddp" if ranks > 1 else "none"},  # 32 sequences: micro-batches of 6, 6, 6, 6, 6, 2
+        "run": {"steps": STEPS, "checkpoint_every": 2, "eval_every": 2, "seed": 3},
+    }
+
+
+def step_rows(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+def assert_same_run(reference: list[dict], rows: list[dict]) -> None:
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for a, b in zip(reference, rows, strict=True):
+        assert a["reward_mean"] == b["reward_mean"], (a["step"], a["reward_mean"], b["reward_mean"])
+        for key in ("loss", "grad_norm", "kl"):
+            assert abs(a[key] - b[key]) <= 1e-9 * max(abs(a[key]), 1e-6), (a["step"], key, a[key], b[key])
+
+
+@pytest.fixture(scope="module")
+def one_rank(tiny_model_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one-rank") / "run"
+    run_job(parse_config(job_data(tiny_model_dir, 1)), run_dir=run_dir, progress=False)
+    return step_rows(run_dir)
+
+
+def leapfrog(*args):
+    env = {**os.environ, "LEAPFROG_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res
+
+
+def test_two_ranks_through_leapfrog_run_stopped_and_resumed_at_one(tiny_model_dir, tmp_path, one_rank):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job_data(tiny_model_dir, 2)))
+    run_dir = tmp_path / "run"
+    leapfrog("run", str(config), "--run-dir", str(run_dir), "--stop-after", "2")
+    assert len(step_rows(run_dir)) == 2
+    res = leapfrog("run", "--resume", str(run_dir), "--set", "learner.num_workers=1", "--set", "learner.sharding=none")
+    assert "Run finished" in res.stdout
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["learner"]["num_workers"] == 1
+    assert_same_run(one_rank, step_rows(run_dir))
+    # a resumed run may change where it runs, not what it computes
+    bad = subprocess.run([sys.executable, "-m", "services.cli", "run", "--resume", str(run_dir), "--set",
+                          "learner.lr=0.1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "resources only" in bad.stdout + bad.stderr
+
+
+def test_two_ranks_on_ray_resumed_from_one(ray_local, tiny_model_dir, tmp_path, one_rank):
+    run_dir = tmp_path / "run"
+    run_on_ray(parse_config(job_data(tiny_model_dir, 1)), run_dir, progress=False, stop_after=2)
+    run_on_ray(parse_config(job_data(tiny_model_dir, 2)), run_dir, resume=True, progress=False)
+    assert_same_run(one_rank, step_rows(run_dir))
+    assert (run_dir / "checkpoints" / f"step-{STEPS:06d}" / "adapter_model.safetensors").is_file()
+
+
+def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_model_dir, tmp_path, monkeypatch):
+    import ray
+
+    from services import runtime as runtime_module
+    from tests.integration.test_ray_runtime import kill_when
+
+    created = []
+    original = runtime_module.RayRuntime.__init__
+
+    def capture(self, *a, **k):
+        original(self, *a, **k)
+        created.append(self)
+
+    monkeypatch.setattr(runtime_module.RayRuntime, "__init__", capture)
+    run_dir = tmp_path / "run"
+    data = job_data(tiny_model_dir, 2)
+    data["run"]["steps"] = 6
+    watcher = kill_when(run_dir, lambda: ray.get(created[0].learners.actors[1].pid.remote()), after_step=3)
+    summary = run_on_ray(parse_config(data), run_dir, progress=False)
+    watcher.join(timeout=5)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = [r for r in rows if r.get("event") == "learner_restarted"]
+    assert len(events) == 1 and events[0]["from_step"] in (2, 4), events
+    assert summary.steps == 6 and (run_dir / "checkpoints" / "step-000006").is_dir()
+    assert [r["step"] for r in step_rows(run_dir)][-2:] == [5, 6]  # the new group trained to the end
