@@ -111,3 +111,13 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(ray_local, ti
     assert len(events) == 1 and events[0]["from_step"] in (2, 4), events
     assert summary.steps == 6 and (run_dir / "checkpoints" / "step-000006").is_dir()
     assert [r["step"] for r in step_rows(run_dir)][-2:] == [5, 6]  # the new group trained to the end
+
+
+def test_fsdp_in_the_single_process_runner_is_refused_before_anything_is_written(tiny_model_dir, tmp_path):
+    from services.config import ConfigError
+
+    data = job_data(tiny_model_dir, 2)
+    data["learner"]["sharding"] = "fsdp"
+    with pytest.raises(ConfigError, match="Ray driver"):
+        run_job(parse_config(data), run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

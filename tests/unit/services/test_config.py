@@ -33,6 +33,10 @@ def test_reference_job_parses():
     ({"rollout": {"dynamic_sampling": {}, "max_off_policy_steps": 1}}, "rollout", "dynamic_sampling: null"),
     ({"learner": {"advantage_estimator": "rloo", "scale_rewards": "none"}}, "learner", "remove scale_rewards"),
     ({"rollout": {"tools": ["python"], "tool_parser": "hermes"}}, "rollout.tool_parser", "xml_json"),
+    ({"learner": {"num_workers": 2}}, "learner", "sharding: ddp"),
+    ({"learner": {"sharding": "ddp"}}, "learner", "num_workers >= 2"),
+    ({"learner": {"num_workers": 2, "sharding": "fsdp", "optimizer": "prodigy"}}, "learner", "optimizer: adamw"),
+    ({"learner": {"num_workers": 2, "sharding": "zero3"}}, "learner.sharding", "fsdp"),
 ])
 def test_bad_fields_are_named(data, field, hint):
     with pytest.raises(ConfigError) as err:

@@ -108,6 +108,9 @@ def test_config_choices_are_registry_keys():
     KL_ESTIMATORS.check_literal(GRPOConfig.model_fields["kl_estimator"].annotation)
     modes = set(typing.get_args(GRPOConfig.model_fields["rollout_correction"].annotation)) - {"auto", "off"}
     assert modes == set(CORRECTION_MODES)
+    from learner.distributed import SHARDINGS
+
+    assert typing.get_args(GRPOConfig.model_fields["sharding"].annotation) == SHARDINGS
 
 
 def test_imports_point_down_the_layers():
