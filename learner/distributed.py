@@ -38,6 +38,16 @@ class ShardedForward(torch.nn.Module):
         return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
 
+def resharded(module: torch.nn.Module) -> None:
+    """Every FSDP unit in `module` back to its shards: the root keeps its parameters gathered after a forward pass
+    without backward (a no-grad scoring pass), and state-dict reads and writes expect the sharded DTensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
+
+
 def block(num_items: int, world_size: int, rank: int) -> range:
     """Rank `rank`'s contiguous block of range(num_items): sizes differ by at most one, the larger blocks first."""
     base, extra = divmod(num_items, world_size)
@@ -157,21 +167,23 @@ class LearnerGroup:
 
             dist.barrier()
 
-    def full_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-        """fsdp: the model's full state dict (unsharded, on the CPU) on rank 0, None on the others; a collective.
-        Otherwise: the model's own state dict."""
-        if not self.fsdp:
-            return model.state_dict()
+    def full_state(self, root: ShardedForward) -> dict[str, torch.Tensor] | None:
+        """fsdp: the state dict of the policy under `root` (shard's return), whole and on the CPU, named as in the
+        policy, on rank 0 (None on the others); a collective."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if self.writes else None
+        resharded(root)
+        state = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k.removeprefix("model."): v for k, v in state.items()} if self.writes else None
 
-    def load_full_state(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """fsdp: set the named parameters of `state` (full tensors, every rank gives the same) on the shards."""
+    def load_full_state(self, root: ShardedForward, state: dict[str, torch.Tensor]) -> None:
+        """fsdp: set the named parameters of `state` (full tensors named as in the policy, every rank gives the
+        same) on the shards of the policy under `root` (shard's return)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        resharded(root)
+        set_model_state_dict(root, {f"model.{k}": v for k, v in state.items()},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
     def close(self) -> None:
         if self.distributed:

@@ -348,7 +348,7 @@ class Learner:
         try:
             return score()
         finally:
-            self.group.load_full_state(self.model, current)
+            self.group.load_full_state(self.sharded, current)
 
     def publish_weights(self, adapters_dir: str | Path) -> tuple[str, str]:
         """Write the current policy for the rollout workers (atomically): its LoRA adapter, or under full-parameter
@@ -360,12 +360,14 @@ class Learner:
         final = Path(adapters_dir) / f"v{version}"
         if final.exists():
             return str(final), version
-        full = self.group.full_state(self.model) if self.group.fsdp else None  # a collective: every rank
+        full = self.group.full_state(self.sharded) if self.group.fsdp else None  # a collective: every rank
         if self.group.writes:
             tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(str(tmp), **({"state_dict": full} if full is not None else {}))
             os.replace(tmp, final)
+        if self.group.fsdp:  # every rank returns once the adapter is there
+            self.group.barrier()
         return str(final), version
 
     def apply_leap(self, adapter_path: str | Path, horizon: int, reset_optimizer: bool = False) -> int:
@@ -416,7 +418,7 @@ class Learner:
         if unknown:
             raise ValueError(f"these weights do not fit the policy (unexpected {unknown[:5]}): not from a run on "
                              f"this base model")
-        self.group.load_full_state(self.model, weights)
+        self.group.load_full_state(self.sharded, weights)
 
     def _optimizer_state(self) -> dict:
         """The optimizer's state_dict in torch's format (parameters numbered in the order of `trainable`), whole on
@@ -425,8 +427,13 @@ class Learner:
             return to_cpu(self.optimizer.state_dict())
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+        from learner.distributed import resharded
+
+        resharded(self.sharded)
         full = get_optimizer_state_dict(self.model, self.optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.group.writes:  # the gathered state is rank 0's alone
+            return {}
         index = {name: i for i, name in enumerate(self.trainable)}
         return {"state": {index[n]: v for n, v in full.get("state", {}).items()},
                 "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]]}
@@ -461,7 +468,7 @@ class Learner:
         """Rank 0 writes the checkpoint and returns its path (under fsdp the other ranks give their shards first, and
         return None)."""
         state = self.state_dict(extra_state or {})
-        weights = self.group.full_state(self.model) if self.group.fsdp else None
+        weights = self.group.full_state(self.sharded) if self.group.fsdp else None
         if not self.group.writes:
             return None
         return write_checkpoint(run_dir, self.step_count, self.model, state, {**meta, "base_model": self.base_model},

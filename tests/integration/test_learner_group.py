@@ -37,7 +37,8 @@ def group_configs(sharding: str, world: int) -> list[tuple[str, object]]:
                   sharding=sharding if world > 1 else "none")
     if sharding == "fsdp":
         return [("full/dapo", GRPOConfig(loss_type="dapo", lora=None, **common)),
-                ("full/grpo+kl", GRPOConfig(loss_type="grpo", lora=None, beta=0.05, **common))]
+                ("full/grpo+kl", GRPOConfig(loss_type="grpo", lora=None, beta=0.05, **common)),
+                ("lora/bnpo+kl", GRPOConfig(loss_type="bnpo", beta=0.04, **common))]
     cases = [(f"lora/{loss}", GRPOConfig(loss_type=loss, epsilon_high=5.0 if loss == "cispo" else None, **common))
              for loss in ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")]
     cases += [("lora/gspo", GRPOConfig(loss_type="grpo", importance_sampling_level="sequence", **common)),
@@ -67,9 +68,12 @@ def group_batch(cfg, vocab: int):
     return RolloutBatch(**fields, advantages=[rng.gauss(0, 1) for _ in range(NUM_SEQ)])
 
 
-def group_gradients(model_dir, sharding: str, world: int, rank: int, address: str | None) -> dict:
-    """{case: (the gradients the optimizer steps with, full tensors by name; the step's loss)} on this rank."""
-    from torch.distributed.tensor import DTensor
+def group_gradients(model_dir, sharding: str, world: int, rank: int, address: str | None, scratch) -> dict:
+    """{case: (the gradients the optimizer steps with, full tensors by name; the step's loss and grad norm; the
+    leap figures)} on this rank. The leap figures: the batch's mean log-probs under the weights before the step swapped
+    in from their published adapter, after the step, and after a leap back to those weights (all ranks take part under
+    fsdp, where the weights are gathered and scattered)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
     from learner.config import ModelConfig
     from learner.learner import Learner
@@ -83,7 +87,10 @@ def group_gradients(model_dir, sharding: str, world: int, rank: int, address: st
             gen = torch.Generator().manual_seed(3)
             for n, p in learner.trainable.items():
                 if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+                    moved = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05
+                    p.copy_(distribute_tensor(moved, p.device_mesh, p.placements) if isinstance(p, DTensor) else moved)
+        before, _ = learner.publish_weights(f"{scratch}/{name.replace('/', '-')}")
+        learner.group.barrier()  # (ddp: rank 0 alone writes it; the runtimes call the other ranks after that)
         grads = {}
 
         def capture(optimizer, args, kwargs, learner=learner, grads=grads):
@@ -93,13 +100,18 @@ def group_gradients(model_dir, sharding: str, world: int, rank: int, address: st
                 grads[n] = g.detach().clone()
 
         learner.optimizer.register_step_pre_hook(capture)
-        stats = learner.step(group_batch(cfg, len(learner.tokenizer)))
-        out[name] = (grads, stats["loss"], stats["grad_norm"])
+        batch = group_batch(cfg, len(learner.tokenizer))
+        stats = learner.step(batch)
+        texts = (batch.prompt_ids[:4], batch.completion_ids[:4])
+        swapped, after = learner.mean_logprobs(*texts, adapter_path=before), learner.mean_logprobs(*texts)
+        learner.apply_leap(before, horizon=1)
+        out[name] = (grads, stats["loss"], stats["grad_norm"], (swapped, after, learner.mean_logprobs(*texts)))
     return out
 
 
 def _rank_main(rank: int, model_dir, sharding: str, world: int, address: str, out_dir: str) -> None:
-    torch.save(group_gradients(model_dir, sharding, world, rank, address), f"{out_dir}/rank{rank}.pt")
+    torch.save(group_gradients(model_dir, sharding, world, rank, address, f"{out_dir}/adapters"),
+               f"{out_dir}/rank{rank}.pt")
     import torch.distributed as dist
 
     dist.barrier()
@@ -115,8 +127,8 @@ def two_rank_gradients(model_dir, sharding: str, tmp_path) -> list[dict]:
 
 def assert_same_gradients(one: dict, two: dict) -> None:
     assert one.keys() == two.keys()
-    for case, (g1, loss1, norm1) in one.items():
-        g2, loss2, norm2 = two[case]
+    for case, (g1, loss1, norm1, leap1) in one.items():
+        g2, loss2, norm2, leap2 = two[case]
         assert g1.keys() == g2.keys() and g1, case
         moved = 0
         for name, a in g1.items():
@@ -127,17 +139,22 @@ def assert_same_gradients(one: dict, two: dict) -> None:
         assert moved, case  # the gradients are not all zero
         assert abs(loss1 - loss2) <= 1e-10 * max(abs(loss1), 1e-12), (case, loss1, loss2)
         assert abs(norm1 - norm2) <= 1e-10 * norm1, (case, norm1, norm2)
+        swapped, after, leapt = leap2
+        for a, b in zip(leap1, leap2, strict=True):
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-10, (case, a, b)
+        assert max(abs(x - y) for x, y in zip(swapped, leapt, strict=True)) <= 1e-12  # the leap lands on the weights
+        assert swapped != after  # the step moved the policy, and the swap put it back afterwards
 
 
 def test_two_ddp_ranks_give_the_one_rank_lora_gradients_for_every_loss(tiny_model_dir, tmp_path):
     ranks = two_rank_gradients(tiny_model_dir, "ddp", tmp_path)
-    one = group_gradients(tiny_model_dir, "ddp", 1, 0, None)
+    one = group_gradients(tiny_model_dir, "ddp", 1, 0, None, tmp_path / "one")
     assert_same_gradients(one, ranks[0])
     assert_same_gradients(ranks[0], ranks[1])  # the replicas step with the same gradients
 
 
 def test_two_fsdp_ranks_give_the_one_rank_full_parameter_gradients(tiny_model_dir, tmp_path):
     ranks = two_rank_gradients(tiny_model_dir, "fsdp", tmp_path)
-    one = group_gradients(tiny_model_dir, "fsdp", 1, 0, None)
+    one = group_gradients(tiny_model_dir, "fsdp", 1, 0, None, tmp_path / "one")
     assert_same_gradients(one, ranks[0])
     assert_same_gradients(ranks[0], ranks[1])

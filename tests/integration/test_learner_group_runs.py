@@ -121,3 +121,24 @@ def test_fsdp_in_the_single_process_runner_is_refused_before_anything_is_written
     with pytest.raises(ConfigError, match="Ray driver"):
         run_job(parse_config(data), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("lora, first, then", [(False, 2, 1), (True, 1, 2)], ids=["full-2-to-1", "lora-1-to-2"])
+def test_fsdp_on_ray_checkpoints_whole_and_resumes_at_another_size(ray_local, tiny_model_dir, tmp_path, lora, first,
+                                                                    then):
+    """fsdp ranks on Ray (full-parameter, and LoRA) train as one rank does; a checkpoint gathered from their shards
+    holds the whole policy and optimizer state, from which one unsharded rank resumes the same run, and a 1-rank
+    checkpoint is loaded into the shards of 2."""
+    def data(ranks):
+        d = job_data(tiny_model_dir, ranks)
+        d["learner"]["sharding"] = "fsdp" if ranks > 1 else "none"
+        if not lora:
+            d["learner"]["lora"] = None
+        return d
+
+    reference = tmp_path / "reference"
+    run_job(parse_config(data(1)), run_dir=reference, progress=False)
+    run_dir = tmp_path / "run"
+    run_on_ray(parse_config(data(first)), run_dir, progress=False, stop_after=2)
+    run_on_ray(parse_config(data(then)), run_dir, resume=True, progress=False)
+    assert_same_run(step_rows(reference), step_rows(run_dir))
