@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,9 @@ class Learner:
         """One learner step (mu optimizer updates) on a scored batch; returns its metrics: loss, clip_ratio, kl
         (0 when beta = 0), grad_norm (before clipping), entropy (the policy's mean per-token entropy over the
         completion tokens, of softmax(logits / temperature), averaged over the mu updates), lr, reward_mean,
-        reward_std, completion_tokens (and gpu_peak_mb on a GPU)."""
+        reward_std, completion_tokens, learner_s (this call's wall time) and on a GPU gpu_peak_mb (rank 0's peak
+        allocated memory; in a learner group also gpu_peak_mb/rank<r> for every rank)."""
+        started = time.perf_counter()
         cfg = self.cfg
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)
         input_ids, attention, sampled = pad_sequences(batch.prompt_ids, batch.completion_ids,
@@ -315,7 +318,11 @@ class Learner:
         stats["reward_std"] = float(rewards.std())
         stats["completion_tokens"] = num_tok
         if self.device.type == "cuda":
-            stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            peaks = self.group.gather(torch.cuda.max_memory_allocated(self.device) / 2**20)
+            stats["gpu_peak_mb"] = peaks[0]
+            if self.group.distributed:
+                stats.update({f"gpu_peak_mb/rank{r}": peak for r, peak in enumerate(peaks)})
+        stats["learner_s"] = time.perf_counter() - started
         return stats
 
     @torch.no_grad()

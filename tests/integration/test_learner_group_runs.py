@@ -142,3 +142,14 @@ def test_fsdp_on_ray_checkpoints_whole_and_resumes_at_another_size(ray_local, ti
     run_on_ray(parse_config(data(first)), run_dir, progress=False, stop_after=2)
     run_on_ray(parse_config(data(then)), run_dir, resume=True, progress=False)
     assert_same_run(step_rows(reference), step_rows(run_dir))
+
+
+def test_gpu_check_says_so_and_exits_0_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: bench/gpu_check.py runs for real there")
+    res = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "nothing to check on this machine" in res.stdout
+    assert json.loads(res.stdout.strip().splitlines()[-1])["gpu"] is False
