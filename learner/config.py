@@ -150,6 +150,9 @@ class LearnerCommon(Section):
                                                               "log-softmax: peak logits memory is this x vocabulary.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each learner rank (Ray runtime).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each learner rank (Ray runtime).")
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Custom Ray resources each learner rank reserves, e.g. {learner: 1} to place the ranks on the nodes that "
+        "advertise it (deploy/k8s/raycluster.yaml's learner-gpu group)."))
     num_workers: int = Field(1, ge=1, le=1024, description=(
         "N: learner ranks in one torch.distributed process group (gloo on CPU, NCCL on CUDA), each given num_cpus "
         "and num_gpus; the step's micro-batches are split across them and their gradients summed, so N ranks make "

@@ -74,6 +74,9 @@ class RolloutConfig(BaseModel):
     num_workers: int = Field(1, ge=1, le=1024, description="Rollout worker actors (Ray runtime only).")
     worker_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each rollout worker actor (Ray runtime).")
     worker_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each rollout worker actor (Ray runtime).")
+    worker_resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Custom Ray resources each rollout worker reserves, e.g. {rollout: 1} to keep the workers on the nodes that "
+        "advertise it (deploy/k8s/raycluster.yaml's rollout-gpu group)."))
     max_off_policy_steps: int = Field(0, ge=0, le=16, description=(
         "k, asynchronous rollouts: the generation of step t + k starts, with the newest policy, before step t "
         "trains, so on Ray the workers generate while the learner trains; a batch is sampled by a policy at most k "

@@ -212,6 +212,15 @@ def check_cluster(cfg: JobConfig) -> None:
     need_cpu = cfg.learner.num_workers * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.worker_cpus
     need_gpu = cfg.learner.num_workers * cfg.learner.num_gpus + cfg.rollout.num_workers * cfg.rollout.worker_gpus
     have = ray.cluster_resources()
+    custom = {name: cfg.learner.num_workers * cfg.learner.resources.get(name, 0.0)
+              + cfg.rollout.num_workers * cfg.rollout.worker_resources.get(name, 0.0)
+              for name in {*cfg.learner.resources, *cfg.rollout.worker_resources}}
+    for name, need in sorted(custom.items()):
+        if need > have.get(name, 0):
+            raise ValueError(f"the job reserves {need:g} of the custom Ray resource {name!r} (learner.resources x "
+                             f"learner.num_workers + rollout.worker_resources x rollout.num_workers) but the Ray "
+                             f"cluster has {have.get(name, 0):g}; start nodes that advertise it (ray start --resources) "
+                             f"or remove it from the job")
     if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
         raise ValueError(
             f"the job needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (learner.num_workers x learner.num_cpus + "

@@ -135,7 +135,7 @@ class RayLearnerGroup:
 
         cfg, job = self.cfg, self.job
         n = cfg.num_workers
-        bundle = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}
+        bundle = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {}), **cfg.resources}
         self.placement = placement_group([bundle] * n, strategy="PACK")
         ray.get(self.placement.ready(), timeout=300)
         address = None
@@ -145,7 +145,7 @@ class RayLearnerGroup:
             address = ray.get(rendezvous.remote())
         learner_cls = ray.remote(max_restarts=0, runtime_env=self.env)(Learner)
         self.actors = [
-            learner_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+            learner_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources,
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                                     self.placement, placement_group_bundle_index=rank)).remote(
                 **learner_arguments(job), num_threads=self.threads, rank=rank, group_address=address)
@@ -434,8 +434,9 @@ class RayRuntime:
         worker_threads = (max(1, int(cfg.rollout.worker_cpus)) if asynchronous
                           else max(1, node_cpus // cfg.rollout.num_workers))
         self.learners = RayLearnerGroup(job, learner_threads, env)
-        worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus, max_restarts=-1,
-                                max_task_retries=3, runtime_env=env)(RolloutWorker)
+        worker_cls = ray.remote(num_cpus=cfg.rollout.worker_cpus, num_gpus=cfg.rollout.worker_gpus,
+                                resources=cfg.rollout.worker_resources, max_restarts=-1, max_task_retries=3,
+                                runtime_env=env)(RolloutWorker)
         self.workers = [
             worker_cls.remote(engine, str(model_dir), adapter_pointer=str(self.pointer),
                               # room for rank r + 1 leaps (AlphaRL, NExt); unused by full-parameter runs

@@ -58,7 +58,7 @@ def test_compose_roles_health_checks_and_gpu_workers():
     assert {"redis", "ray-head", "control-plane", "ray-worker"} <= set(services)
     assert "--appendonly" in services["redis"]["command"] and "redis-data:/data" in services["redis"]["volumes"]
     for name, svc in services.items():
-        assert "healthcheck" in svc or name == "ray-worker", name
+        assert "healthcheck" in svc or name in ("ray-worker", "ray-learner"), name
         assert svc.get("restart") == "unless-stopped", name
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
@@ -123,6 +123,39 @@ def ray_errors(doc: dict) -> list[str]:
         if "clusterSelector" not in spec and "rayClusterSpec" not in spec:
             errors.append("RayJob.spec: needs clusterSelector or rayClusterSpec")
     return errors
+
+
+def test_the_learner_group_job_fits_the_learner_nodes_of_compose_and_the_raycluster():
+    """One learner rank per GPU: each learner node advertises a `learner` resource per GPU, and the example job's
+    ranks (one GPU and one `learner` each) fit one such node, as do its rollout workers the rollout nodes."""
+    import json
+
+    from services.config import load_config
+
+    cfg = load_config(REPO / "deploy" / "jobs" / "smollm2_learner_group.yaml")
+    assert cfg.learner.num_workers > 1 and cfg.learner.num_gpus == 1 and cfg.learner.resources == {"learner": 1}
+    assert cfg.rollout.worker_resources == {"rollout": 1}
+    services = compose()["services"]
+
+    def compose_node(name):
+        flag = next(a for a in services[name]["command"] if a.startswith("--resources="))
+        gpus = services[name]["deploy"]["resources"]["reservations"]["devices"][0]["count"]
+        return json.loads(flag.removeprefix("--resources=")), gpus
+
+    groups = {g["groupName"]: g for d in manifests() if d["kind"] == "RayCluster"
+              for g in d["spec"]["workerGroupSpecs"]}
+
+    def k8s_node(name):
+        group = groups[name]
+        gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        return json.loads(json.loads(group["rayStartParams"]["resources"])), gpus
+
+    for advertised, gpus in (compose_node("ray-learner"), k8s_node("learner-gpu")):
+        assert advertised == {"learner": gpus} and cfg.learner.num_workers <= gpus
+    for advertised, gpus in (compose_node("ray-worker"), k8s_node("rollout-gpu")):
+        assert advertised == {"rollout": gpus}
+    jobs = {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "RayJob"}
+    assert "deploy/jobs/smollm2_learner_group.yaml" in jobs["leapfrog-smollm2-learner-group"]["spec"]["entrypoint"]
 
 
 def test_rayjob_targets_the_raycluster_and_uses_the_driver_entrypoint():

@@ -153,3 +153,15 @@ def test_gpu_check_says_so_and_exits_0_without_a_gpu():
     assert res.returncode == 0, res.stderr[-2000:]
     assert "nothing to check on this machine" in res.stdout
     assert json.loads(res.stdout.strip().splitlines()[-1])["gpu"] is False
+
+
+def test_a_group_the_cluster_cannot_place_fails_before_training(ray_local, tiny_model_dir, tmp_path):
+    data = job_data(tiny_model_dir, 2)
+    data["learner"]["num_cpus"] = 1.0  # 2 ranks x 1 CPU + a 0.5-CPU worker on a 2-CPU cluster
+    with pytest.raises(ValueError, match=r"needs 2\.5 CPUs .*learner.num_workers x learner.num_cpus"):
+        run_on_ray(parse_config(data), tmp_path / "a", progress=False)
+    data = job_data(tiny_model_dir, 2)
+    data["learner"]["resources"] = {"learner": 1}
+    with pytest.raises(ValueError, match="custom Ray resource 'learner'"):
+        run_on_ray(parse_config(data), tmp_path / "b", progress=False)
+    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
