@@ -137,19 +137,24 @@ class RayLearnerGroup:
         n = cfg.num_workers
         bundle = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {}), **cfg.resources}
         self.placement = placement_group([bundle] * n, strategy="PACK")
-        ray.get(self.placement.ready(), timeout=300)
-        address = None
-        if n > 1:
-            rendezvous = ray.remote(num_cpus=0)(rendezvous_address).options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=0))
-            address = ray.get(rendezvous.remote())
-        learner_cls = ray.remote(max_restarts=0, runtime_env=self.env)(Learner)
-        self.actors = [
-            learner_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources,
-                                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                                    self.placement, placement_group_bundle_index=rank)).remote(
-                **learner_arguments(job), num_threads=self.threads, rank=rank, group_address=address)
-            for rank in range(n)]
+        try:
+            ray.get(self.placement.ready(), timeout=300)
+            address = None
+            if n > 1:
+                rendezvous = ray.remote(num_cpus=0)(rendezvous_address).options(
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement,
+                                                                         placement_group_bundle_index=0))
+                address = ray.get(rendezvous.remote())
+            learner_cls = ray.remote(max_restarts=0, runtime_env=self.env)(Learner)
+            self.actors = [
+                learner_cls.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=cfg.resources,
+                                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                        self.placement, placement_group_bundle_index=rank)).remote(
+                    **learner_arguments(job), num_threads=self.threads, rank=rank, group_address=address)
+                for rank in range(n)]
+        except BaseException:
+            self.close()
+            raise
         self.broken = False
 
     @property
@@ -452,8 +457,11 @@ class RayRuntime:
             service_cls = ray.remote(num_cpus=0, runtime_env=env)(ExtrapolationService)
             self.extrapolation = RayExtrapolation(service_cls.remote(str(self.run_dir), cfg.extrapolate,
                                                                      cfg.run.checkpoint_every, str(model_dir)))
-        ray.get([w.pid.remote() for w in self.workers] + [a.pid.remote() for a in self.learners.actors])  # start-up
-        # errors surface here
+        try:  # start-up errors surface here; what started is stopped (the learner group's placement group too)
+            ray.get([w.pid.remote() for w in self.workers] + [a.pid.remote() for a in self.learners.actors])
+        except BaseException:
+            self.close()
+            raise
         self._step_count = 0
         self._adapter: tuple[str, str] | None = None  # (path, version) the workers sample with
         self._published = None  # the adapter write issued with the last train()

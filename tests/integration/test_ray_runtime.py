@@ -150,6 +150,10 @@ def test_unreadable_model_on_a_worker_fails_at_start(ray_local, default_model_di
     shutil.rmtree(model)  # as if the driver's copy were on a disk the workers cannot read
     with pytest.raises(Exception, match="cannot read the model directory"):
         RayRuntime(prepared, tmp_path / "run")
+    import ray
+
+    # what started was stopped: no placement group keeps the learner's CPUs from the next job
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
 
 
 def test_leaps_run_on_ray_with_the_service_as_an_actor(ray_local, default_model_dir, tmp_path):
