@@ -124,8 +124,8 @@ def test_fsdp_in_the_single_process_runner_is_refused_before_anything_is_written
 
 
 @pytest.mark.parametrize("lora, first, then", [(False, 2, 1), (True, 1, 2)], ids=["full-2-to-1", "lora-1-to-2"])
-def test_fsdp_on_ray_checkpoints_whole_and_resumes_at_another_size(ray_local, tiny_model_dir, tmp_path, lora, first,
-                                                                    then):
+def test_fsdp_on_ray_checkpoints_whole_and_resumes_at_another_size(ray_local, tiny_model_dir, tmp_path, one_rank, lora,
+                                                                    first, then):
     """fsdp ranks on Ray (full-parameter, and LoRA) train as one rank does; a checkpoint gathered from their shards
     holds the whole policy and optimizer state, from which one unsharded rank resumes the same run, and a 1-rank
     checkpoint is loaded into the shards of 2."""
@@ -136,12 +136,14 @@ def test_fsdp_on_ray_checkpoints_whole_and_resumes_at_another_size(ray_local, ti
             d["learner"]["lora"] = None
         return d
 
-    reference = tmp_path / "reference"
-    run_job(parse_config(data(1)), run_dir=reference, progress=False)
+    reference = one_rank  # the LoRA job's 1-rank run
+    if not lora:
+        run_job(parse_config(data(1)), run_dir=tmp_path / "reference", progress=False)
+        reference = step_rows(tmp_path / "reference")
     run_dir = tmp_path / "run"
     run_on_ray(parse_config(data(first)), run_dir, progress=False, stop_after=2)
     run_on_ray(parse_config(data(then)), run_dir, resume=True, progress=False)
-    assert_same_run(step_rows(reference), step_rows(run_dir))
+    assert_same_run(reference, step_rows(run_dir))
 
 
 def test_gpu_check_says_so_and_exits_0_without_a_gpu():

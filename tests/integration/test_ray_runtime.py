@@ -106,19 +106,6 @@ def test_killed_rollout_worker_is_restarted_without_losing_a_batch(ray_local, de
     assert summary.steps == 6
 
 
-def test_killed_learner_restarts_from_last_checkpoint(ray_local, default_model_dir, tmp_path, runtimes):
-    import ray
-
-    run_dir = tmp_path / "run"
-    watcher = kill_when(run_dir, lambda: ray.get(runtimes[0].learner.pid.remote()), after_step=3)
-    summary = run_on_ray(job(default_model_dir, steps=6), run_dir, progress=False)
-    watcher.join(timeout=5)
-    events = [r for r in rows(run_dir) if r.get("event") == "learner_restarted"]
-    assert len(events) == 1 and events[0]["from_step"] in (2, 4)
-    assert summary.steps == 6
-    assert (run_dir / "checkpoints" / "step-000006").is_dir()
-
-
 def test_bad_runtime_input_fails_before_training(ray_local, default_model_dir, tmp_path):
     with pytest.raises(ValueError, match="needs .* CPUs"):
         run_on_ray(job(default_model_dir, num_workers=8, worker_cpus=1.0), tmp_path / "a", progress=False)
