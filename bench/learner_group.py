@@ -5,13 +5,14 @@ SmolLM2-135M-Instruct with LoRA r 8, padding-free; 64 sequences with bench/packi
 (prompts 30-60 tokens, log-normal completions, median 40). One rank gets every thread (--threads); a group of N ranks
 gets threads / N each, one process per rank on gloo, so the comparison spends the same cores. One warm-up step, then
 --steps timed steps (forward, backward, gradient reduction, optimizer). Reported per variant: seconds per step (mean
-and sample std over the timed steps), each rank's peak RSS, and the losses, which must equal the one rank's up to
-float32 summation order (the group computes the same update: docs/architecture.md#learner-group).
+and sample std over the timed steps), each rank's peak RSS, and every step's loss and gradient norm, which must equal
+the one rank's up to float32 summation order (the group computes the same update: docs/architecture.md#learner-group;
+the gradient norm depends on the weights the earlier steps reached, so it checks the whole trajectory).
 
     .venv/bin/python bench/learner_group.py [--steps 3] [--ranks 2] [--sharding ddp]
     .venv/bin/python bench/learner_group.py --smoke     # the default model, 12 short sequences, 1 step (the test's)
 Last line: JSON {model, sequences, steps, threads, one_rank: {s_per_step, s_std, peak_rss_mb: [per rank], losses},
-group: {...}, ranks, sharding, speedup (one-rank s / group s), max_loss_rel_diff}.
+group: {...}, ranks, sharding, speedup (one-rank s / group s), max_loss_rel_diff, max_grad_norm_rel_diff}.
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def run_rank(rank: int, args, world: int, address: str | None, out_dir: str) -> 
     rng = random.Random(1)
     rollout = RolloutBatch(prompt_ids=prompts, completion_ids=completions, rewards=[0.0] * len(prompts), group_size=4,
                            loss=LossSettings(), advantages=[rng.gauss(0, 1) for _ in prompts])
-    losses = [learner.step(rollout)["loss"]]  # warm-up
+    stats = [learner.step(rollout)]  # warm-up
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        losses.append(learner.step(rollout)["loss"])
+        stats.append(learner.step(rollout))
         times.append(time.perf_counter() - t0)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
-        "times": times, "losses": losses, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "times": times, "losses": [s["loss"] for s in stats], "grad_norms": [s["grad_norm"] for s in stats],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     learner.group.close()
     torch.set_num_threads(1)
 
@@ -89,7 +91,8 @@ def run_variant(args, world: int) -> dict:
         ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
     times = ranks[0]["times"]
     return {"s_per_step": statistics.mean(times), "s_std": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "peak_rss_mb": [r["peak_rss_mb"] for r in ranks], "losses": ranks[0]["losses"]}
+            "peak_rss_mb": [r["peak_rss_mb"] for r in ranks], "losses": ranks[0]["losses"],
+            "grad_norms": ranks[0]["grad_norms"]}
 
 
 def main() -> None:
@@ -112,14 +115,16 @@ def main() -> None:
         print(f"{name} ({world} rank(s), {max(1, args.threads // world)} thread(s) each): {f['s_per_step']:.2f} +- "
               f"{f['s_std']:.2f} s/step, peak RSS per rank {', '.join(f'{m:.0f}' for m in f['peak_rss_mb'])} MB",
               flush=True)
-    diff = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(out["one_rank"]["losses"], out["group"]["losses"],
-                                                              strict=True))
-    print(f"losses equal to {diff:.1e} relative (float32 summation order)")
+    def rel_diff(key: str) -> float:
+        return max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(out["one_rank"][key], out["group"][key], strict=True))
+
+    diff, norm_diff = rel_diff("losses"), rel_diff("grad_norms")
+    print(f"losses equal to {diff:.1e} and gradient norms to {norm_diff:.1e} relative (float32 summation order)")
     print(json.dumps({"model": "default (arith)" if args.smoke else "SmolLM2-135M-Instruct",
                       "sequences": args.sequences, "steps": args.steps, "threads": args.threads, **out,
                       "ranks": args.ranks, "sharding": args.sharding,
                       "speedup": round(out["one_rank"]["s_per_step"] / out["group"]["s_per_step"], 4),
-                      "max_loss_rel_diff": diff}))
+                      "max_loss_rel_diff": diff, "max_grad_norm_rel_diff": norm_diff}))
 
 
 if __name__ == "__main__":

@@ -158,3 +158,19 @@ def test_two_fsdp_ranks_give_the_one_rank_full_parameter_gradients(tiny_model_di
     one = group_gradients(tiny_model_dir, "fsdp", 1, 0, None, tmp_path / "one")
     assert_same_gradients(one, ranks[0])
     assert_same_gradients(ranks[0], ranks[1])
+
+
+def test_learner_group_bench_prints_its_figures():
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    res = subprocess.run([sys.executable, "bench/learner_group.py", "--smoke", "--threads", "2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out["group"]["peak_rss_mb"]) == out["ranks"] == 2 and out["speedup"] > 0
+    # float32: the same update, up to summation order
+    assert out["max_loss_rel_diff"] <= 1e-5 and out["max_grad_norm_rel_diff"] <= 1e-4
