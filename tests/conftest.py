@@ -58,6 +58,22 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def runtimes(monkeypatch):
+    """The RayRuntime objects created during the test (to reach their actors' PIDs)."""
+    from services import runtime as runtime_module
+
+    created = []
+    original = runtime_module.RayRuntime.__init__
+
+    def capture(self, *a, **k):
+        original(self, *a, **k)
+        created.append(self)
+
+    monkeypatch.setattr(runtime_module.RayRuntime, "__init__", capture)
+    return created
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` are skipped on machines without a CUDA GPU."""
     import torch

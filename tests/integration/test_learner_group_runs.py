@@ -82,27 +82,18 @@ def test_two_ranks_through_leapfrog_run_stopped_and_resumed_at_one(tiny_model_di
     assert (run_dir / "config.yaml").read_text() == saved
 
 
-def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_model_dir, tmp_path, monkeypatch,
+def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(ray_local, tiny_model_dir, tmp_path, runtimes,
                                                                    one_rank):
     """Two ddp ranks on Ray make the 1-rank run's steps; rank 1 killed after step 3 takes the lost-learner path (a new
     group resumes the last checkpoint) and the steps it trains again are the same steps."""
     import ray
 
-    from services import runtime as runtime_module
     from tests.integration.test_ray_runtime import kill_when
 
-    created = []
-    original = runtime_module.RayRuntime.__init__
-
-    def capture(self, *a, **k):
-        original(self, *a, **k)
-        created.append(self)
-
-    monkeypatch.setattr(runtime_module.RayRuntime, "__init__", capture)
     run_dir = tmp_path / "run"
     data = job_data(tiny_model_dir, 2)
     data["run"]["steps"] = 6
-    watcher = kill_when(run_dir, lambda: ray.get(created[0].learners.actors[1].pid.remote()), after_step=3)
+    watcher = kill_when(run_dir, lambda: ray.get(runtimes[0].learners.actors[1].pid.remote()), after_step=3)
     summary = run_on_ray(parse_config(data), run_dir, progress=False)
     watcher.join(timeout=5)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -71,22 +71,6 @@ def kill_when(run_dir, pid_of, after_step):
     return thread
 
 
-@pytest.fixture
-def runtimes(monkeypatch):
-    """The RayRuntime objects created during the test (to reach their actors' PIDs)."""
-    from services import runtime as runtime_module
-
-    created = []
-    original = runtime_module.RayRuntime.__init__
-
-    def capture(self, *a, **k):
-        original(self, *a, **k)
-        created.append(self)
-
-    monkeypatch.setattr(runtime_module.RayRuntime, "__init__", capture)
-    return created
-
-
 def test_killed_rollout_worker_is_restarted_without_losing_a_batch(ray_local, default_model_dir, tmp_path, runtimes):
     import ray
 
